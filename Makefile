@@ -1,0 +1,26 @@
+# Two entry points (README "Quick start"): `make demo` runs the smoke sweep,
+# `make test` runs the whole test suite. Both create .venv/ when it is missing.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m orchestrator.sweep sweeps/smoke.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.quality
+	$(PY) -m benchmarks.eval_speed
+
+clean:
+	rm -rf $(VENV) results
