@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +110,14 @@ class TrainedAutoencoder:
 
 def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, seed: int = 0,
                       device: torch.device | str = "cpu",
-                      on_step: Callable[[int, float], None] | None = None) -> TrainedAutoencoder:
-    """Train the autoencoder on K snapshots (K, n). `on_step(step, loss)` is called every step."""
+                      on_step: Callable[[int, float], None] | None = None,
+                      probe: Callable[[int, TrainedAutoencoder], None] | None = None,
+                      probe_steps: Collection[int] = ()) -> TrainedAutoencoder:
+    """Train the autoencoder on K snapshots (K, n).
+
+    `on_step(step, loss)` is called every step; `probe(step, trained)` after the
+    steps in `probe_steps`, with the autoencoder as trained so far.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     normalizer = Normalizer(snapshots).to(device)
@@ -119,7 +125,8 @@ def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, se
     model = ParameterAutoencoder(snapshots.shape[1], cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.01)
-    losses = []
+    trained = TrainedAutoencoder(model, normalizer, [])
+    losses = trained.losses
     model.train()
     for step in range(cfg.steps):
         idx = torch.randint(0, len(data), (min(cfg.batch_size, len(data)),), generator=gen)
@@ -132,4 +139,8 @@ def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, se
         losses.append(loss.item())
         if on_step:
             on_step(step, losses[-1])
-    return TrainedAutoencoder(model.eval(), normalizer, losses)
+        if probe and step in probe_steps:
+            probe(step, trained)
+            model.train()
+    model.eval()
+    return trained

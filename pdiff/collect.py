@@ -100,7 +100,8 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
 
 
 def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
-                 log: Log = print, wrap: Wrap | None = None, rank: int = 0, world_size: int = 1) -> float:
+                 log: Log = print, log_every: int = 1, wrap: Wrap | None = None, rank: int = 0,
+                 world_size: int = 1) -> float:
     """Train every parameter of `model` on data.train; returns its test accuracy.
 
     `wrap` (e.g. DistributedDataParallel) is applied to the model for the
@@ -126,8 +127,9 @@ def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int
             opt.step()
             sched.step()
             loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
-        log(f"source epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(n, 1):.4f}, "
-            f"val acc {100 * accuracy(model, data.val):.2f}% ({time.perf_counter() - t0:.1f}s)")
+        if (epoch + 1) % log_every == 0 or epoch + 1 == cfg.epochs:
+            log(f"source epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(n, 1):.4f}, "
+                f"val acc {100 * accuracy(model, data.val):.2f}% ({time.perf_counter() - t0:.1f}s)")
     return accuracy(model, data.test)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +143,7 @@ class LatentDiffusion(nn.Module):
         self.schedule = Schedule(cfg.timesteps, cfg.beta_start, cfg.beta_end)
         self.denoiser = Denoiser(latents.shape[1], cfg.channels)
         self.ema = AveragedModel(self.denoiser, avg_fn=_ema_avg(cfg.ema_decay))
+        self.losses: list[float] = []  # training loss per step
 
     def loss(self, latents: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         x0 = (latents - self.mean) / self.scale
@@ -178,8 +179,14 @@ class LatentDiffusion(nn.Module):
 
 
 def train_diffusion(latents: torch.Tensor, cfg: LDMConfig = LDMConfig(), *, seed: int = 0,
-                    on_step: Callable[[int, float], None] | None = None) -> LatentDiffusion:
-    """Train the DDPM on clean latents (K, latent_dim); `on_step(step, loss)` every step."""
+                    on_step: Callable[[int, float], None] | None = None,
+                    probe: Callable[[int, LatentDiffusion], None] | None = None,
+                    probe_steps: Collection[int] = ()) -> LatentDiffusion:
+    """Train the DDPM on clean latents (K, latent_dim).
+
+    `on_step(step, loss)` is called every step; `probe(step, ldm)` after the
+    steps in `probe_steps`, with the model (and its EMA) as trained so far.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     ldm = LatentDiffusion(latents, cfg).to(latents.device)
@@ -192,6 +199,10 @@ def train_diffusion(latents: torch.Tensor, cfg: LDMConfig = LDMConfig(), *, seed
         loss.backward()
         opt.step()
         ldm.ema.update_parameters(ldm.denoiser)
+        ldm.losses.append(loss.item())
         if on_step:
-            on_step(step, loss.item())
+            on_step(step, ldm.losses[-1])
+        if probe and step in probe_steps:
+            probe(step, ldm)
+            ldm.denoiser.train()
     return ldm

@@ -40,6 +40,7 @@ class Scores:
     val_acc: torch.Tensor  # (N,) in [0, 1]
     test_acc: torch.Tensor  # (N,)
     test_wrong: torch.Tensor  # (N, n_test) bool: the examples each vector gets wrong
+    val_wrong: torch.Tensor | None = None  # (N, n_val) bool, for novelty measured without the test split
 
 
 class BatchedEvaluator:
@@ -105,7 +106,7 @@ class BatchedEvaluator:
         """Val and test accuracy of each vector, and the test examples it gets wrong."""
         val_correct = self.predictions(vectors, data.val) == data.val.y
         test_wrong = self.predictions(vectors, data.test) != data.test.y
-        return Scores(val_correct.float().mean(1), 1.0 - test_wrong.float().mean(1), test_wrong)
+        return Scores(val_correct.float().mean(1), 1.0 - test_wrong.float().mean(1), test_wrong, ~val_correct)
 
 
 def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,10 @@ def novelty(gen_vectors: torch.Tensor, gen: Scores, train_vectors: torch.Tensor,
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per generated vector: max IoU to any training snapshot, and L2 distance to the nearest one."""
     max_iou = iou_matrix(gen.test_wrong, train.test_wrong).max(dim=1).values
-    nearest_l2 = torch.cdist(gen_vectors.float(), train_vectors.float()).min(dim=1).values
+    # The direct (non-matmul) distance: the matmul shortcut cdist takes for more than 25
+    # rows puts an exact copy of a snapshot at ~1e-3 instead of 0.
+    nearest_l2 = torch.cdist(gen_vectors.float(), train_vectors.float(),
+                             compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
     return max_iou, nearest_l2
 
 

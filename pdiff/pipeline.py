@@ -89,23 +89,40 @@ def _tail_mean(losses: list[float], n: int = 20) -> float:
 
 def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset, snapshot_scores: Scores,
               cfg: PdiffConfig = PdiffConfig(), *, seed: int = 0, device: torch.device | str = "cpu",
-              on_step: Callable[[str, int, float], None] | None = None) -> PdiffRun:
+              on_step: Callable[[str, int, float], None] | None = None, probes: int = 0,
+              on_probe: Callable[[str, int, float], None] | None = None) -> PdiffRun:
     """Train the autoencoder and the latent DDPM on `snapshots`, generate and score N vectors.
 
     `on_step(phase, step, loss)` sees every training step of phase "ae" and "ldm".
+    With `probes` > 0, `on_probe(phase, step, val_acc)` is called at that many
+    evenly spaced steps of each phase with the mean validation accuracy of what
+    the model would produce then: reconstructed snapshots during "ae", decoded
+    quick DDIM samples during "ldm". It is a learning curve for early stopping
+    on the same scale as the final objective, and never looks at the test split.
     """
     seconds = {}
+    probe_gen = torch.Generator().manual_seed(seed + 3)
+    probe_val = lambda vectors: float((evaluator.predictions(vectors, data.val) == data.val.y).float().mean())  # noqa: E731
+
+    def steps_of(total: int) -> set[int]:
+        return {round(total * (i + 1) / (probes + 1)) - 1 for i in range(probes)} if on_probe else set()
+
     t0 = time.perf_counter()
-    ae_losses: list[float] = []
-    ae = train_autoencoder(snapshots, cfg.ae, seed=seed, device=device,
-                           on_step=lambda s, l: (ae_losses.append(l), on_step and on_step("ae", s, l)))
+    ae = train_autoencoder(
+        snapshots, cfg.ae, seed=seed, device=device,
+        on_step=on_step and (lambda s, l: on_step("ae", s, l)),
+        probe=lambda s, trained: on_probe("ae", s, probe_val(trained.decode(trained.encode(snapshots[:16])))),
+        probe_steps=steps_of(cfg.ae.steps))
     seconds["ae"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     latents = ae.encode(snapshots)
-    ldm_losses: list[float] = []
-    ldm = train_diffusion(latents, cfg.ldm, seed=seed,
-                          on_step=lambda s, l: (ldm_losses.append(l), on_step and on_step("ldm", s, l)))
+    ldm = train_diffusion(
+        latents, cfg.ldm, seed=seed,
+        on_step=on_step and (lambda s, l: on_step("ldm", s, l)),
+        probe=lambda s, m: on_probe("ldm", s, probe_val(ae.decode(
+            m.sample(16, sampler="ddim", steps=10, generator=probe_gen)))),
+        probe_steps=steps_of(cfg.ldm.steps))
     seconds["ldm"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -116,7 +133,7 @@ def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Datase
     t0 = time.perf_counter()
     generated = assess(evaluator, data, vectors, snapshots, snapshot_scores)
     seconds["evaluate"] = time.perf_counter() - t0
-    return PdiffRun(generated, _tail_mean(ae_losses), _tail_mean(ldm_losses), seconds)
+    return PdiffRun(generated, _tail_mean(ae.losses), _tail_mean(ldm.losses), seconds)
 
 
 def run_baselines(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset, snapshot_scores: Scores,

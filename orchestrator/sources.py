@@ -1,0 +1,126 @@
+"""Stage 1 on Ray Train: one TorchTrainer run per cell trains the source model and collects snapshots.
+
+Each cell's run is launched from a small Ray task (no CPU of its own), so the
+cells run concurrently as far as the cluster's resources allow. Rank 0 writes
+the cell's `checkpoints` rows, its model weights, and last its `sources` row:
+the sources row is the commit marker of a finished cell.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+import ray
+import torch
+
+from pdiff import ParameterSubset, build_model, load_dataset
+from pdiff.data import Dataset
+from pdiff.collect import collect_snapshots, train_source
+from pdiff.evaluate import BatchedEvaluator
+
+from .progress import Progress
+from .spec import Cell, SweepSpec
+from .tables import Store
+
+__all__ = ["run_sources", "load_source_model", "pending_cells"]
+
+
+def model_relpath(cell_id: str) -> str:
+    return f"models/{cell_id}.pt"
+
+
+def pending_cells(spec: SweepSpec, store: Store) -> list[Cell]:
+    """Cells without a `sources` row (their commit marker)."""
+    done = set(store.read("sources", columns=["cell_id"]).column("cell_id").to_pylist())
+    return [c for c in spec.cells if c.cell_id not in done]
+
+
+def load_source_model(store: Store, cell: Cell, data: Dataset, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The trained source network of a cell, rebuilt from its saved weights."""
+    model = build_model(cell.arch, channels=data.channels, classes=data.classes, image_size=data.image_size)
+    state = torch.load(io.BytesIO(store.read_bytes(model_relpath(cell.cell_id))), map_location=device)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _train_cell(config: dict) -> None:
+    """Ray Train worker loop: train, collect, and (rank 0) write the cell's tables."""
+    import ray.train
+    import ray.train.torch
+
+    cell: Cell = config["cell"]
+    store: Store = config["store"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    device = ray.train.torch.get_device()
+    log = (lambda msg: print(f"[{cell.cell_id}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
+
+    t0 = time.perf_counter()
+    data = load_dataset(cell.dataset, seed=cell.seed)
+    model = build_model(cell.arch, channels=data.channels, classes=data.classes, image_size=data.image_size,
+                        seed=cell.seed).to(device)
+    subset = ParameterSubset.select(model, cell.subset)
+    # DDP only when the spec asks for several workers; the wrapper is rebuilt
+    # after freezing so that it tracks only the subset during collection.
+    wrap = (lambda m: ray.train.torch.prepare_model(m, move_to_device=False)) if world > 1 else None
+    test_acc = train_source(model, data, cell.train, seed=cell.seed, log=log, log_every=max(1, cell.train.epochs // 3),
+                            wrap=wrap, rank=rank, world_size=world)
+    snapshots = collect_snapshots(model, subset, data, cell.collect, seed=cell.seed,
+                                  batch_size=cell.train.batch_size, log=log, wrap=wrap, rank=rank, world_size=world)
+    if rank == 0:
+        scores = BatchedEvaluator(model, subset).score(snapshots, data)
+        store.write("checkpoints", cell.cell_id, "snapshots", [
+            {"index": i, "val_acc": float(scores.val_acc[i]), "test_acc": float(scores.test_acc[i]),
+             "params": snapshots[i].tolist()} for i in range(len(snapshots))
+        ])
+        buf = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+        store.write_bytes(model_relpath(cell.cell_id), buf.getvalue())
+        store.write("sources", cell.cell_id, "source", [{
+            "arch": cell.arch, "dataset": cell.dataset, "seed": cell.seed, "subset": list(subset.names),
+            "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),
+            "k": len(snapshots), "test_acc": test_acc, "seconds": time.perf_counter() - t0,
+            "node_id": ray.get_runtime_context().get_node_id(), "model_path": model_relpath(cell.cell_id),
+        }])
+        log(f"source test acc {100 * test_acc:.2f}%, {len(snapshots)} snapshots, "
+            f"mean snapshot test acc {100 * float(scores.test_acc.mean()):.2f}%")
+    ray.train.report({"test_acc": test_acc})
+
+
+@ray.remote(num_cpus=0, max_retries=2)
+def _cell_run(cell: Cell, store: Store, spec: SweepSpec) -> str:
+    """Drive one cell's TorchTrainer from inside the cluster (it holds no CPU itself)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    res = spec.source_resources
+    per_worker = {"CPU": res.cpus} | ({"GPU": res.gpus} if res.gpus else {})
+    trainer = TorchTrainer(
+        _train_cell,
+        train_loop_config={"cell": cell, "store": store, "threads": max(1, int(res.cpus))},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0, resources_per_worker=per_worker),
+        # A fresh run name per attempt: Train V2 silently resumes a run whose
+        # name exists. Results are identified by cell id in the tables instead.
+        run_config=RunConfig(name=f"source-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
+                             storage_path=store.path("_ray") if store.is_local else f"{store.uri}/_ray",
+                             failure_config=FailureConfig(max_failures=2)),
+    )
+    trainer.fit()
+    return cell.cell_id
+
+
+def run_sources(spec: SweepSpec, store: Store, progress: Progress) -> None:
+    """Train and collect every cell that has no `sources` row yet, concurrently."""
+    todo = pending_cells(spec, store)
+    progress.stage("sources", total=len(spec.cells), done=len(spec.cells) - len(todo))
+    running = {_cell_run.remote(cell, store, spec): cell for cell in todo}
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1)
+        cell = running.pop(ready[0])
+        ray.get(ready[0])  # re-raises a cell's failure after Ray's retries
+        row = store.read_pandas("sources", cell.cell_id).iloc[0]
+        progress.advance("sources", f"{cell.cell_id}: source {100 * row.test_acc:.2f}% test acc, "
+                                    f"{row.k} snapshots of {row.n_subset} params ({row.seconds:.0f}s)")

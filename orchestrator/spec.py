@@ -1,0 +1,357 @@
+"""Sweep YAML -> a typed, validated `SweepSpec`. Every error names the file and the field.
+
+    name: smoke
+    storage: results                  # local folder or any pyarrow URI (s3://bucket/prefix)
+    seed: 0
+    sources:
+      archs: [cnn_small, mlp]
+      datasets: [digits]
+      seeds: [0, 1]
+      train: {epochs: 15, batch_size: 64, lr: 0.05}
+      subset: {cnn_small: ["bn2.*", "fc.*"]}     # optional; default pdiff.DEFAULT_SUBSET
+      collect: {k: 50, interval: 2, unit: step, lr: 0.01}
+    pdiff:
+      knobs:                          # a value is fixed; a mapping with `type` is searched
+        latent_dim: {type: choice, values: [32, 64]}
+        latent_noise: {type: loguniform, low: 0.01, high: 0.5}
+        ae_steps: {type: int, low: 200, high: 600}
+        sampler: ddim
+      objective: [accuracy]           # or [accuracy, novelty] for a multi-objective search
+      num_samples: 4
+      max_concurrent: 2
+      early_stopping: {grace_period: 2}   # ASHA on intermediate val accuracy; omit for none
+      baselines: true
+      noise_sigma: 0.01
+    resources:
+      sources: {cpus: 1, gpus: 0, workers: 1}
+      trials: {cpus: 1, gpus: 0}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, PdiffConfig, TrainConfig
+from pdiff.pipeline import KNOBS
+
+__all__ = ["SpecError", "Distribution", "Cell", "SweepSpec", "load_spec", "parse_spec"]
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+OBJECTIVES = ("accuracy", "novelty")
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot run: `FILE: path.to.field: what was expected`."""
+
+    def __init__(self, source: str, path: str, message: str):
+        self.source, self.path, self.message = source, path, message
+        super().__init__(f"{source}: {path}: {message}")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched knob, in Optuna's terms."""
+
+    type: str  # uniform | loguniform | int | choice
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple[Any, ...] = ()
+    log: bool = False  # for int
+
+    def to_optuna(self):
+        import optuna.distributions as od
+
+        if self.type == "choice":
+            return od.CategoricalDistribution(list(self.values))
+        if self.type == "int":
+            return od.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return od.FloatDistribution(float(self.low), float(self.high), log=self.type == "loguniform")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One source model: (arch, dataset, seed) with its training knobs. Its id is its content."""
+
+    arch: str
+    dataset: str
+    seed: int
+    subset: tuple[str, ...]
+    train: TrainConfig
+    collect: CollectConfig
+
+    @property
+    def cell_id(self) -> str:
+        content = json.dumps([self.arch, self.dataset, self.seed, self.subset,
+                              dataclasses.asdict(self.train), dataclasses.asdict(self.collect)], sort_keys=True)
+        return f"{self.arch}-{self.dataset}-s{self.seed}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    storage: str
+    seed: int
+    cells: tuple[Cell, ...]
+    fixed: dict[str, Any]  # p-diff knobs held constant
+    search: dict[str, Distribution]  # p-diff knobs searched
+    objective: tuple[str, ...]
+    num_samples: int
+    max_concurrent: int
+    grace_period: int | None  # ASHA early stopping, None = off
+    baselines: bool
+    noise_sigma: float
+    source_resources: Resources
+    trial_resources: Resources
+    source_file: str = "<spec>"
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of everything that defines the results (not where they are stored)."""
+        content = {k: v for k, v in self.raw.items() if k not in ("storage", "resources")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @property
+    def search_hash(self) -> str:
+        """Hash of the p-diff section: trials of a different search are not resumed."""
+        return hashlib.sha256(json.dumps(self.raw.get("pdiff"), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def pdiff_config(self, knobs: dict[str, Any]) -> PdiffConfig:
+        return PdiffConfig.from_knobs(**(self.fixed | knobs))
+
+
+def load_spec(path: str | Path, *, storage: str | None = None) -> SweepSpec:
+    """Read and validate a sweep YAML file; `storage` overrides the file's."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise SpecError(source, "<file>", "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(source, "<file>", f"not valid YAML ({err})") from None
+    if storage is not None and isinstance(raw, dict):
+        raw["storage"] = storage
+    return parse_spec(raw, source)
+
+
+class _Reader:
+    """Walks a YAML mapping, recording where it is so errors can name the field."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, message: str):
+        raise SpecError(self.source, path, message)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                self.fail(f"{path}.{key}" if path else str(key), f"unknown key; expected one of: {', '.join(allowed)}")
+        for key in required:
+            if key not in value:
+                self.fail(f"{path}.{key}" if path else key, "required field is missing")
+        return value
+
+    def typed(self, value: Any, path: str, kind: type | tuple, what: str, *, positive: bool = False,
+              minimum: float | None = None):
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.fail(path, f"expected {what}, got a boolean")
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            self.fail(path, f"expected {what}, got {value!r}")
+        if positive and not value > 0:
+            self.fail(path, f"expected {what} > 0, got {value!r}")
+        if minimum is not None and value < minimum:
+            self.fail(path, f"expected {what} >= {minimum}, got {value!r}")
+        return value
+
+    def names(self, value: Any, path: str, known: tuple[str, ...] | None, what: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.fail(path, f"expected a non-empty list of {what}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or (known is not None and item not in known):
+                self.fail(f"{path}[{i}]", f"unknown {what[:-1]} {item!r}; known: {', '.join(known or ())}")
+        if len(set(value)) != len(value):
+            self.fail(path, f"duplicate {what}")
+        return tuple(value)
+
+
+def _config(reader: _Reader, value: Any, path: str, cls: type) -> Any:
+    """A dataclass config from a mapping: unknown keys and wrong types are errors."""
+    value = {} if value is None else value
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    reader.mapping(value, path, tuple(fields))
+    defaults = cls()
+    for key, item in value.items():
+        default = getattr(defaults, key)
+        kind = type(default)
+        what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
+        reader.typed(item, f"{path}.{key}", kind, what, positive=kind in (int, float) and key != "weight_decay")
+    try:
+        return cls(**value)
+    except (TypeError, ValueError) as err:
+        reader.fail(path, str(err))
+
+
+_CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "constant"), "unit": ("step", "epoch")}
+
+
+def _check_choices(reader: _Reader, cfg: Any, path: str) -> None:
+    for key, allowed in _CHOICES.items():
+        if hasattr(cfg, key) and getattr(cfg, key) not in allowed:
+            reader.fail(f"{path}.{key}", f"expected one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+
+
+def _distribution(r: _Reader, value: dict, path: str) -> Distribution:
+    kind = value.get("type")
+    if kind not in DISTRIBUTIONS:
+        r.fail(f"{path}.type", f"expected one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
+    if kind == "choice":
+        r.mapping(value, path, ("type", "values"), ("values",))
+        values = value["values"]
+        if not isinstance(values, list) or not values:
+            r.fail(f"{path}.values", "expected a non-empty list")
+        for i, v in enumerate(values):
+            if not isinstance(v, (int, float, str, bool)) and v is not None:
+                r.fail(f"{path}.values[{i}]", f"expected a number or a string (Optuna choices), got {v!r}")
+        return Distribution("choice", values=tuple(values))
+    r.mapping(value, path, ("type", "low", "high", "log") if kind == "int" else ("type", "low", "high"),
+              ("low", "high"))
+    num = int if kind == "int" else float
+    what = "an integer" if kind == "int" else "a number"
+    low = r.typed(value["low"], f"{path}.low", num, what)
+    high = r.typed(value["high"], f"{path}.high", num, what)
+    log = r.typed(value.get("log", False), f"{path}.log", bool, "true or false")
+    if not low < high:
+        r.fail(path, f"impossible range: low ({low}) must be below high ({high})")
+    if (kind == "loguniform" or log) and low <= 0:
+        r.fail(f"{path}.low", f"a log-scaled range needs low > 0, got {low}")
+    return Distribution(kind, low, high, log=log)
+
+
+def _check_knob_value(r: _Reader, name: str, value: Any, path: str) -> None:
+    """Build a PdiffConfig with just this knob so that type errors surface at parse time."""
+    try:
+        cfg = PdiffConfig.from_knobs(**{name: value})
+    except (TypeError, ValueError) as err:
+        r.fail(path, str(err))
+    default = PdiffConfig().knobs()[name]
+    got = cfg.knobs()[name]
+    if default is not None and not isinstance(got, type(default)) and not (
+            isinstance(default, float) and isinstance(got, int) and not isinstance(got, bool)):
+        r.fail(path, f"expected {type(default).__name__}, got {value!r}")
+    if isinstance(got, (int, float)) and not isinstance(got, bool) and got < 0:
+        r.fail(path, f"expected a value >= 0, got {value!r}")
+    if name in ("latent_dim", "ae_steps", "ldm_steps", "n_generated") and got <= 0:
+        r.fail(path, f"expected a positive value, got {value!r}")
+
+
+def _resources(r: _Reader, value: Any, path: str, workers: bool) -> Resources:
+    value = {} if value is None else value
+    r.mapping(value, path, ("cpus", "gpus", "workers") if workers else ("cpus", "gpus"))
+    cpus = r.typed(value.get("cpus", 1.0), f"{path}.cpus", float, "a number", positive=True)
+    gpus = r.typed(value.get("gpus", 0.0), f"{path}.gpus", float, "a number", minimum=0)
+    n = r.typed(value.get("workers", 1), f"{path}.workers", int, "an integer", positive=True)
+    if gpus > 1 and gpus != int(gpus):
+        r.fail(f"{path}.gpus", f"a fractional GPU request must be below 1, got {gpus}")
+    return Resources(cpus, gpus, n)
+
+
+def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
+    """Validate a parsed YAML document (see the module docstring for the format)."""
+    r = _Reader(source)
+    if raw is None:
+        r.fail("<file>", "the file is empty")
+    top = r.mapping(raw, "", ("name", "storage", "seed", "sources", "pdiff", "resources"),
+                    ("name", "sources", "pdiff"))
+    name = r.typed(top["name"], "name", str, "a string")
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        r.fail("name", f"expected letters, digits, '-', '_' or '.', got {name!r}")
+    storage = r.typed(top.get("storage", "results"), "storage", str, "a folder or a URI such as s3://bucket/prefix")
+    seed = r.typed(top.get("seed", 0), "seed", int, "an integer", minimum=0)
+
+    src = r.mapping(top["sources"], "sources", ("archs", "datasets", "seeds", "train", "subset", "collect"),
+                    ("archs", "datasets"))
+    archs = r.names(src["archs"], "sources.archs", tuple(ARCHS), "architectures")
+    datasets = r.names(src["datasets"], "sources.datasets", DATASETS, "datasets")
+    seeds = src.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds:
+        r.fail("sources.seeds", "expected a non-empty list of integers")
+    for i, s in enumerate(seeds):
+        r.typed(s, f"sources.seeds[{i}]", int, "an integer", minimum=0)
+    if len(set(seeds)) != len(seeds):
+        r.fail("sources.seeds", "duplicate seeds")
+    train = _config(r, src.get("train"), "sources.train", TrainConfig)
+    _check_choices(r, train, "sources.train")
+    collect = _config(r, src.get("collect"), "sources.collect", CollectConfig)
+    _check_choices(r, collect, "sources.collect")
+    subsets = r.mapping(src.get("subset") or {}, "sources.subset", tuple(ARCHS))
+    for arch, patterns in subsets.items():
+        r.names(patterns, f"sources.subset.{arch}", None, "patterns")
+    cells = tuple(
+        Cell(arch, dataset, seed_, tuple(subsets.get(arch, DEFAULT_SUBSET[arch])), train, collect)
+        for arch in archs for dataset in datasets for seed_ in seeds
+    )
+
+    pd = r.mapping(top["pdiff"], "pdiff", ("knobs", "objective", "num_samples", "max_concurrent",
+                                            "early_stopping", "baselines", "noise_sigma"))
+    knobs = r.mapping(pd.get("knobs") or {}, "pdiff.knobs", tuple(KNOBS))
+    fixed, search = {}, {}
+    for knob, value in knobs.items():
+        path = f"pdiff.knobs.{knob}"
+        if isinstance(value, dict):
+            dist = _distribution(r, value, path)
+            for probe in ((dist.low, dist.high) if dist.type != "choice" else dist.values):
+                _check_knob_value(r, knob, probe, path)
+            search[knob] = dist
+        else:
+            _check_knob_value(r, knob, value, path)
+            fixed[knob] = value
+    objective = pd.get("objective", ["accuracy"])
+    objective = r.names(objective, "pdiff.objective", OBJECTIVES, "objectives")
+    if objective[0] != "accuracy":
+        r.fail("pdiff.objective", "the first objective must be accuracy (novelty may follow)")
+    num_samples = r.typed(pd.get("num_samples", 4), "pdiff.num_samples", int, "an integer", positive=True)
+    max_concurrent = r.typed(pd.get("max_concurrent", 2), "pdiff.max_concurrent", int, "an integer", positive=True)
+    if num_samples > 1 and not search:
+        r.fail("pdiff.knobs", f"num_samples is {num_samples} but no knob is searched (give one a `type`)")
+    grace = None
+    if pd.get("early_stopping") is not None:
+        es = r.mapping(pd["early_stopping"], "pdiff.early_stopping", ("grace_period",))
+        grace = r.typed(es.get("grace_period", 2), "pdiff.early_stopping.grace_period", int, "an integer",
+                        positive=True)
+        if len(objective) > 1:
+            r.fail("pdiff.early_stopping", "early stopping (ASHA) needs a single objective")
+    baselines = r.typed(pd.get("baselines", True), "pdiff.baselines", bool, "true or false")
+    noise_sigma = r.typed(pd.get("noise_sigma", 0.01), "pdiff.noise_sigma", float, "a number", positive=True)
+
+    res = r.mapping(top.get("resources") or {}, "resources", ("sources", "trials"))
+    source_res = _resources(r, res.get("sources"), "resources.sources", workers=True)
+    trial_res = _resources(r, res.get("trials"), "resources.trials", workers=False)
+
+    return SweepSpec(
+        name=name, storage=storage, seed=seed, cells=cells, fixed=fixed, search=search, objective=objective,
+        num_samples=num_samples, max_concurrent=max_concurrent, grace_period=grace, baselines=baselines,
+        noise_sigma=noise_sigma, source_resources=source_res, trial_resources=trial_res, source_file=source,
+        raw=raw,
+    )

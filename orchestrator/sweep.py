@@ -1,0 +1,137 @@
+"""`python -m orchestrator.sweep SPEC`: validate, plan, run both stages on Ray, resume, summarise.
+
+Exit status: 0 done, 2 bad input (spec, resources, unreadable tables; nothing
+written), 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .progress import Progress
+from .spec import SpecError, SweepSpec, load_spec
+from .tables import CorruptTable, Store
+
+__all__ = ["main", "connect_ray", "check_resources", "plan_text"]
+
+
+def plan_text(spec: SweepSpec, store: Store) -> str:
+    src, trial = spec.source_resources, spec.trial_resources
+    lines = [
+        f"sweep {spec.name} (spec {spec.spec_hash}) -> {store.uri}",
+        f"stage 1 sources: {len(spec.cells)} cells on Ray Train, {src.workers} worker(s) x "
+        f"{src.cpus:g} CPU / {src.gpus:g} GPU each",
+    ]
+    for c in spec.cells:
+        lines.append(f"  {c.cell_id}: {c.arch} on {c.dataset}, seed {c.seed}, K={c.collect.k}, "
+                     f"subset {', '.join(c.subset)}")
+    searched = ", ".join(f"{k} ~ {d.type}" + (f"[{d.low}, {d.high}]" if d.type != "choice" else f"{list(d.values)}")
+                         for k, d in spec.search.items()) or "nothing (fixed knobs)"
+    lines += [
+        f"stage 2 pdiff: {spec.num_samples} trials per cell = {spec.num_samples * len(spec.cells)} trials, "
+        f"{spec.max_concurrent} at a time, {trial.cpus:g} CPU / {trial.gpus:g} GPU each",
+        f"  search: {searched}",
+        f"  fixed: {spec.fixed or 'defaults'}",
+        f"  objective: {' + '.join(spec.objective)}; early stopping: "
+        f"{'ASHA, grace ' + str(spec.grace_period) if spec.grace_period else 'off'}; "
+        f"baselines: {'on' if spec.baselines else 'off'}",
+    ]
+    return "\n".join(lines)
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or the one this machine runs, else start an embedded local Ray."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # OpenMP spin-waiting makes torch 5-10x slower when trials share cores.
+    runtime_env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # one local node: no token to share
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Every request must fit on at least one live node, or Ray would wait forever."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU" for r in nodes)
+    for field, res in (("resources.sources", spec.source_resources), ("resources.trials", spec.trial_resources)):
+        fits = [r for r in nodes if r.get("CPU", 0) >= res.cpus and r.get("GPU", 0) >= res.gpus]
+        if not fits:
+            raise SpecError(spec.source_file, field,
+                            f"asks for {res.cpus:g} CPU / {res.gpus:g} GPU per worker, but no node of this "
+                            f"cluster can ever give that (nodes: {have})")
+    src = spec.source_resources
+    if src.workers > 1:
+        slots = sum(min(int(r.get("CPU", 0) // src.cpus),
+                        int(r.get("GPU", 0) // src.gpus) if src.gpus else 1 << 30) for r in nodes)
+        if slots < src.workers:
+            raise SpecError(spec.source_file, "resources.sources.workers",
+                            f"{src.workers} workers of {src.cpus:g} CPU / {src.gpus:g} GPU do not fit on this "
+                            f"cluster at once (room for {slots}; nodes: {have})")
+
+
+def _print_summary(store: Store) -> None:
+    import pandas as pd
+
+    from .summary import summary
+
+    table = summary(store)
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(table.drop(columns=["cell_id"]).to_string(index=False))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("spec", help="sweep YAML file, e.g. sweeps/smoke.yaml")
+    parser.add_argument("--address", help="Ray cluster address (default: a running cluster, else a local Ray)")
+    parser.add_argument("--storage", help="results root: a folder or a URI such as s3://bucket/prefix")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--restart", action="store_true", help="delete this sweep's results and start over")
+    args = parser.parse_args(argv)
+
+    try:
+        spec = load_spec(args.spec, storage=args.storage)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    store = Store(spec.storage, spec.name, spec.spec_hash)
+    print(plan_text(spec, store), flush=True)
+    if args.dry_run:
+        return 0
+    if not args.restart:
+        try:
+            store.check()
+        except CorruptTable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    connect_ray(args.address)
+    try:
+        check_resources(spec)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.restart:
+        store.delete_all()
+
+    from .sources import run_sources
+    from .tuning import run_tuning
+
+    progress = Progress()
+    run_sources(spec, store, progress)
+    run_tuning(spec, store, progress)
+    progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
+    _print_summary(store)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

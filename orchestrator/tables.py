@@ -1,0 +1,188 @@
+"""Parquet tables of a sweep: schemas, atomic one-file-per-writer writes, readers.
+
+Layout: `<storage>/<sweep>/<table>/<cell_id>/<writer_id>.parquet`. A writer's
+file name is deterministic (a cell, a trial), so a retried writer replaces its
+own rows instead of duplicating them. Local files are written under a hidden
+temporary name and renamed, so readers never see half a file; object stores
+(S3) make a PUT visible only once complete.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = ["SCHEMA_VERSION", "TABLES", "CorruptTable", "Store"]
+
+SCHEMA_VERSION = 1
+
+# Key columns of each table. Columns are only ever added, never retyped; the
+# trials table also carries every p-diff knob as a column of its own.
+_COMMON = [("sweep", pa.string()), ("spec_hash", pa.string()), ("schema_version", pa.int32()),
+           ("cell_id", pa.string())]
+TABLES: dict[str, pa.Schema] = {
+    "sources": pa.schema(_COMMON + [
+        ("arch", pa.string()), ("dataset", pa.string()), ("seed", pa.int64()), ("subset", pa.list_(pa.string())),
+        ("n_subset", pa.int64()), ("n_total", pa.int64()), ("k", pa.int64()), ("test_acc", pa.float64()),
+        ("seconds", pa.float64()), ("node_id", pa.string()), ("model_path", pa.string()),
+    ]),
+    "checkpoints": pa.schema(_COMMON + [
+        ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),
+        ("params", pa.list_(pa.float32())),
+    ]),
+    "trials": pa.schema(_COMMON + [
+        ("trial_id", pa.string()), ("search_hash", pa.string()), ("status", pa.string()),
+        ("val_acc", pa.float64()), ("selected_acc", pa.float64()), ("best_test_acc", pa.float64()),
+        ("mean_acc", pa.float64()), ("median_acc", pa.float64()), ("novelty", pa.float64()),
+        ("val_novelty", pa.float64()), ("ae_loss", pa.float64()), ("ldm_loss", pa.float64()),
+        ("seconds", pa.float64()), ("node_id", pa.string()),
+    ]),
+    "generated": pa.schema(_COMMON + [
+        ("trial_id", pa.string()), ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),
+        ("max_iou_to_train", pa.float64()), ("nearest_l2", pa.float64()), ("params", pa.list_(pa.float32())),
+    ]),
+    "baselines": pa.schema(_COMMON + [
+        ("method", pa.string()), ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),
+        ("max_iou_to_train", pa.float64()), ("nearest_l2", pa.float64()), ("params", pa.list_(pa.float32())),
+    ]),
+}
+
+
+class CorruptTable(RuntimeError):
+    """A Parquet file of a sweep cannot be read."""
+
+
+@dataclass(frozen=True)
+class Store:
+    """The results of one sweep: `<storage>/<sweep>/`, on any pyarrow filesystem."""
+
+    storage: str  # a local folder or a URI (s3://bucket/prefix, file:///...)
+    sweep: str
+    spec_hash: str = ""
+
+    def __post_init__(self):
+        # Resolve a relative folder now: Ray workers run in other directories.
+        if "://" not in self.storage:
+            object.__setattr__(self, "storage", os.path.abspath(self.storage))
+
+    @property
+    def _fs_root(self) -> tuple[pafs.FileSystem, str]:
+        if "://" in self.storage:
+            fs, root = pafs.FileSystem.from_uri(self.storage)
+        else:
+            fs, root = pafs.LocalFileSystem(), os.path.abspath(self.storage)
+        return fs, f"{root.rstrip('/')}/{self.sweep}"
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self._fs_root[0]
+
+    @property
+    def root(self) -> str:
+        return self._fs_root[1]
+
+    @property
+    def uri(self) -> str:
+        """Where the sweep lives, as a user would type it."""
+        return f"{self.storage.rstrip('/')}/{self.sweep}" if "://" in self.storage else self.root
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, table: str, cell_id: str, writer_id: str, rows: list[dict[str, Any]]) -> str:
+        """Write one writer's rows as one immutable file, replacing that writer's previous file."""
+        common = {"sweep": self.sweep, "spec_hash": self.spec_hash, "schema_version": SCHEMA_VERSION,
+                  "cell_id": cell_id}
+        rows = [common | row for row in rows]
+        core = TABLES[table]
+        extra = sorted({k for row in rows for k in row} - set(core.names))
+        schema = core
+        if extra:  # e.g. the knob columns of `trials`, typed from their values
+            inferred = pa.Table.from_pylist([{k: row.get(k) for k in extra} for row in rows]).schema
+            schema = pa.unify_schemas([core, inferred])
+        data = pa.Table.from_pylist(rows, schema=schema)
+        final = self.path(table, cell_id, f"{writer_id}.parquet")
+        self._put(final, lambda sink: pq.write_table(data, sink, compression="zstd"))
+        return final
+
+    def write_bytes(self, relpath: str, payload: bytes) -> str:
+        final = self.path(relpath)
+        self._put(final, lambda sink: sink.write(payload))
+        return final
+
+    def read_bytes(self, relpath: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relpath)) as f:
+            return f.read()
+
+    def _put(self, final: str, write) -> None:
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        if not self.is_local:  # an object store publishes a PUT atomically
+            with self.fs.open_output_stream(final) as sink:
+                write(sink)
+            return
+        directory, name = final.rsplit("/", 1)
+        tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with self.fs.open_output_stream(tmp) as sink:
+                write(sink)
+            os.replace(tmp, final)  # atomic on POSIX, replaces a retried writer's file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def delete(self, table: str, cell_id: str, writer_id: str) -> None:
+        path = self.path(table, cell_id, f"{writer_id}.parquet")
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
+    def delete_all(self) -> None:
+        """Remove the whole sweep (for --restart)."""
+        if self.fs.get_file_info(self.root).type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.root)
+
+    # -- reading -------------------------------------------------------------
+
+    def files(self, table: str, cell_id: str | None = None) -> list[str]:
+        base = self.path(table, cell_id) if cell_id else self.path(table)
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                      and not i.base_name.startswith("."))
+
+    def read(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """One table (or one cell of it) as Arrow; files with added columns are unified."""
+        files = self.files(table, cell_id)
+        if not files:
+            return TABLES[table].empty_table() if columns is None else TABLES[table].empty_table().select(
+                [c for c in columns if c in TABLES[table].names])
+        schemas = []
+        for f in files:
+            try:
+                schemas.append(pq.read_schema(f, filesystem=self.fs))
+            except (pa.ArrowInvalid, OSError) as err:
+                raise CorruptTable(f"{f}: not a readable Parquet file ({err}). Move it aside or delete it, "
+                                   f"then re-run: its writer will be run again.") from None
+        dataset = pads.dataset(files, schema=pa.unify_schemas(schemas), filesystem=self.fs, format="parquet")
+        return dataset.to_table(columns=list(columns) if columns else None)
+
+    def read_pandas(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None):
+        return self.read(table, cell_id, columns).to_pandas()
+
+    def check(self) -> dict[str, int]:
+        """Read every table once; raises CorruptTable naming the first unreadable file. Returns row counts."""
+        return {t: self.read(t, columns=["cell_id"]).num_rows for t in TABLES}
+

@@ -1,0 +1,242 @@
+"""Stage 2 on Ray Tune + Optuna: per cell, search the autoencoder / diffusion knobs.
+
+A trial trains the AE and the latent DDPM on the cell's snapshots, generates N
+vectors, scores them on val and test, and writes its `generated` rows and last
+its `trials` row (the commit marker). The objective is the val accuracy of the
+val-selected generated model (the test split is never used to search), with
+novelty (mean max-IoU to the snapshots, on val) as an optional second one.
+
+Resume: the Optuna study is rebuilt from the `trials` table (Optuna's own
+`create_trial` / `add_trial`), so a re-run only launches the missing trials and
+the sampler continues from everything already measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Any
+
+import ray
+import torch
+
+from pdiff import ParameterSubset, load_dataset
+from pdiff.evaluate import BatchedEvaluator, iou_matrix
+from pdiff.pipeline import run_baselines, run_pdiff
+
+from .progress import Progress
+from .sources import load_source_model
+from .spec import Cell, SweepSpec
+from .tables import Store
+
+__all__ = ["run_tuning", "trial_id_of", "PROBES"]
+
+PROBES = 3  # intermediate reports per training phase, when early stopping is on
+METRICS = {"accuracy": ("val_acc", "max"), "novelty": ("novelty", "min")}
+
+
+def trial_id_of(cell_id: str, knobs: dict[str, Any]) -> str:
+    """A trial is identified by its content: the cell and the knob values."""
+    content = json.dumps([cell_id, sorted(knobs.items())], default=str)
+    return "t" + hashlib.sha256(content.encode()).hexdigest()[:10]
+
+
+def _snapshots(store: Store, cell: Cell) -> torch.Tensor:
+    table = store.read("checkpoints", cell.cell_id, columns=["index", "params"]).sort_by("index")
+    return torch.tensor(table.column("params").to_pylist(), dtype=torch.float32)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+
+
+def _setup(store: Store, cell: Cell, snapshots: torch.Tensor, threads: int):
+    torch.set_num_threads(threads)
+    device = _device()
+    data = load_dataset(cell.dataset, seed=cell.seed)
+    model = load_source_model(store, cell, data, device)
+    evaluator = BatchedEvaluator(model, ParameterSubset.select(model, cell.subset))
+    return data, evaluator, evaluator.score(snapshots, data), device
+
+
+def _vector_rows(assessment) -> list[dict[str, Any]]:
+    s = assessment.scores
+    return [{"index": i, "val_acc": float(s.val_acc[i]), "test_acc": float(s.test_acc[i]),
+             "max_iou_to_train": float(assessment.max_iou[i]), "nearest_l2": float(assessment.nearest_l2[i]),
+             "params": assessment.vectors[i].tolist()} for i in range(len(assessment.vectors))]
+
+
+def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor) -> None:
+    """Ray Tune function trainable: one p-diff configuration on one cell."""
+    from ray import tune
+
+    t0 = time.perf_counter()
+    knobs = spec.fixed | config
+    trial_id = trial_id_of(cell.cell_id, knobs)
+    cfg = spec.pdiff_config(config)
+    data, evaluator, snap_scores, device = _setup(store, cell, snapshots, max(1, int(spec.trial_resources.cpus)))
+    early = spec.grace_period is not None
+    run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=spec.seed + int(trial_id[1:], 16) % 2**31,
+                    device=device, probes=PROBES if early else 0,
+                    on_probe=lambda phase, step, acc: tune.report({"val_acc": 100 * acc, "phase": phase}))
+    g = run.generated
+    val_novelty = float(iou_matrix(g.scores.val_wrong, snap_scores.val_wrong).max(1).values.mean())
+    result = {"val_acc": 100 * float(g.scores.val_acc.max()), "novelty": val_novelty}
+    store.write("generated", cell.cell_id, trial_id, _vector_rows(g))
+    store.write("trials", cell.cell_id, trial_id, [knobs | g.summary | result | {
+        "trial_id": trial_id, "search_hash": spec.search_hash, "status": "completed",
+        "novelty": g.summary["mean_max_iou"], "val_novelty": val_novelty,
+        "ae_loss": run.ae_loss, "ldm_loss": run.ldm_loss, "seconds": time.perf_counter() - t0,
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }])
+    tune.report(result | {"phase": "done", "test_selected_acc": g.summary["selected_acc"]})
+
+
+@ray.remote(max_retries=2)
+def _baselines(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor) -> str:
+    data, evaluator, snap_scores, _ = _setup(store, cell, snapshots, max(1, int(spec.trial_resources.cpus)))
+    n = spec.pdiff_config({}).n_generated
+    results = run_baselines(snapshots, evaluator, data, snap_scores, n, seed=spec.seed + cell.seed,
+                            noise_sigma=spec.noise_sigma)
+    # One file for all methods: the cell's baselines appear together or not at all.
+    store.write("baselines", cell.cell_id, "baselines",
+                [{"method": name} | row for name, a in results.items() for row in _vector_rows(a)])
+    return cell.cell_id
+
+
+def _finished_trials(store: Store, spec: SweepSpec, cell: Cell) -> list[dict[str, Any]]:
+    rows = store.read_pandas("trials", cell.cell_id)
+    if rows.empty:
+        return []
+    return rows[rows.search_hash == spec.search_hash].to_dict("records")
+
+
+def _study(spec: SweepSpec, cell: Cell, finished: list[dict[str, Any]]):
+    """An Optuna study holding every trial of this cell already in the tables."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.InMemoryStorage()
+    directions = ["maximize" if METRICS[o][1] == "max" else "minimize" for o in spec.objective]
+    sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if len(directions) > 1
+               else optuna.samplers.TPESampler(seed=spec.seed))
+    name = f"{spec.name}-{cell.cell_id}"
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler)
+    dists = {k: d.to_optuna() for k, d in spec.search.items()}
+    for row in finished:
+        params = {k: row[k] for k in dists}
+        if row["status"] == "completed":
+            values = [row[METRICS[o][0]] if o == "accuracy" else row["val_novelty"] for o in spec.objective]
+            study.add_trial(create_trial(params=params, distributions=dists, values=values))
+        else:
+            study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.PRUNED))
+    return storage, name, sampler, dists
+
+
+def _record_unfinished(spec: SweepSpec, cell: Cell, store: Store, trial, status: str) -> None:
+    """A trial stopped early (or failed for good) writes no row itself: record it from the driver."""
+    knobs = spec.fixed | dict(trial.config)
+    trial_id = trial_id_of(cell.cell_id, knobs)
+    if store.path("trials", cell.cell_id, f"{trial_id}.parquet") in store.files("trials", cell.cell_id):
+        return
+    last = trial.last_result or {}
+    store.delete("generated", cell.cell_id, trial_id)
+    store.write("trials", cell.cell_id, trial_id, [knobs | {
+        "trial_id": trial_id, "search_hash": spec.search_hash, "status": status,
+        "val_acc": last.get("val_acc"), "node_id": None,
+    }])
+
+
+def _callback(spec: SweepSpec, cell: Cell, store: Store, progress: Progress, best: list[float]):
+    from ray import tune
+
+    class SweepCallback(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            if last.get("phase") != "done":
+                _record_unfinished(spec, cell, store, trial, "stopped")
+                progress.advance("trials", f"{cell.cell_id}: trial stopped early at val {last.get('val_acc', 0):.2f}%")
+                return
+            best[0] = max(best[0], last["val_acc"])
+            extra = f", novelty {last['novelty']:.3f}" if len(spec.objective) > 1 else ""
+            progress.advance("trials", f"{cell.cell_id}: val {last['val_acc']:.2f}%{extra} "
+                                       f"(best so far {best[0]:.2f}%)")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            _record_unfinished(spec, cell, store, trial, "error")
+            progress.advance("trials", f"{cell.cell_id}: trial failed for good: {trial.error_file}")
+
+    return SweepCallback()
+
+
+def _tune_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor, remaining: int,
+               finished: list[dict[str, Any]], progress: Progress) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage, name, sampler, dists = _study(spec, cell, finished)
+    metrics = [METRICS[o][0] for o in spec.objective]
+    modes = [METRICS[o][1] for o in spec.objective]
+    single = len(metrics) == 1
+    searcher = OptunaSearch(space=dists, metric=metrics[0] if single else metrics,
+                            mode=modes[0] if single else modes, storage=storage, study_name=name, sampler=sampler)
+    scheduler = None
+    if spec.grace_period is not None:
+        scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
+                                  max_t=2 * PROBES + 1, grace_period=spec.grace_period)
+    res = spec.trial_resources
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, spec=spec, cell=cell, store=store, snapshots=snapshots),
+        {"cpu": res.cpus, "gpu": res.gpus},
+    )
+    done = [r["val_acc"] for r in finished if r["status"] == "completed"]
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                    max_concurrent_trials=spec.max_concurrent),
+        run_config=tune.RunConfig(
+            name=f"pdiff-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
+            storage_path=store.path("_ray") if store.is_local else f"{store.uri}/_ray",
+            failure_config=tune.FailureConfig(max_failures=2), verbose=0,
+            callbacks=[_callback(spec, cell, store, progress, [max(done, default=float("-inf"))])],
+        ),
+    )
+    tuner.fit()
+
+
+def _drop_orphans(store: Store, cell: Cell) -> None:
+    """`generated` files of trials that never wrote their `trials` row (interrupted mid-write)."""
+    committed = {f.rsplit("/", 1)[1] for f in store.files("trials", cell.cell_id)}
+    for f in store.files("generated", cell.cell_id):
+        if f.rsplit("/", 1)[1] not in committed:
+            store.fs.delete_file(f)
+
+
+def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:
+    """Baselines for every cell, then one Tune + Optuna search per cell for the missing trials."""
+    snapshots = {cell.cell_id: _snapshots(store, cell) for cell in spec.cells}
+    if spec.baselines:
+        have = set(store.read("baselines", columns=["cell_id"]).column("cell_id").to_pylist())
+        todo = [c for c in spec.cells if c.cell_id not in have]
+        progress.stage("baselines", total=len(spec.cells), done=len(spec.cells) - len(todo))
+        res = spec.trial_resources
+        refs = {_baselines.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(
+            spec, c, store, ray.put(snapshots[c.cell_id])): c for c in todo}
+        for ref in refs:
+            ray.get(ref)
+            progress.advance("baselines", refs[ref].cell_id)
+
+    plan = []
+    for cell in spec.cells:
+        _drop_orphans(store, cell)
+        finished = _finished_trials(store, spec, cell)
+        plan.append((cell, finished, max(0, spec.num_samples - len(finished))))
+    total = spec.num_samples * len(spec.cells)
+    progress.stage("trials", total=total, done=total - sum(r for _, _, r in plan))
+    for cell, finished, remaining in plan:
+        if remaining:
+            _tune_cell(spec, cell, store, snapshots[cell.cell_id], remaining, finished, progress)

@@ -1,0 +1,90 @@
+"""pdiff.diffusion: schedule, per-sample timestep conditioning, training, both samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pdiff import LDMConfig
+from pdiff.diffusion import SAMPLERS, Denoiser, LatentDiffusion, Schedule, train_diffusion
+
+TINY_LDM = LDMConfig(timesteps=200, channels=(32, 64), steps=40, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def latents():
+    g = torch.Generator().manual_seed(0)
+    return 3.0 + 0.5 * torch.randn(24, 20, generator=g)  # 20: not a multiple of the UNet stride
+
+
+@pytest.fixture(scope="module")
+def ldm(latents):
+    return train_diffusion(latents, TINY_LDM, seed=0)
+
+
+def test_schedule():
+    s = Schedule(1000, 1e-4, 0.02)
+    assert s.timesteps == 1000
+    assert float(s.betas[0]) == pytest.approx(1e-4) and float(s.betas[-1]) == pytest.approx(0.02)
+    assert (s.alpha_bar[1:] < s.alpha_bar[:-1]).all()
+    assert float(s.alpha_bar[-1]) < 1e-4  # essentially pure noise at t = T - 1
+    x0, noise = torch.ones(2, 5), torch.zeros(2, 5)
+    t = torch.tensor([0, 999])
+    out = s.noised(x0, t, noise)
+    torch.testing.assert_close(out[:, 0], s.alpha_bar[t].sqrt())
+
+
+def test_denoiser_conditions_each_sample_on_its_own_timestep():
+    torch.manual_seed(0)
+    net = Denoiser(20, (32, 64)).eval()
+    z = torch.randn(3, 20)
+    with torch.no_grad():
+        a = net(z, torch.tensor([5, 10, 500]))
+        b = net(z, torch.tensor([5, 900, 500]))
+        c = net(z, torch.tensor([700, 10, 500]))
+    assert a.shape == (3, 20)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-6)  # t_1 changed; sample 0 unaffected
+    torch.testing.assert_close(a[2], b[2], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[1], b[1], atol=1e-4)  # sample 1 sees its own new t
+    assert not torch.allclose(a[0], c[0], atol=1e-4)
+    torch.testing.assert_close(a[1], c[1], rtol=0, atol=1e-6)
+
+
+def test_training_reduces_loss(latents):
+    losses = []
+    train_diffusion(latents, LDMConfig(timesteps=200, channels=(32, 64), steps=60, batch_size=24, lr=2e-3),
+                    seed=0, on_step=lambda s, l: losses.append(l))
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_samplers(ldm, latents, sampler):
+    g = torch.Generator().manual_seed(0)
+    out = ldm.sample(5, sampler=sampler, steps=10, generator=g)
+    assert out.shape == (5, latents.shape[1])
+    assert torch.isfinite(out).all()
+    # Samples live on the latents' scale (mean 3): the standardisation is undone.
+    assert abs(float(out.mean()) - 3.0) < 2.0
+    again = ldm.sample(5, sampler=sampler, steps=10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, again)
+
+
+def test_ddim_steps_matter(ldm):
+    a = ldm.sample(3, sampler="ddim", steps=5, generator=torch.Generator().manual_seed(0))
+    b = ldm.sample(3, sampler="ddim", steps=25, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, b)
+
+
+def test_unknown_sampler(ldm):
+    with pytest.raises(ValueError) as err:
+        ldm.sample(2, sampler="euler")
+    assert "euler" in str(err.value) and "ddpm" in str(err.value) and "ddim" in str(err.value)
+
+
+def test_standardisation_buffers(latents):
+    model = LatentDiffusion(latents, TINY_LDM)
+    torch.testing.assert_close(model.mean, latents.mean(0))
+    assert model.scale.numel() == 1 and float(model.scale) > 0
+    with torch.no_grad():
+        assert float(model.loss(latents)) > 0
