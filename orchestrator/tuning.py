@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -121,8 +122,11 @@ def _study(spec: SweepSpec, cell: Cell, finished: list[dict[str, Any]]):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()
     directions = ["maximize" if METRICS[o][1] == "max" else "minimize" for o in spec.objective]
-    sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if len(directions) > 1
-               else optuna.samplers.TPESampler(seed=spec.seed))
+    # Seeded by how much is already done: a resumed search must not replay the
+    # random start-up suggestions it has already measured.
+    seed = spec.seed + len(finished)
+    sampler = (optuna.samplers.NSGAIISampler(seed=seed) if len(directions) > 1
+               else optuna.samplers.TPESampler(seed=seed))
     name = f"{spec.name}-{cell.cell_id}"
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler)
     dists = {k: d.to_optuna() for k, d in spec.search.items()}
@@ -150,30 +154,26 @@ def _record_unfinished(spec: SweepSpec, cell: Cell, store: Store, trial, status:
     }])
 
 
-def _callback(spec: SweepSpec, cell: Cell, store: Store, progress: Progress, best: list[float]):
+def _recorder(spec: SweepSpec, cell: Cell, store: Store):
     from ray import tune
 
-    class SweepCallback(tune.Callback):
+    class RecordUnfinished(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            if last.get("phase") != "done":
+            if (trial.last_result or {}).get("phase") != "done":
                 _record_unfinished(spec, cell, store, trial, "stopped")
-                progress.advance("trials", f"{cell.cell_id}: trial stopped early at val {last.get('val_acc', 0):.2f}%")
-                return
-            best[0] = max(best[0], last["val_acc"])
-            extra = f", novelty {last['novelty']:.3f}" if len(spec.objective) > 1 else ""
-            progress.advance("trials", f"{cell.cell_id}: val {last['val_acc']:.2f}%{extra} "
-                                       f"(best so far {best[0]:.2f}%)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             _record_unfinished(spec, cell, store, trial, "error")
-            progress.advance("trials", f"{cell.cell_id}: trial failed for good: {trial.error_file}")
 
-    return SweepCallback()
+    return RecordUnfinished()
 
 
-def _tune_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor, remaining: int,
-               finished: list[dict[str, Any]], progress: Progress) -> None:
+@ray.remote(num_cpus=0)
+def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor, remaining: int,
+                 finished: list[dict[str, Any]]) -> str:
+    """One cell's Tune + Optuna experiment, driven from a task that holds no CPU, so that
+    the searches of all cells run side by side and share the cluster."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # progress comes from the tables, not Tune's console tables
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -189,11 +189,16 @@ def _tune_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tenso
         scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
                                   max_t=2 * PROBES + 1, grace_period=spec.grace_period)
     res = spec.trial_resources
+    # Tune registers trainables cluster-wide by name: concurrent searches of other
+    # cells must not share one, or a trial may run with another cell's parameters.
+    def cell_trial(config: dict, **kwargs) -> None:
+        _trial(config, **kwargs)
+
+    cell_trial.__name__ = cell_trial.__qualname__ = f"pdiff_{cell.cell_id.replace('-', '_')}"
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, spec=spec, cell=cell, store=store, snapshots=snapshots),
+        tune.with_parameters(cell_trial, spec=spec, cell=cell, store=store, snapshots=snapshots),
         {"cpu": res.cpus, "gpu": res.gpus},
     )
-    done = [r["val_acc"] for r in finished if r["status"] == "completed"]
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
@@ -202,10 +207,11 @@ def _tune_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tenso
             name=f"pdiff-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
             storage_path=store.path("_ray") if store.is_local else f"{store.uri}/_ray",
             failure_config=tune.FailureConfig(max_failures=2), verbose=0,
-            callbacks=[_callback(spec, cell, store, progress, [max(done, default=float("-inf"))])],
+            callbacks=[_recorder(spec, cell, store)],
         ),
     )
     tuner.fit()
+    return cell.cell_id
 
 
 def _drop_orphans(store: Store, cell: Cell) -> None:
@@ -216,19 +222,44 @@ def _drop_orphans(store: Store, cell: Cell) -> None:
             store.fs.delete_file(f)
 
 
+class _TrialWatcher:
+    """Prints each trial as its row lands in the `trials` table (trials run in other processes)."""
+
+    def __init__(self, store: Store, progress: Progress):
+        self.store, self.progress = store, progress
+        self.seen = {f for f in store.files("trials")}
+        self.best: dict[str, float] = {}
+
+    def poll(self) -> None:
+        import pyarrow.parquet as pq
+
+        for f in self.store.files("trials"):
+            if f in self.seen:
+                continue
+            self.seen.add(f)
+            row = pq.read_table(f, filesystem=self.store.fs).to_pylist()[0]
+            cell = row["cell_id"]
+            if row["status"] != "completed":
+                self.progress.advance("trials", f"{cell}: trial {row['trial_id']} {row['status']}")
+                continue
+            self.best[cell] = max(self.best.get(cell, float("-inf")), row["val_acc"])
+            self.progress.advance("trials", f"{cell}: val {row['val_acc']:.2f}%, test (val-selected) "
+                                            f"{row['selected_acc']:.2f}%, novelty {row['novelty']:.3f} "
+                                            f"(best val so far {self.best[cell]:.2f}%)")
+
+
 def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:
-    """Baselines for every cell, then one Tune + Optuna search per cell for the missing trials."""
-    snapshots = {cell.cell_id: _snapshots(store, cell) for cell in spec.cells}
+    """Baselines and one Tune + Optuna search per cell, all cells side by side, for the missing trials."""
+    snapshots = {cell.cell_id: ray.put(_snapshots(store, cell)) for cell in spec.cells}
+    pending: dict[ray.ObjectRef, str] = {}
     if spec.baselines:
         have = set(store.read("baselines", columns=["cell_id"]).column("cell_id").to_pylist())
         todo = [c for c in spec.cells if c.cell_id not in have]
         progress.stage("baselines", total=len(spec.cells), done=len(spec.cells) - len(todo))
         res = spec.trial_resources
-        refs = {_baselines.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(
-            spec, c, store, ray.put(snapshots[c.cell_id])): c for c in todo}
-        for ref in refs:
-            ray.get(ref)
-            progress.advance("baselines", refs[ref].cell_id)
+        for c in todo:
+            ref = _baselines.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(spec, c, store, snapshots[c.cell_id])
+            pending[ref] = "baselines"
 
     plan = []
     for cell in spec.cells:
@@ -239,4 +270,15 @@ def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:
     progress.stage("trials", total=total, done=total - sum(r for _, _, r in plan))
     for cell, finished, remaining in plan:
         if remaining:
-            _tune_cell(spec, cell, store, snapshots[cell.cell_id], remaining, finished, progress)
+            pending[_search_cell.remote(spec, cell, store, snapshots[cell.cell_id], remaining, finished)] = "search"
+
+    watcher = _TrialWatcher(store, progress)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+        watcher.poll()
+        for ref in ready:
+            kind = pending.pop(ref)
+            cell_id = ray.get(ref)  # re-raises a failure
+            if kind == "baselines":
+                progress.advance("baselines", cell_id)
+    watcher.poll()
