@@ -19,6 +19,7 @@
       objective: [accuracy]           # or [accuracy, novelty] for a multi-objective search
       num_samples: 4
       max_concurrent: 2
+      search: tpe                     # tpe | random | grid (all searched knobs choices)
       early_stopping: {grace_period: 2}   # ASHA on intermediate val accuracy; omit for none
       baselines: true
       noise_sigma: 0.01
@@ -45,6 +46,7 @@ __all__ = ["SpecError", "Distribution", "Cell", "SweepSpec", "load_spec", "parse
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 OBJECTIVES = ("accuracy", "novelty")
+SEARCHES = ("tpe", "random", "grid")  # Optuna samplers (NSGA-II replaces TPE for two objectives)
 
 
 class SpecError(ValueError):
@@ -111,6 +113,7 @@ class SweepSpec:
     objective: tuple[str, ...]
     num_samples: int
     max_concurrent: int
+    search_alg: str  # tpe | random | grid
     grace_period: int | None  # ASHA early stopping, None = off
     baselines: bool
     noise_sigma: float
@@ -160,7 +163,7 @@ class _Reader:
 
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
         if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {type(value).__name__}")
+            self.fail(path or "<file>", f"expected a mapping, got {type(value).__name__}")
         for key in value:
             if key not in allowed:
                 self.fail(f"{path}.{key}" if path else str(key), f"unknown key; expected one of: {', '.join(allowed)}")
@@ -206,7 +209,8 @@ def _config(reader: _Reader, value: Any, path: str, cls: type) -> Any:
         default = getattr(defaults, key)
         kind = type(default)
         what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
-        reader.typed(item, f"{path}.{key}", kind, what, positive=kind in (int, float) and key != "weight_decay")
+        reader.typed(item, f"{path}.{key}", kind, what, positive=kind in (int, float) and key != "weight_decay",
+                     minimum=0 if key == "weight_decay" else None)
     try:
         return cls(**value)
     except (TypeError, ValueError) as err:
@@ -257,12 +261,18 @@ def _check_knob_value(r: _Reader, name: str, value: Any, path: str) -> None:
         r.fail(path, str(err))
     default = PdiffConfig().knobs()[name]
     got = cfg.knobs()[name]
-    if default is not None and not isinstance(got, type(default)) and not (
-            isinstance(default, float) and isinstance(got, int) and not isinstance(got, bool)):
+    if name == "sample_steps":  # int | None
+        if got is None:
+            return
+        default = 0
+    if (default is not None and not isinstance(got, type(default)) and not (
+            isinstance(default, float) and isinstance(got, int))) or (
+            isinstance(got, bool) and not isinstance(default, bool)):
         r.fail(path, f"expected {type(default).__name__}, got {value!r}")
     if isinstance(got, (int, float)) and not isinstance(got, bool) and got < 0:
         r.fail(path, f"expected a value >= 0, got {value!r}")
-    if name in ("latent_dim", "ae_steps", "ldm_steps", "n_generated") and got <= 0:
+    if name in ("latent_dim", "ae_steps", "ldm_steps", "n_generated", "ae_batch_size", "ldm_batch_size",
+                "sample_steps") and got <= 0:
         r.fail(path, f"expected a positive value, got {value!r}")
 
 
@@ -313,7 +323,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
         for arch in archs for dataset in datasets for seed_ in seeds
     )
 
-    pd = r.mapping(top["pdiff"], "pdiff", ("knobs", "objective", "num_samples", "max_concurrent",
+    pd = r.mapping(top["pdiff"], "pdiff", ("knobs", "objective", "num_samples", "max_concurrent", "search",
                                             "early_stopping", "baselines", "noise_sigma"))
     knobs = r.mapping(pd.get("knobs") or {}, "pdiff.knobs", tuple(KNOBS))
     fixed, search = {}, {}
@@ -335,6 +345,18 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     max_concurrent = r.typed(pd.get("max_concurrent", 2), "pdiff.max_concurrent", int, "an integer", positive=True)
     if num_samples > 1 and not search:
         r.fail("pdiff.knobs", f"num_samples is {num_samples} but no knob is searched (give one a `type`)")
+    search_alg = pd.get("search", "tpe")
+    if search_alg not in SEARCHES:
+        r.fail("pdiff.search", f"expected one of {', '.join(SEARCHES)}, got {search_alg!r}")
+    if search_alg == "grid":
+        not_choice = [k for k, d in search.items() if d.type != "choice"]
+        if not_choice:
+            r.fail("pdiff.search", f"a grid needs every searched knob to be a choice; not: {', '.join(not_choice)}")
+        size = 1
+        for d in search.values():
+            size *= len(d.values)
+        if num_samples > size:
+            r.fail("pdiff.num_samples", f"the grid has {size} points, fewer than num_samples ({num_samples})")
     grace = None
     if pd.get("early_stopping") is not None:
         es = r.mapping(pd["early_stopping"], "pdiff.early_stopping", ("grace_period",))
@@ -351,7 +373,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
 
     return SweepSpec(
         name=name, storage=storage, seed=seed, cells=cells, fixed=fixed, search=search, objective=objective,
-        num_samples=num_samples, max_concurrent=max_concurrent, grace_period=grace, baselines=baselines,
+        num_samples=num_samples, max_concurrent=max_concurrent, search_alg=search_alg, grace_period=grace, baselines=baselines,
         noise_sigma=noise_sigma, source_resources=source_res, trial_resources=trial_res, source_file=source,
         raw=raw,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -72,7 +73,7 @@ class Store:
         if "://" not in self.storage:
             object.__setattr__(self, "storage", os.path.abspath(self.storage))
 
-    @property
+    @cached_property  # once: a URI's filesystem (e.g. S3 with its region lookup) is not rebuilt per access
     def _fs_root(self) -> tuple[pafs.FileSystem, str]:
         if "://" in self.storage:
             fs, root = pafs.FileSystem.from_uri(self.storage)
@@ -176,7 +177,9 @@ class Store:
             except (pa.ArrowInvalid, OSError) as err:
                 raise CorruptTable(f"{f}: not a readable Parquet file ({err}). Move it aside or delete it, "
                                    f"then re-run: its writer will be run again.") from None
-        dataset = pads.dataset(files, schema=pa.unify_schemas(schemas), filesystem=self.fs, format="parquet")
+        # permissive: a knob written as 0 by one trial and 0.1 by another reads as double
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        dataset = pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet")
         return dataset.to_table(columns=list(columns) if columns else None)
 
     def read_pandas(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None):

@@ -85,8 +85,10 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     g = run.generated
     val_novelty = float(iou_matrix(g.scores.val_wrong, snap_scores.val_wrong).max(1).values.mean())
     result = {"val_acc": 100 * float(g.scores.val_acc.max()), "novelty": val_novelty}
-    store.write("generated", cell.cell_id, trial_id, _vector_rows(g))
-    store.write("trials", cell.cell_id, trial_id, [knobs | g.summary | result | {
+    store.write("generated", cell.cell_id, trial_id, [{"trial_id": trial_id} | r for r in _vector_rows(g)])
+    # Every knob is a column, defaults included, so trials of different specs compare.
+    hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.knobs().items()}
+    store.write("trials", cell.cell_id, trial_id, [hyper | g.summary | result | {
         "trial_id": trial_id, "search_hash": spec.search_hash, "status": "completed",
         "novelty": g.summary["mean_max_iou"], "val_novelty": val_novelty,
         "ae_loss": run.ae_loss, "ldm_loss": run.ldm_loss, "seconds": time.perf_counter() - t0,
@@ -125,8 +127,14 @@ def _study(spec: SweepSpec, cell: Cell, finished: list[dict[str, Any]]):
     # Seeded by how much is already done: a resumed search must not replay the
     # random start-up suggestions it has already measured.
     seed = spec.seed + len(finished)
-    sampler = (optuna.samplers.NSGAIISampler(seed=seed) if len(directions) > 1
-               else optuna.samplers.TPESampler(seed=seed))
+    if spec.search_alg == "grid":  # skips grid points the study already holds
+        sampler = optuna.samplers.GridSampler({k: list(d.values) for k, d in spec.search.items()}, seed=seed)
+    elif spec.search_alg == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif len(directions) > 1:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
     name = f"{spec.name}-{cell.cell_id}"
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler)
     dists = {k: d.to_optuna() for k, d in spec.search.items()}

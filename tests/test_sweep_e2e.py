@@ -1,0 +1,207 @@
+"""End to end: real sweeps on a local Ray, driven through the command line, checked in the tables."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+from orchestrator.tables import Store
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+# Two cells, K = 20, three two-objective trials per cell: the smallest sweep that
+# exercises both stages, the baselines, the search and every table.
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "sources": {
+        "archs": ["mlp", "cnn_small"], "datasets": ["digits"], "seeds": [0],
+        "train": {"epochs": 6, "batch_size": 64, "lr": 0.05},
+        "collect": {"k": 20, "interval": 1, "unit": "step", "lr": 0.05},
+    },
+    "pdiff": {
+        "knobs": {
+            "latent_noise": {"type": "loguniform", "low": 0.01, "high": 0.3},
+            "latent_dim": {"type": "choice", "values": [16, 32]},
+            "ae_steps": 40, "ldm_steps": 40, "ae_channels": [8, 8, 16, 16], "ldm_channels": [8, 16],
+            "sampler": "ddim", "sample_steps": 5, "n_generated": 8,
+        },
+        "objective": ["accuracy", "novelty"],
+        "num_samples": 3,
+        "max_concurrent": 2,
+        "baselines": True,
+    },
+    "resources": {"sources": {"cpus": 1}, "trials": {"cpus": 1}},
+}
+K, N, TRIALS, CELLS = 20, 8, 3, 2
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _sweep_cmd(spec: Path, storage: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.sweep", str(spec), "--storage", str(storage), *extra]
+
+
+def _run_sweep(spec: Path, storage: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(_sweep_cmd(spec, storage, *extra), cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_spec, tmp_path_factory) -> tuple[Store, subprocess.CompletedProcess]:
+    storage = tmp_path_factory.mktemp("results")
+    proc = _run_sweep(tiny_spec, storage)
+    return Store(str(storage), "tiny"), proc
+
+
+def _keys(store: Store) -> dict[str, object]:
+    """What an interrupted-and-resumed sweep must end with, exactly as an uninterrupted one."""
+    trials = store.read_pandas("trials")
+    gen = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
+    return {
+        "sources": sorted(store.read_pandas("sources").cell_id),
+        "checkpoints": sorted(map(tuple, store.read_pandas("checkpoints")[["cell_id", "index"]].values.tolist())),
+        "baselines": sorted(map(tuple, store.read_pandas("baselines")[["cell_id", "method", "index"]]
+                                .values.tolist())),
+        "trials_per_cell": trials.groupby("cell_id").size().to_dict(),
+        "generated_per_cell": gen.groupby("cell_id").size().to_dict(),
+    }
+
+
+def test_tables_complete_and_consistent(finished):
+    store, proc = finished
+    sources = store.read_pandas("sources")
+    checkpoints = store.read_pandas("checkpoints")
+    trials = store.read_pandas("trials")
+    generated = store.read_pandas("generated")
+    baselines = store.read_pandas("baselines")
+
+    assert len(sources) == CELLS and sources.cell_id.is_unique
+    assert set(sources.arch) == {"mlp", "cnn_small"}
+    assert len(checkpoints) == CELLS * K
+    assert not checkpoints.duplicated(["cell_id", "index"]).any()
+    assert {len(p) for p in checkpoints.params} == set(sources.n_subset)  # cnn_small 394, mlp 650 params
+    assert len(trials) == CELLS * TRIALS and trials.trial_id.is_unique
+    assert (trials.status == "completed").all()
+    assert len(generated) == CELLS * TRIALS * N
+    assert not generated.duplicated(["cell_id", "trial_id", "index"]).any()
+    assert set(generated.trial_id) == set(trials.trial_id)
+    assert len(baselines) == CELLS * 3 * N and set(baselines.method) == {"noise", "average", "gaussian"}
+
+    # Hyperparameters are columns; fixed knobs too.
+    for knob in ("latent_noise", "latent_dim", "ae_steps", "sampler"):
+        assert knob in trials.columns
+    assert set(trials.latent_dim) <= {16, 32} and trials.latent_noise.between(0.01, 0.3).all()
+    assert (trials.ae_steps == 40).all()
+
+    # Accuracies in range and far above chance (10 classes) on digits.
+    for frame in (checkpoints, generated, baselines):
+        assert frame.test_acc.between(0, 1).all() and frame.val_acc.between(0, 1).all()
+    assert (sources.test_acc > 0.85).all()
+    assert trials.selected_acc.between(50, 100).all() and trials.val_acc.between(50, 100).all()
+    assert generated.max_iou_to_train.between(0, 1).all()
+
+    # Every row says where it came from.
+    for frame in (sources, checkpoints, trials, generated, baselines):
+        assert (frame.sweep == "tiny").all() and frame.spec_hash.str.len().eq(12).all()
+        assert frame.spec_hash.nunique() == 1 and (frame.schema_version == 1).all()
+
+    # The trial's summary columns are computed from its own generated rows.
+    t = trials.iloc[0]
+    g = generated[generated.trial_id == t.trial_id].sort_values("index")
+    assert t.mean_acc == pytest.approx(100 * g.test_acc.mean(), abs=1e-3)
+    assert t.selected_acc == pytest.approx(100 * g.test_acc.iloc[g.val_acc.values.argmax()], abs=1e-3)
+    assert t.best_test_acc == pytest.approx(100 * g.test_acc.max(), abs=1e-3)
+    assert t.val_acc == pytest.approx(100 * g.val_acc.max(), abs=1e-3)
+
+    out = proc.stdout
+    assert "sources 2/2" in out and "trials 6/6" in out and "baselines 2/2" in out
+    assert "original_best" in out and "pdiff_selected" in out  # the summary table
+
+
+def test_rerun_resumes_without_new_work(finished, tiny_spec):
+    store, _ = finished
+    before = {f: os.path.getmtime(f) for t in ("sources", "checkpoints", "trials", "generated", "baselines")
+              for f in store.files(t)}
+    proc = _run_sweep(tiny_spec, Path(store.storage))
+    after = {f: os.path.getmtime(f) for f in before}
+    assert before == after  # nothing rewritten
+    assert "sources: 2/2 already done" in proc.stdout and "trials: 6/6 already done" in proc.stdout
+    assert len(list(Path(store.path("_ray")).glob("source-*"))) == CELLS  # no cell trained twice
+
+
+def _readme_queries() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_duckdb_queries(finished):
+    store, _ = finished
+    queries = _readme_queries()
+    assert len(queries) == 3
+    con = duckdb.connect()
+    results = [con.execute(q.replace("results/smoke", store.root)).df() for q in queries]
+
+    best, top, plane = results
+    assert set(best.arch) == {"mlp", "cnn_small"}
+    trials = store.read_pandas("trials")
+    for row in best.itertuples():
+        cell = trials[trials.cell_id.str.startswith(f"{row.arch}-")]
+        tied_best = cell[cell.val_acc == cell.val_acc.max()].selected_acc  # arg_max picks one of these
+        assert any(row.pdiff_selected == pytest.approx(v) for v in tied_best)
+    assert len(top) == 5 and top.val_acc.is_monotonic_decreasing
+    assert set(plane.method) == {"p-diff", "noise", "average", "gaussian"}
+    generated = store.read_pandas("generated")
+    assert plane.set_index("method").loc["p-diff", "mean_acc"] == pytest.approx(100 * generated.test_acc.mean())
+
+
+def test_kill_during_stage_two_then_resume(tiny_spec, finished, tmp_path):
+    store = Store(str(tmp_path), "tiny")
+    proc = subprocess.Popen(_sweep_cmd(tiny_spec, tmp_path), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not store.files("trials"):  # stage 2 has begun writing
+            assert proc.poll() is None, "the sweep ended before stage 2 wrote anything"
+            assert time.monotonic() < deadline, "stage 2 never started"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    sources_before = {f: os.path.getmtime(f) for f in store.files("sources")}
+    assert len(sources_before) == CELLS
+    assert len(store.files("trials")) < CELLS * TRIALS
+
+    _run_sweep(tiny_spec, tmp_path)
+
+    uninterrupted, _ = finished
+    assert _keys(store) == _keys(uninterrupted)
+    assert {f: os.path.getmtime(f) for f in store.files("sources")} == sources_before  # not retrained
+    assert len(list(Path(store.path("_ray")).glob("source-*"))) == CELLS
+    trials = store.read_pandas("trials")
+    generated = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
+    assert trials.trial_id.is_unique and not generated.duplicated().any()
+    assert set(generated.trial_id) == set(trials.trial_id)
