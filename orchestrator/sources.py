@@ -20,6 +20,7 @@ from pdiff.data import Dataset
 from pdiff.collect import collect_snapshots, train_source
 from pdiff.evaluate import BatchedEvaluator
 
+from .cluster import driver_options
 from .progress import Progress
 from .spec import Cell, SweepSpec
 from .tables import Store
@@ -105,7 +106,7 @@ def _cell_run(cell: Cell, store: Store, spec: SweepSpec) -> str:
         # A fresh run name per attempt: Train V2 silently resumes a run whose
         # name exists. Results are identified by cell id in the tables instead.
         run_config=RunConfig(name=f"source-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
-                             storage_path=store.path("_ray") if store.is_local else f"{store.uri}/_ray",
+                             **store.ray_storage(),
                              failure_config=FailureConfig(max_failures=2)),
     )
     trainer.fit()
@@ -116,7 +117,8 @@ def run_sources(spec: SweepSpec, store: Store, progress: Progress) -> None:
     """Train and collect every cell that has no `sources` row yet, concurrently."""
     todo = pending_cells(spec, store)
     progress.stage("sources", total=len(spec.cells), done=len(spec.cells) - len(todo))
-    running = {_cell_run.remote(cell, store, spec): cell for cell in todo}
+    driver = _cell_run.options(**driver_options())
+    running = {driver.remote(cell, store, spec): cell for cell in todo}
     while running:
         ready, _ = ray.wait(list(running), num_returns=1)
         cell = running.pop(ready[0])

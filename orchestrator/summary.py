@@ -12,31 +12,18 @@ __all__ = ["connect", "SUMMARY_SQL", "summary"]
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with a view per table (`sources`, `checkpoints`, `trials`, ...).
 
-    A table with no file yet is an empty view with the table's key columns.
+    Local tables are read lazily by DuckDB itself; tables on an object store are
+    read through pyarrow (which holds the credentials and endpoint) and registered.
     """
     con = duckdb.connect()
-    if not store.is_local:
-        con.register_filesystem(_fsspec(store))
-    for table, schema in TABLES.items():
+    for table in TABLES:
         files = store.files(table)
-        if files:
-            listing = ", ".join(f"'{_duck_path(store, f)}'" for f in files)
+        if files and store.is_local:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
         else:
-            con.register(f"_{table}_empty", schema.empty_table())
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+            con.register(table, store.read(table))
     return con
-
-
-def _fsspec(store: Store):
-    import fsspec
-    from fsspec.implementations.arrow import ArrowFSWrapper
-
-    return ArrowFSWrapper(store.fs) if not isinstance(store.fs, fsspec.AbstractFileSystem) else store.fs
-
-
-def _duck_path(store: Store, path: str) -> str:
-    return path if store.is_local else f"{store.storage.split('://')[0]}://{path}"
 
 
 # One row per cell: the source model, its snapshots, the val-selected p-diff trial, the baselines.
@@ -45,7 +32,8 @@ WITH originals AS (
     SELECT cell_id, 100 * max(test_acc) AS original_best, 100 * avg(test_acc) AS original_mean
     FROM checkpoints GROUP BY cell_id
 ), best_trial AS (
-    SELECT cell_id, arg_max(trial_id, val_acc) AS trial_id, count(*) AS trials
+    SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_novelty ASC, trial_id) AS trial_id,
+           count(*) AS trials
     FROM trials WHERE status = 'completed' GROUP BY cell_id
 ), pdiff AS (
     SELECT t.cell_id, b.trials, t.trial_id, t.selected_acc AS pdiff_selected, t.best_test_acc AS pdiff_best_test,

@@ -7,15 +7,15 @@ written), 1 a failure while running.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
+from .cluster import check_resources, check_storage, connect_ray
 from .progress import Progress
 from .spec import SpecError, SweepSpec, load_spec
 from .tables import CorruptTable, Store
 
-__all__ = ["main", "connect_ray", "check_resources", "plan_text"]
+__all__ = ["main", "plan_text"]
 
 
 def plan_text(spec: SweepSpec, store: Store) -> str:
@@ -42,42 +42,6 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
     return "\n".join(lines)
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or the one this machine runs, else start an embedded local Ray."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # OpenMP spin-waiting makes torch 5-10x slower when trials share cores.
-    runtime_env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}}
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # one local node: no token to share
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
-
-
-def check_resources(spec: SweepSpec) -> None:
-    """Every request must fit on at least one live node, or Ray would wait forever."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    have = "; ".join(f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU" for r in nodes)
-    for field, res in (("resources.sources", spec.source_resources), ("resources.trials", spec.trial_resources)):
-        fits = [r for r in nodes if r.get("CPU", 0) >= res.cpus and r.get("GPU", 0) >= res.gpus]
-        if not fits:
-            raise SpecError(spec.source_file, field,
-                            f"asks for {res.cpus:g} CPU / {res.gpus:g} GPU per worker, but no node of this "
-                            f"cluster can ever give that (nodes: {have})")
-    src = spec.source_resources
-    if src.workers > 1:
-        slots = sum(min(int(r.get("CPU", 0) // src.cpus),
-                        int(r.get("GPU", 0) // src.gpus) if src.gpus else 1 << 30) for r in nodes)
-        if slots < src.workers:
-            raise SpecError(spec.source_file, "resources.sources.workers",
-                            f"{src.workers} workers of {src.cpus:g} CPU / {src.gpus:g} GPU do not fit on this "
-                            f"cluster at once (room for {slots}; nodes: {have})")
-
-
 def _print_summary(store: Store) -> None:
     import pandas as pd
 
@@ -95,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage", help="results root: a folder or a URI such as s3://bucket/prefix")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--restart", action="store_true", help="delete this sweep's results and start over")
+    parser.add_argument("--shared-storage", action="store_true",
+                        help="the local storage folder is a mount that every node of the cluster shares")
     args = parser.parse_args(argv)
 
     try:
@@ -116,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     connect_ray(args.address)
     try:
         check_resources(spec)
+        check_storage(spec, store, args.shared_storage)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

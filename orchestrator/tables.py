@@ -98,6 +98,13 @@ class Store:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    def ray_storage(self) -> dict[str, Any]:
+        """`storage_path` / `storage_filesystem` for Ray Train and Tune run configs: their
+        experiment state goes beside the tables, on the same filesystem."""
+        if self.is_local:
+            return {"storage_path": self.path("_ray")}
+        return {"storage_path": self.path("_ray"), "storage_filesystem": self.fs}
+
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 

@@ -27,6 +27,7 @@ from pdiff import ParameterSubset, load_dataset
 from pdiff.evaluate import BatchedEvaluator, iou_matrix
 from pdiff.pipeline import run_baselines, run_pdiff
 
+from .cluster import driver_options
 from .progress import Progress
 from .sources import load_source_model
 from .spec import Cell, SweepSpec
@@ -213,7 +214,7 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
                                     max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(
             name=f"pdiff-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
-            storage_path=store.path("_ray") if store.is_local else f"{store.uri}/_ray",
+            **store.ray_storage(),
             failure_config=tune.FailureConfig(max_failures=2), verbose=0,
             callbacks=[_recorder(spec, cell, store)],
         ),
@@ -276,9 +277,10 @@ def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:
         plan.append((cell, finished, max(0, spec.num_samples - len(finished))))
     total = spec.num_samples * len(spec.cells)
     progress.stage("trials", total=total, done=total - sum(r for _, _, r in plan))
+    search = _search_cell.options(**driver_options())
     for cell, finished, remaining in plan:
         if remaining:
-            pending[_search_cell.remote(spec, cell, store, snapshots[cell.cell_id], remaining, finished)] = "search"
+            pending[search.remote(spec, cell, store, snapshots[cell.cell_id], remaining, finished)] = "search"
 
     watcher = _TrialWatcher(store, progress)
     while pending:

@@ -1,0 +1,97 @@
+"""The Ray cluster a sweep runs on: connecting, what it can ever provide, where drivers go.
+
+On a cluster started from `cluster.yaml` the head node advertises the custom
+resource `pdiff_head` and no CPU: the sweep's small driver tasks (one per cell
+in each stage) ask for a sliver of `pdiff_head`, so they stay on the head, and
+every training run and trial goes to the workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .spec import Resources, SpecError, SweepSpec
+from .tables import Store
+
+__all__ = ["HEAD_RESOURCE", "connect_ray", "driver_options", "check_resources", "check_storage"]
+
+HEAD_RESOURCE = "pdiff_head"
+# Where `ray up` leaves the cluster-launcher config on the head node.
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start an embedded local Ray."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # OpenMP spin-waiting makes torch 5-10x slower when trials share cores.
+    runtime_env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # one local node: no token to share
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
+
+
+def _live_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def driver_options() -> dict[str, Any]:
+    """Ray options for the sweep's driver tasks: pinned to the head where the cluster marks one."""
+    if any(HEAD_RESOURCE in r for r in _live_nodes()):
+        return {"resources": {HEAD_RESOURCE: 0.001}}
+    return {}
+
+
+def _launchable_nodes() -> list[dict[str, float]]:
+    """Node types the autoscaler may still start (from the launcher config on a `ray up` head)."""
+    if not AUTOSCALER_CONFIG.is_file():
+        return []
+    config = yaml.safe_load(AUTOSCALER_CONFIG.read_text()) or {}
+    return [dict(t.get("resources") or {}) for t in (config.get("available_node_types") or {}).values()
+            if t.get("max_workers", 0) > 0]
+
+
+def _fits(node: dict[str, float], res: Resources) -> bool:
+    return node.get("CPU", 0) >= res.cpus and node.get("GPU", 0) >= res.gpus
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Every request must fit on some node that exists or can be launched: otherwise Ray
+    would keep it pending forever and only warn once a minute."""
+    nodes, launchable = _live_nodes(), _launchable_nodes()
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU" for r in nodes)
+    if launchable:
+        have += " + launchable types: " + "; ".join(f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU"
+                                                     for r in launchable)
+    for field, res in (("resources.sources", spec.source_resources), ("resources.trials", spec.trial_resources)):
+        if not any(_fits(r, res) for r in nodes + launchable):
+            raise SpecError(spec.source_file, field,
+                            f"asks for {res.cpus:g} CPU / {res.gpus:g} GPU per worker, but no node of this "
+                            f"cluster can ever give that (nodes: {have})")
+    src = spec.source_resources
+    if src.workers > 1 and not launchable:
+        slots = sum(min(int(r.get("CPU", 0) // src.cpus),
+                        int(r.get("GPU", 0) // src.gpus) if src.gpus else 1 << 30) for r in nodes)
+        if slots < src.workers:
+            raise SpecError(spec.source_file, "resources.sources.workers",
+                            f"{src.workers} workers of {src.cpus:g} CPU / {src.gpus:g} GPU do not fit on this "
+                            f"cluster at once (room for {slots}; nodes: {have})")
+
+
+def check_storage(spec: SweepSpec, store: Store, shared: bool) -> None:
+    """On several nodes every writer must reach one place: a local folder only if it is a shared mount."""
+    nodes = len(_live_nodes()) + (1 if _launchable_nodes() else 0)
+    if store.is_local and nodes > 1 and not shared:
+        raise SpecError(spec.source_file, "storage",
+                        f"{store.storage!r} is a local folder but the cluster has several nodes, which would each "
+                        f"write their own results: use s3://bucket/prefix (or another pyarrow URI), or pass "
+                        f"--shared-storage if this folder is a mount every node shares")
