@@ -92,7 +92,10 @@ class Store:
     @property
     def uri(self) -> str:
         """Where the sweep lives, as a user would type it."""
-        return f"{self.storage.rstrip('/')}/{self.sweep}" if "://" in self.storage else self.root
+        if "://" not in self.storage:
+            return self.root
+        base, _, query = self.storage.partition("?")  # options such as ?endpoint_override=... stay last
+        return f"{base.rstrip('/')}/{self.sweep}" + (f"?{query}" if query else "")
 
     @property
     def is_local(self) -> bool:

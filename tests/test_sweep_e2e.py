@@ -6,75 +6,22 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
-import yaml
-
 from orchestrator.tables import Store
+
+from tiny_sweep import CELLS, K, N, TRIALS, run_sweep, sweep_command, sweep_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
-# Two cells, K = 20, three two-objective trials per cell: the smallest sweep that
-# exercises both stages, the baselines, the search and every table.
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "sources": {
-        "archs": ["mlp", "cnn_small"], "datasets": ["digits"], "seeds": [0],
-        "train": {"epochs": 6, "batch_size": 64, "lr": 0.05},
-        "collect": {"k": 20, "interval": 1, "unit": "step", "lr": 0.05},
-    },
-    "pdiff": {
-        "knobs": {
-            "latent_noise": {"type": "loguniform", "low": 0.01, "high": 0.3},
-            "latent_dim": {"type": "choice", "values": [16, 32]},
-            "ae_steps": 40, "ldm_steps": 40, "ae_channels": [8, 8, 16, 16], "ldm_channels": [8, 16],
-            "sampler": "ddim", "sample_steps": 5, "n_generated": 8,
-        },
-        "objective": ["accuracy", "novelty"],
-        "num_samples": 3,
-        "max_concurrent": 2,
-        "baselines": True,
-    },
-    "resources": {"sources": {"cpus": 1}, "trials": {"cpus": 1}},
-}
-K, N, TRIALS, CELLS = 20, 8, 3, 2
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _sweep_cmd(spec: Path, storage: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.sweep", str(spec), "--storage", str(storage), *extra]
-
-
-def _run_sweep(spec: Path, storage: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_sweep_cmd(spec, storage, *extra), cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
 
 @pytest.fixture(scope="module")
-def tiny_spec(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_spec, tmp_path_factory) -> tuple[Store, subprocess.CompletedProcess]:
-    storage = tmp_path_factory.mktemp("results")
-    proc = _run_sweep(tiny_spec, storage)
-    return Store(str(storage), "tiny"), proc
+def finished(finished_run):
+    return finished_run
 
 
 def _keys(store: Store) -> dict[str, object]:
@@ -146,7 +93,7 @@ def test_rerun_resumes_without_new_work(finished, tiny_spec):
     store, _ = finished
     before = {f: os.path.getmtime(f) for t in ("sources", "checkpoints", "trials", "generated", "baselines")
               for f in store.files(t)}
-    proc = _run_sweep(tiny_spec, Path(store.storage))
+    proc = run_sweep(tiny_spec, Path(store.storage))
     after = {f: os.path.getmtime(f) for f in before}
     assert before == after  # nothing rewritten
     assert "sources: 2/2 already done" in proc.stdout and "trials: 6/6 already done" in proc.stdout
@@ -180,7 +127,7 @@ def test_readme_duckdb_queries(finished):
 
 def test_kill_during_stage_two_then_resume(tiny_spec, finished, tmp_path):
     store = Store(str(tmp_path), "tiny")
-    proc = subprocess.Popen(_sweep_cmd(tiny_spec, tmp_path), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(sweep_command(tiny_spec, tmp_path), cwd=ROOT, env=sweep_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 400
@@ -195,7 +142,7 @@ def test_kill_during_stage_two_then_resume(tiny_spec, finished, tmp_path):
     assert len(sources_before) == CELLS
     assert len(store.files("trials")) < CELLS * TRIALS
 
-    _run_sweep(tiny_spec, tmp_path)
+    run_sweep(tiny_spec, tmp_path)
 
     uninterrupted, _ = finished
     assert _keys(store) == _keys(uninterrupted)

@@ -1,0 +1,139 @@
+"""Clusters: cluster.yaml checked with Ray's own schema; real multi-node sweeps on this machine."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.tables import Store
+from tiny_sweep import CELLS, TINY, sweep_command, sweep_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_yaml_passes_rays_schema_and_makes_our_choices():
+    import jsonschema
+    import ray
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(raw, schema)
+    validate_config(prepare_config(copy.deepcopy(raw)))
+
+    types = raw["available_node_types"]
+    head = types[raw["head_node_type"]]
+    workers = {name: t for name, t in types.items() if name != raw["head_node_type"]}
+    # The head runs drivers only: no CPU, no GPU for the scheduler, the driver resource.
+    assert head["resources"]["CPU"] == 0 and head["resources"].get("GPU", 0) == 0
+    assert head["resources"]["pdiff_head"] >= 1
+    start = " ".join(raw["head_start_ray_commands"])
+    assert "--num-cpus=0" in start and "pdiff_head" in start
+    assert "--dashboard-host=127.0.0.1" in start  # the dashboard is reached through an SSH forward
+    assert "InstanceMarketOptions" not in head["node_config"]  # on-demand head
+    # GPU workers autoscale from zero and are spot machines.
+    assert workers and all(t["min_workers"] == 0 < t["max_workers"] for t in workers.values())
+    assert all(t["resources"]["GPU"] >= 1 for t in workers.values())
+    assert all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in workers.values())
+    assert raw["idle_timeout_minutes"] > 0
+    # Setup installs this project from the synced working tree.
+    synced = [remote for remote, local in raw["file_mounts"].items() if local == "."]
+    assert synced and any(f"pip install" in c and synced[0].replace("/home/ubuntu", "~") in c
+                          for c in raw["setup_commands"])
+    assert "0.0.0.0/0" not in (ROOT / "cluster.yaml").read_text()
+
+
+@pytest.fixture
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "resources": {"pdiff_head": 1}})
+    yield c
+    c.shutdown()
+
+
+def _spec(tmp_path: Path, **resources) -> Path:
+    spec = copy.deepcopy(TINY)
+    spec["pdiff"]["num_samples"] = 2
+    spec["resources"] = resources
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_local_storage_is_refused_on_several_nodes(cluster, tmp_path):
+    cluster.add_node(num_cpus=1)
+    proc = subprocess.run(sweep_command(_spec(tmp_path), tmp_path / "out", "--address", cluster.address),
+                          cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "storage: " in proc.stderr and "--shared-storage" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_spreads_over_nodes_and_trials_go_to_the_gpu_node(cluster, tmp_path):
+    cpu_node = cluster.add_node(num_cpus=1)
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)  # logical GPU: placement without hardware
+    spec = _spec(tmp_path, sources={"cpus": 1}, trials={"cpus": 1, "gpus": 0.5})
+    proc = subprocess.run(sweep_command(spec, tmp_path, "--address", cluster.address, "--shared-storage"),
+                          cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    store = Store(str(tmp_path), "tiny")
+    sources, trials = store.read_pandas("sources"), store.read_pandas("trials")
+    assert len(sources) == CELLS and len(trials) == CELLS * 2 and (trials.status == "completed").all()
+    assert len(store.read_pandas("generated")) == CELLS * 2 * 8
+    nodes = {cpu_node.node_id, gpu_node.node_id}
+    assert set(sources.node_id) <= nodes and set(trials.node_id) == {gpu_node.node_id}
+    assert len(set(sources.node_id) | set(trials.node_id)) == 2  # work ran on more than one node
+    assert cluster.head_node.node_id not in set(sources.node_id) | set(trials.node_id)
+
+
+def _trial_actor_on(node_id: str) -> bool:
+    import ray._private.state as state
+
+    return any(a["Address"]["NodeID"] == node_id and a["State"] == "ALIVE"
+               and a["ActorClassName"] == "ImplicitFunc"  # a Tune function trial
+               for a in state.actors().values())
+
+
+def test_losing_a_node_mid_sweep_retries_its_trials(cluster, tmp_path):
+    import ray
+
+    keep = cluster.add_node(num_cpus=1)
+    doomed = cluster.add_node(num_cpus=1)
+    spec = _spec(tmp_path, sources={"cpus": 1}, trials={"cpus": 1})
+    proc = subprocess.Popen(sweep_command(spec, tmp_path, "--address", cluster.address, "--shared-storage"),
+                            cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ray.init(address=cluster.address)
+    try:
+        deadline = time.monotonic() + 400
+        while not _trial_actor_on(doomed.node_id):  # a stage-2 trial is running there
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no trial was ever scheduled on the second worker"
+            time.sleep(0.5)
+        cluster.remove_node(doomed, allow_graceful=False)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        ray.shutdown()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+
+    store = Store(str(tmp_path), "tiny")
+    trials = store.read_pandas("trials")
+    generated = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
+    assert len(trials) == CELLS * 2 and (trials.status == "completed").all() and trials.trial_id.is_unique
+    assert len(generated) == CELLS * 2 * 8 and not generated.duplicated().any()
+    assert len(store.read_pandas("checkpoints")) == CELLS * 20
+    # Ray recorded the lost trial's failure, and the retry finished on the surviving node.
+    errors = list(Path(store.path("_ray")).glob("pdiff-*/*/error.txt"))
+    assert errors, "no trial failed: the node was removed without losing work"
+    assert keep.node_id in set(trials.node_id)
