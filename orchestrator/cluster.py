@@ -29,8 +29,11 @@ def connect_ray(address: str | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # OpenMP spin-waiting makes torch 5-10x slower when trials share cores.
-    runtime_env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}}
+    runtime_env = {"env_vars": {
+        "OMP_WAIT_POLICY": "PASSIVE",  # OpenMP spin-waiting makes torch 5-10x slower when trials share cores
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # Train would echo every worker print a second time
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }}
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
