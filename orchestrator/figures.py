@@ -1,0 +1,595 @@
+"""The report's figures, drawn with matplotlib (Agg) from a sweep's tables.
+
+The paper's three, per cell:
+- `similarity.png`: mean IoU of the wrong-prediction sets, original-original
+  (between snapshots), generated-generated and original-generated;
+- `accuracy_novelty.png`: test accuracy against max IoU to the snapshots for
+  the snapshots themselves (max IoU to the *other* snapshots), p-diff and each
+  baseline;
+- `tsne.png`: a t-SNE of the parameter vectors of snapshots, p-diff and baselines.
+
+And the sweep's, per cell: `search_history.png` (val accuracy per trial in
+completion order, with the best so far), `parallel_coordinates.png` (the searched
+knobs, coloured by val accuracy) and `importance.png` (fANOVA importance of
+the knobs for val accuracy, from an Optuna study rebuilt in memory).
+
+The tables hold parameters but no per-example predictions, so the wrong-prediction
+sets are recomputed: the cell's source network is rebuilt from its saved weights
+and every vector is scored with `pdiff.evaluate.BatchedEvaluator`. The p-diff
+vectors are those of the cell's val-selected trial.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from .tables import Store  # noqa: E402
+
+__all__ = ["CellData", "FIGURES", "load_cells", "trial_history", "draw_all"]
+
+# File name -> (title, caption) of every figure the report draws, in the report's order.
+FIGURES: dict[str, tuple[str, str]] = {
+    "similarity.png": (
+        "Similarity of wrong predictions",
+        "Mean IoU of the sets of test examples two models get wrong: between two snapshots (original-original, "
+        "self-pairs excluded), between two p-diff models of the val-selected trial (generated-generated), and "
+        "between a p-diff model and a snapshot (original-generated). Predictions recomputed from the stored "
+        "parameters with the cell's source network.",
+    ),
+    "accuracy_novelty.png": (
+        "Accuracy against novelty",
+        "Test accuracy of every model against its max IoU to the snapshots (1 = the same mistakes as some "
+        "snapshot, a copy). Snapshots: max IoU to the other snapshots. p-diff: the val-selected trial (other "
+        "trials faint). Large outlined markers: each method's mean. Up and to the left is better.",
+    ),
+    "tsne.png": (
+        "t-SNE of parameter vectors",
+        "t-SNE (scikit-learn, PCA initialisation, perplexity scaled to the number of vectors) of the generated "
+        "parameter subset: snapshots, p-diff (val-selected trial) and each baseline.",
+    ),
+    "search_history.png": (
+        "Search history",
+        "Objective (val accuracy of the val-selected generated model) of each trial in completion order, "
+        "taken from the modification time of its `trials` file (the row a trial writes last); the line is the "
+        "best so far. Crosses: trials stopped early or failed (their last reported value).",
+    ),
+    "parallel_coordinates.png": (
+        "Searched hyperparameters",
+        "Parallel coordinates of the knobs that vary across the sweep's trials, each axis normalised to the "
+        "sweep's range (log scale for knobs spanning more than a decade), coloured by val accuracy.",
+    ),
+    "importance.png": (
+        "Hyperparameter importance",
+        "fANOVA importance of each searched knob for val accuracy (optuna.importance.get_param_importances on "
+        "a study rebuilt in memory from the completed trials of the cell).",
+    ),
+}
+
+METHOD_STYLE = {  # label, colour, marker
+    "original": ("snapshots", "#555555", "o"),
+    "p-diff": ("p-diff", "#d62728", "o"),
+    "noise": ("noise", "#1f77b4", "s"),
+    "average": ("average of 16", "#2ca02c", "^"),
+    "gaussian": ("Gaussian", "#ff7f0e", "D"),
+}
+
+
+@dataclass
+class CellData:
+    """One cell's vectors and, where they could be recomputed, its wrong-prediction sets."""
+
+    cell_id: str
+    arch: str
+    dataset: str
+    seed: int
+    best_trial: str | None
+    snapshots: np.ndarray  # (K, n) float32
+    snapshot_rows: pd.DataFrame  # index, val_acc, test_acc
+    generated: pd.DataFrame  # every trial's generated rows (trial_id, index, test_acc, max_iou_to_train, params)
+    baselines: pd.DataFrame  # method, index, test_acc, max_iou_to_train, params
+    similarity: dict[str, float] | None = None  # original-original, generated-generated, original-generated
+    snapshot_max_iou: np.ndarray | None = None  # (K,) max IoU of each snapshot to the other snapshots
+    recomputed: dict[str, np.ndarray] = field(default_factory=dict)  # test accuracy recomputed, per group
+    why_not: str | None = None  # why predictions could not be recomputed
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} / {self.dataset} / seed {self.seed}"
+
+    @property
+    def best_generated(self) -> pd.DataFrame:
+        return self.generated[self.generated.trial_id == self.best_trial].sort_values("index")
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def _read_by_writer(store: Store, table: str, cell_id: str, columns: list[str]) -> pd.DataFrame:
+    """A cell's rows of one table; the writer id (the file name: a trial id) fills a missing `trial_id`
+    (files written before `generated` rows carried their trial id)."""
+    frames = []
+    for f in store.files(table, cell_id):
+        df = pq.read_table(f, filesystem=store.fs).to_pandas()
+        writer = f.rsplit("/", 1)[1][: -len(".parquet")]
+        df["trial_id"] = df["trial_id"].fillna(writer) if "trial_id" in df else writer
+        frames.append(df[columns])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions: bool = True) -> list[CellData]:
+    """Every cell's snapshots, generated and baseline vectors; with `predictions`, their wrong-prediction sets."""
+    sources = store.read_pandas("sources").sort_values(["arch", "dataset", "seed"])
+    cells, datasets = [], {}
+    for row in sources.itertuples():
+        snaps = store.read_pandas("checkpoints", row.cell_id, columns=["index", "val_acc", "test_acc", "params"])
+        snaps = snaps.sort_values("index").reset_index(drop=True)
+        cell = CellData(
+            cell_id=row.cell_id, arch=row.arch, dataset=row.dataset, seed=int(row.seed),
+            best_trial=best_trials.get(row.cell_id),
+            snapshots=np.stack(snaps.params.to_numpy()).astype(np.float32) if len(snaps) else np.zeros((0, 0)),
+            snapshot_rows=snaps.drop(columns=["params"]),
+            generated=_read_by_writer(store, "generated", row.cell_id,
+                                      ["trial_id", "index", "val_acc", "test_acc", "max_iou_to_train", "params"]),
+            baselines=store.read_pandas("baselines", row.cell_id,
+                                        columns=["method", "index", "val_acc", "test_acc", "max_iou_to_train",
+                                                 "params"]),
+        )
+        if predictions:
+            try:
+                _recompute(store, row, cell, datasets)
+            except Exception as err:  # a dataset not on this machine, a missing model file: say so in the figure
+                cell.why_not = f"predictions not recomputed: {type(err).__name__}: {err}"
+        cells.append(cell)
+    return cells
+
+
+def _recompute(store: Store, source, cell: CellData, datasets: dict) -> None:
+    import torch
+
+    from pdiff import ParameterSubset, build_model, load_dataset
+    from pdiff.evaluate import BatchedEvaluator, iou_matrix
+
+    key = (source.dataset, int(source.seed))
+    if key not in datasets:
+        datasets[key] = load_dataset(source.dataset, seed=int(source.seed))
+    data = datasets[key]
+    model = build_model(source.arch, channels=data.channels, classes=data.classes, image_size=data.image_size)
+    state = torch.load(io.BytesIO(store.read_bytes(source.model_path)), map_location="cpu")
+    model.load_state_dict(state)
+    model.eval()
+    evaluator = BatchedEvaluator(model, ParameterSubset.select(model, list(source.subset)))
+    if not len(cell.snapshots):
+        raise ValueError("the cell has no snapshots")
+    snap = evaluator.score(torch.from_numpy(cell.snapshots), data)
+    oo = iou_matrix(snap.test_wrong, snap.test_wrong)
+    k = len(oo)
+    cell.recomputed["original"] = snap.test_acc.numpy()
+    if k > 1:
+        off = ~torch.eye(k, dtype=torch.bool)
+        cell.snapshot_max_iou = oo.masked_fill(~off, -1.0).max(1).values.numpy()
+        similarity = {"original-original": float(oo[off].mean())}
+    else:
+        similarity = {"original-original": float("nan")}
+    best = cell.best_generated
+    if len(best):
+        gen_vectors = torch.tensor(np.stack(best.params.to_numpy()), dtype=torch.float32)
+        gen = evaluator.score(gen_vectors, data)
+        cell.recomputed["p-diff"] = gen.test_acc.numpy()
+        gg = iou_matrix(gen.test_wrong, gen.test_wrong)
+        n = len(gg)
+        similarity["generated-generated"] = (float(gg[~torch.eye(n, dtype=torch.bool)].mean()) if n > 1
+                                             else float("nan"))
+        similarity["original-generated"] = float(iou_matrix(gen.test_wrong, snap.test_wrong).mean())
+    cell.similarity = similarity
+
+
+def trial_history(store: Store) -> tuple[pd.DataFrame, str]:
+    """Every trials row with its completion rank per cell, and how the order was found.
+
+    Trials rows carry no timestamp; a trial writes its row last, so the file's
+    modification time is its completion time. Where the times cannot tell the
+    trials apart (e.g. a copied folder), the order falls back to the row order.
+    """
+    trials = store.read_pandas("trials")
+    files = store.files("trials")
+    if trials.empty:
+        return trials.assign(completed_at=pd.Series(dtype=float), order=pd.Series(dtype=int)), "no trials"
+    infos = store.fs.get_file_info(files)
+    mtime = {}
+    for info in infos:
+        cell = info.path.rsplit("/", 2)[-2]
+        stamp = info.mtime_ns if info.mtime_ns is not None else None
+        mtime[(cell, info.base_name[: -len(".parquet")])] = stamp
+    trials["row"] = np.arange(len(trials))
+    trials["completed_at"] = [mtime.get((c, t)) for c, t in zip(trials.cell_id, trials.trial_id)]
+    known = trials.completed_at.notna()
+    distinct = trials[known].groupby("cell_id").completed_at.nunique()
+    counts = trials[known].groupby("cell_id").size()
+    usable = bool(known.all() and (distinct == counts).all())
+    if usable:
+        trials = trials.sort_values(["cell_id", "completed_at", "row"])
+        how = "completion order: modification time of each trial's `trials` file"
+    else:
+        trials = trials.sort_values(["cell_id", "row"])
+        how = "trial row order (file modification times cannot tell the trials apart)"
+    trials["order"] = trials.groupby("cell_id").cumcount() + 1
+    return trials.reset_index(drop=True), how
+
+
+# -- drawing helpers ---------------------------------------------------------
+
+
+def _grid(n: int, width: float = 4.6, height: float = 3.6, ncols: int | None = None):
+    n = max(1, n)
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
+def _message(ax, text: str, title: str | None = None) -> None:
+    """A panel that explains why there is nothing to draw."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("#cccccc")
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 44)), ha="center", va="center", fontsize=9,
+            color="#444444", transform=ax.transAxes)
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def _save(fig, path: Path, title: str) -> Path:
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, facecolor="white")
+    plt.close(fig)
+    return path
+
+
+def _params(df: pd.DataFrame) -> np.ndarray:
+    return np.stack(df.params.to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 0), np.float32)
+
+
+# -- the paper's figures -----------------------------------------------------
+
+
+def similarity_figure(cells: list[CellData], path: Path) -> Path:
+    fig, axes = _grid(len(cells), 4.2, 3.6)
+    if not cells:
+        _message(axes[0], "no cells in this sweep")
+    names = ["original-original", "generated-generated", "original-generated"]
+    colours = [METHOD_STYLE["original"][1], METHOD_STYLE["p-diff"][1], "#9467bd"]
+    for ax, cell in zip(axes, cells):
+        if cell.similarity is None:
+            _message(ax, cell.why_not or "no predictions", cell.label)
+            continue
+        if cell.best_trial is None or "generated-generated" not in cell.similarity:
+            _message(ax, "no completed trial with generated models in this cell", cell.label)
+            continue
+        values = [cell.similarity.get(n, float("nan")) for n in names]
+        bars = ax.bar(range(3), [0 if math.isnan(v) else v for v in values], color=colours)
+        for bar, v in zip(bars, values):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02,
+                    "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", fontsize=9)
+        ax.set_xticks(range(3), ["orig-orig", "gen-gen", "orig-gen"])
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel("mean IoU of wrong predictions")
+        ax.set_title(cell.label, fontsize=10)
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+def accuracy_novelty_figure(cells: list[CellData], path: Path) -> Path:
+    fig, axes = _grid(len(cells), 5.0, 4.0)
+    if not cells:
+        _message(axes[0], "no cells in this sweep")
+    rng = np.random.default_rng(0)
+    for i, (ax, cell) in enumerate(zip(axes, cells)):
+        groups: list[tuple[str, np.ndarray, np.ndarray]] = []
+        if cell.snapshot_max_iou is not None:
+            groups.append(("original", cell.snapshot_max_iou, 100 * cell.snapshot_rows.test_acc.to_numpy()))
+        others = cell.generated[cell.generated.trial_id != cell.best_trial]
+        if len(others):
+            ax.scatter(others.max_iou_to_train, 100 * others.test_acc, s=14, alpha=0.25,
+                       color=METHOD_STYLE["p-diff"][1], marker="o", linewidths=0, label="p-diff, other trials")
+        best = cell.best_generated
+        if len(best):
+            groups.append(("p-diff", best.max_iou_to_train.to_numpy(), 100 * best.test_acc.to_numpy()))
+        for method in ("noise", "average", "gaussian"):
+            b = cell.baselines[cell.baselines.method == method]
+            if len(b):
+                groups.append((method, b.max_iou_to_train.to_numpy(), 100 * b.test_acc.to_numpy()))
+        if not groups:
+            _message(ax, "no models to plot", cell.label)
+            continue
+        for method, x, y in groups:
+            label, colour, marker = METHOD_STYLE[method]
+            jitter = rng.uniform(-0.004, 0.004, len(x))  # identical points stay visible as a cloud
+            ax.scatter(np.asarray(x) + jitter, y, s=18, alpha=0.55, color=colour, marker=marker, linewidths=0,
+                       label=label, zorder=3 if method == "p-diff" else 2)
+            ax.scatter([np.mean(x)], [np.mean(y)], s=130, color=colour, marker=marker, edgecolors="black",
+                       linewidths=1.2, zorder=6 if method == "p-diff" else 5)
+        ax.set_xlabel("max IoU to the snapshots (lower = more novel)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(cell.label, fontsize=10)
+        if cell.snapshot_max_iou is None and cell.why_not:
+            ax.text(0.01, 0.01, "snapshots not shown: " + cell.why_not[:60], fontsize=7, transform=ax.transAxes)
+        if i == 0:
+            ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+def tsne_figure(cells: list[CellData], path: Path) -> Path:
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    fig, axes = _grid(len(cells), 4.6, 4.0)
+    if not cells:
+        _message(axes[0], "no cells in this sweep")
+    for i, (ax, cell) in enumerate(zip(axes, cells)):
+        groups = [("original", cell.snapshots), ("p-diff", _params(cell.best_generated))]
+        groups += [(m, _params(cell.baselines[cell.baselines.method == m])) for m in ("noise", "average", "gaussian")]
+        groups = [(m, v) for m, v in groups if len(v)]
+        x = np.concatenate([v for _, v in groups]) if groups else np.zeros((0, 0))
+        if len(x) < 5:
+            _message(ax, f"{len(x)} parameter vectors: too few for a t-SNE", cell.label)
+            continue
+        perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+        # One OpenMP thread: on a busy machine the threads' spin-waits made this 50x slower.
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore")
+            emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0,
+                       learning_rate="auto").fit_transform(x.astype(np.float64))
+        start = 0
+        for method, v in groups:
+            label, colour, marker = METHOD_STYLE[method]
+            e = emb[start:start + len(v)]
+            start += len(v)
+            ax.scatter(e[:, 0], e[:, 1], s=16, alpha=0.7, color=colour, marker=marker, linewidths=0, label=label)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{cell.label} (perplexity {perplexity:.0f})", fontsize=10)
+        if i == 0:
+            ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+# -- the sweep's figures -----------------------------------------------------
+
+
+def _is_number(values: pd.Series) -> bool:
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "[" + ", ".join(str(_hashable(x)) for x in v) + "]"
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _log_scale(values: np.ndarray) -> bool:
+    return bool(len(values) and (values > 0).all() and values.max() / values.min() > 10)
+
+
+def searched_knobs(trials: pd.DataFrame) -> list[str]:
+    """The knob columns that take more than one value across the sweep's trials, in the pipeline's order."""
+    from pdiff.pipeline import KNOBS
+
+    out = []
+    for k in KNOBS:
+        if k in trials and trials[k].map(_hashable).dropna().nunique() > 1:
+            out.append(k)
+    return out
+
+
+def history_figure(trials: pd.DataFrame, how: str, labels: dict[str, str], path: Path) -> Path:
+    cells = list(labels)
+    fig, axes = _grid(len(cells), 4.6, 3.4)
+    if not cells:
+        _message(axes[0], "no cells in this sweep")
+    for ax, cell in zip(axes, cells):
+        t = trials[trials.cell_id == cell]
+        done = t[t.status == "completed"]
+        if t.empty:
+            _message(ax, "no trials yet", labels[cell])
+            continue
+        ax.plot(done.order, done.val_acc, "o", color=METHOD_STYLE["p-diff"][1], label="completed trial")
+        rest = t[(t.status != "completed") & t.val_acc.notna()]
+        if len(rest):
+            ax.plot(rest.order, rest.val_acc, "x", color="#777777", label="stopped / failed")
+        if len(done):
+            ax.step(done.order, done.val_acc.cummax(), where="post", color="black", lw=1.2, label="best so far")
+        ax.set_xlabel("trial (completion order)")
+        ax.set_ylabel("val accuracy (%)")
+        ax.set_xticks(list(t.order))
+        ax.set_title(labels[cell], fontsize=10)
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    fig.text(0.5, 0.005, f"order: {how}", ha="center", fontsize=8, color="#444444")
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, str], path: Path) -> Path:
+    cells = list(labels)
+    fig, axes = _grid(len(cells), max(4.6, 1.3 * (len(knobs) + 1)), 3.8, ncols=min(len(cells), 2) or 1)
+    if not cells:
+        _message(axes[0], "no cells in this sweep")
+    done = trials[trials.status == "completed"] if len(trials) else trials
+    # Each knob's axis spans its range over the whole sweep, so the cells' panels compare.
+    scales = {}
+    for k in knobs:
+        values = done[k].map(_hashable)
+        if _is_number(values.dropna()):
+            arr = values.dropna().to_numpy(dtype=float)
+            log = _log_scale(arr)
+            lo, hi = (np.log10(arr.min()), np.log10(arr.max())) if log else (arr.min(), arr.max())
+            scales[k] = ("log" if log else "linear", lo, hi, None)
+        else:
+            choices = sorted(values.dropna().unique(), key=str)
+            scales[k] = ("choice", 0, max(1, len(choices) - 1), choices)
+
+    def position(k: str, v: Any) -> float:
+        kind, lo, hi, choices = scales[k]
+        v = _hashable(v)
+        if kind == "choice":
+            x = choices.index(v)
+        else:
+            x = math.log10(v) if kind == "log" else float(v)
+        return 0.5 if hi == lo else (x - lo) / (hi - lo)
+
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, cell in zip(axes, cells):
+        t = done[done.cell_id == cell]
+        if not knobs:
+            _message(ax, "no knob varies across this sweep's trials: nothing to compare", labels[cell])
+            continue
+        if t.empty or t.val_acc.isna().all():
+            _message(ax, "no completed trials in this cell", labels[cell])
+            continue
+        # val accuracy (last axis, colour) spans the cell's own range: cells differ in level.
+        lo_acc, hi_acc = float(t.val_acc.min()), float(t.val_acc.max())
+        norm = matplotlib.colors.Normalize(vmin=lo_acc - 0.5 * (hi_acc == lo_acc), vmax=hi_acc + 0.5 * (hi_acc == lo_acc))
+        axis_names = knobs + ["val_acc"]
+        for row in t.sort_values("val_acc").itertuples():
+            ys = [position(k, getattr(row, k)) for k in knobs]
+            ys.append(0.5 if hi_acc == lo_acc else (row.val_acc - lo_acc) / (hi_acc - lo_acc))
+            ax.plot(range(len(axis_names)), ys, "-o", color=cmap(norm(row.val_acc)), lw=1.8, ms=4, alpha=0.9)
+        for j, k in enumerate(axis_names):
+            ax.axvline(j, color="#999999", lw=0.8, zorder=0)
+            if k == "val_acc":
+                lo_txt, hi_txt = f"{lo_acc:.2f}", f"{hi_acc:.2f}"
+            else:
+                kind, lo, hi, choices = scales[k]
+                if kind == "choice":
+                    lo_txt, hi_txt = str(choices[0]), str(choices[-1])
+                elif kind == "log":
+                    lo_txt, hi_txt = f"{10 ** lo:.3g}", f"{10 ** hi:.3g}"
+                else:
+                    lo_txt, hi_txt = f"{lo:.3g}", f"{hi:.3g}"
+            ax.text(j, -0.06, lo_txt, ha="center", va="top", fontsize=7)
+            ax.text(j, 1.06, hi_txt, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(axis_names)),
+                      [k + (" (log)" if k in scales and scales[k][0] == "log" else "") for k in axis_names],
+                      fontsize=8, rotation=20)
+        ax.set_yticks([])
+        ax.set_ylim(-0.15, 1.15)
+        ax.set_xlim(-0.3, len(axis_names) - 0.7)
+        ax.set_title(labels[cell], fontsize=10, pad=14)
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="val accuracy (%)",
+                     fraction=0.04, pad=0.02)
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+def cell_importance(trials: pd.DataFrame, knobs: list[str]) -> tuple[dict[str, float] | None, str | None]:
+    """fANOVA importances of the knobs for val_acc in one cell's completed trials, or why there are none."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    done = trials[(trials.status == "completed") & trials.val_acc.notna()]
+    if len(done) < 2:
+        return None, f"{len(done)} completed trial(s): fANOVA needs at least 2"
+    varying = [k for k in knobs if done[k].map(_hashable).nunique() > 1]
+    if not varying:
+        return None, "no knob varies across this cell's completed trials"
+    if done.val_acc.nunique() < 2:
+        return None, f"every completed trial has the same val accuracy ({done.val_acc.iloc[0]:.2f}%): " \
+                     "nothing for the knobs to explain"
+    dists, columns = {}, {}
+    for k in varying:
+        values = done[k].map(_hashable)
+        if _is_number(values):
+            arr = values.to_numpy(dtype=float)
+            if all(float(v).is_integer() for v in arr) and all(isinstance(v, (int, np.integer)) for v in values):
+                dists[k] = IntDistribution(int(arr.min()), int(arr.max()))
+                columns[k] = [int(v) for v in arr]
+            else:
+                dists[k] = FloatDistribution(float(arr.min()), float(arr.max()), log=_log_scale(arr))
+                columns[k] = [float(v) for v in arr]
+        else:
+            choices = tuple(sorted({str(v) for v in values}))
+            dists[k] = CategoricalDistribution(choices)
+            columns[k] = [str(v) for v in values]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for i, acc in enumerate(done.val_acc.to_numpy(dtype=float)):
+        study.add_trial(create_trial(params={k: columns[k][i] for k in varying}, distributions=dists, value=acc))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), None
+    except Exception as err:  # e.g. too little variation for the forest
+        return None, f"fANOVA could not be computed: {type(err).__name__}: {err}"
+
+
+def importance_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, str], path: Path) -> Path:
+    cells = list(labels)
+    fig, axes = _grid(len(cells), 4.6, 3.2)
+    if not cells:
+        _message(axes[0], "no cells in this sweep")
+    for ax, cell in zip(axes, cells):
+        t = trials[trials.cell_id == cell]
+        importances, why = cell_importance(t, knobs) if len(t) else (None, "no trials yet")
+        if importances is None:
+            _message(ax, f"no importance: {why}", labels[cell])
+            continue
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names], color="#4c72b0")
+        for j, n in enumerate(names):
+            ax.text(importances[n] + 0.01, j, f"{importances[n]:.2f}", va="center", fontsize=8)
+        ax.set_xlim(0, 1.15)
+        ax.set_xlabel("importance for val accuracy (fANOVA)")
+        ax.set_title(f"{labels[cell]} ({(t.status == 'completed').sum()} trials)", fontsize=10)
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+def draw_all(store: Store, out: Path, best_trials: dict[str, str | None], knobs: list[str] | None = None,
+             log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Path], str, list[CellData]]:
+    """Draw every figure of FIGURES into `out`; returns their paths, how trials were ordered, and the cells.
+
+    `best_trials`: the val-selected trial of each cell; `knobs`: the searched knobs (default: those that vary).
+    """
+    import time
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cells = load_cells(store, best_trials)
+    log(f"predictions recomputed for {len(cells)} cell(s) ({time.perf_counter() - t0:.1f}s)")
+    labels = {c.cell_id: c.label for c in cells}
+    trials, how = trial_history(store)
+    if knobs is None:
+        knobs = searched_knobs(trials) if len(trials) else []
+    paths = {}
+    steps = {
+        "similarity.png": lambda p: similarity_figure(cells, p),
+        "accuracy_novelty.png": lambda p: accuracy_novelty_figure(cells, p),
+        "tsne.png": lambda p: tsne_figure(cells, p),
+        "search_history.png": lambda p: history_figure(trials, how, labels, p),
+        "parallel_coordinates.png": lambda p: parallel_figure(trials, knobs, labels, p),
+        "importance.png": lambda p: importance_figure(trials, knobs, labels, p),
+    }
+    for name, draw in steps.items():
+        t = time.perf_counter()
+        paths[name] = draw(out / name)
+        log(f"{name} ({time.perf_counter() - t:.1f}s)")
+    return paths, how, cells
+

@@ -1,0 +1,375 @@
+"""`python -m orchestrator.report RESULTS_DIR [--out DIR]`: a sweep's results as a folder people can open.
+
+RESULTS_DIR is a sweep's folder (`results/smoke`, `s3://bucket/prefix/smoke`).
+The report (default `RESULTS_DIR/report/`) holds `index.html`, which opens
+offline in any browser (no network address anywhere; the figures beside it are
+referenced by relative file name), `summary.md`, `summary.csv` and the figures
+as PNG files (see `orchestrator.figures`).
+
+The summary table, one row per cell, is one DuckDB query over the tables
+(`report_sql`), built on `orchestrator.summary.SUMMARY_SQL` and adding columns:
+
+- originals: best and mean test accuracy of the snapshots;
+- p-diff, of the val-selected trial (best val accuracy; ties: lower val novelty,
+  then smaller trial id): the test accuracy of the val-selected generated model,
+  the best test accuracy (selected on the test set: the paper's protocol,
+  optimistic by construction), mean and median (lower middle, as torch.median);
+- each baseline (noise, average of 16, Gaussian) likewise; its val-selected model
+  is the one with the best val accuracy, ties to the lowest index (as torch.argmax);
+- novelty: mean max-IoU of the models' test mistakes to any snapshot's (lower = more novel);
+- whether p-diff dominates each baseline on the accuracy-novelty plane: its
+  accuracy (selected, or mean) >= the baseline's and its mean max-IoU <=, at least
+  one strictly, compared at the precision shown (0.01 points, 0.001 IoU);
+- the winning trial's id, val accuracy and hyperparameters (the knobs that vary
+  across the sweep's trials; every knob where none varies).
+
+Exit status: 0 done, 2 no sweep tables at RESULTS_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import re
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from .query import parse_results_dir
+from .summary import SUMMARY_SQL, connect
+from .tables import TABLES, Store
+
+__all__ = ["BASELINES", "parse_results_dir", "report_sql", "searched_knobs", "summary_table", "write_report",
+           "main"]
+
+BASELINES = {"noise": "noise", "average": "average of 16", "gaussian": "Gaussian"}
+
+
+# -- the summary table -------------------------------------------------------
+
+
+def searched_knobs(con) -> tuple[list[str], list[str]]:
+    """(knobs that take more than one value across the sweep's trials, every knob column present)."""
+    from pdiff.pipeline import KNOBS
+
+    columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
+    present = [k for k in KNOBS if k in columns]
+    if not present:
+        return [], []
+    counts = con.execute("SELECT " + ", ".join(f'count(DISTINCT "{k}")' for k in present) + " FROM trials").fetchone()
+    return [k for k, n in zip(present, counts) if n > 1], present
+
+
+def report_sql(knobs: Sequence[str]) -> str:
+    """SUMMARY_SQL's row per cell, with the columns the report adds (see the module docstring)."""
+    hp = "".join(f',\n       t."{k}" AS "hp_{k}"' for k in knobs)
+    replace = ", ".join(f"round({b[0]}.selected, 2) AS {b}_selected" for b in BASELINES)
+    extra = "".join(f",\n       round({b[0]}.best_test, 2) AS {b}_best_test_paper, round({b[0]}.median, 2) AS {b}_median"
+                    for b in BASELINES)
+    joins = "".join(f"\nLEFT JOIN base {b[0]} ON {b[0]}.cell_id = s.cell_id AND {b[0]}.method = '{b}'"
+                    for b in BASELINES)
+
+    def beats(b: str, acc: str) -> str:
+        p, q = f"pdiff_{acc}", f"{b}_{acc}"
+        return (f"CASE WHEN {p} IS NULL OR {q} IS NULL OR pdiff_max_iou IS NULL OR {b}_max_iou IS NULL THEN NULL "
+                f"WHEN {p} >= {q} AND pdiff_max_iou <= {b}_max_iou AND ({p} > {q} OR pdiff_max_iou < {b}_max_iou) "
+                f"THEN 'yes' ELSE 'no' END AS pdiff_beats_{b}_{acc}")
+
+    dominance = ",\n       ".join(beats(b, acc) for b in BASELINES for acc in ("selected", "mean"))
+    return f"""
+WITH summary AS ({SUMMARY_SQL}
+), best AS (
+    SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_novelty ASC, trial_id) AS trial_id
+    FROM trials WHERE status = 'completed' GROUP BY cell_id
+), base AS (
+    SELECT cell_id, method,
+           100 * first(test_acc ORDER BY val_acc DESC, "index") AS selected,
+           100 * max(test_acc) AS best_test, 100 * quantile_disc(test_acc, 0.5) AS median
+    FROM baselines GROUP BY cell_id, method
+), report AS (
+SELECT s.* REPLACE ({replace}),
+       b.trial_id AS best_trial, round(t.val_acc, 2) AS pdiff_val{extra}{hp}
+FROM summary s
+LEFT JOIN best b ON b.cell_id = s.cell_id
+LEFT JOIN trials t ON t.cell_id = b.cell_id AND t.trial_id = b.trial_id{joins}
+)
+SELECT *,
+       {dominance}
+FROM report ORDER BY arch, dataset, seed
+"""
+
+
+def summary_table(store: Store, con=None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The report's summary (one row per cell), the searched knobs, and the knobs shown in it."""
+    con = con or connect(store)
+    searched, present = searched_knobs(con)
+    shown = searched or present
+    return con.execute(report_sql(shown)).df(), searched, shown
+
+
+# -- rendering ---------------------------------------------------------------
+
+KEYS = [("arch", "arch"), ("dataset", "dataset"), ("seed", "seed")]
+
+
+SHORT = {"noise": "noise", "average": "avg16", "gaussian": "gauss"}
+
+
+def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[tuple[str, str, str]]]]]]:
+    """The summary's three tables: (title, note, [(group heading, [(column, sub-heading, short heading)])]).
+
+    HTML shows the group and sub-headings in two header rows; text and Markdown the short headings."""
+    def acc(prefix: str, short: str) -> list[tuple[str, str, str]]:
+        return [(f"{prefix}_selected", "selected (val)", f"{short} sel"),
+                (f"{prefix}_best_test_paper", "best (test-selected, paper's protocol)", f"{short} best*"),
+                (f"{prefix}_mean", "mean", f"{short} mean"), (f"{prefix}_median", "median", f"{short} med")]
+
+    accuracy = [("original snapshots", [("original_best", "best", "orig best"), ("original_mean", "mean", "orig mean")]),
+                ("p-diff", acc("pdiff", "pdiff"))]
+    accuracy += [(label, acc(b, SHORT[b])) for b, label in BASELINES.items()]
+    novelty = [("mean max-IoU to the snapshots (lower = more novel)",
+                [("pdiff_max_iou", "p-diff", "pdiff IoU")]
+                + [(f"{b}_max_iou", label, f"{SHORT[b]} IoU") for b, label in BASELINES.items()])]
+    novelty += [(f"p-diff dominates {label}?", [(f"pdiff_beats_{b}_selected", "on selected acc", f"beats {SHORT[b]} sel"),
+                                                (f"pdiff_beats_{b}_mean", "on mean acc", f"beats {SHORT[b]} mean")])
+                for b, label in BASELINES.items()]
+    hyper = [("val-selected trial", [("trials", "trials", "trials"), ("best_trial", "trial", "trial"),
+                                     ("pdiff_val", "val acc (%)", "val acc")]),
+             ("its hyperparameters", [(f"hp_{k}", k, k) for k in shown])]
+    return [
+        ("Test accuracy (%)",
+         "'selected (val)' (sel): the test accuracy of the model with the best validation accuracy (our protocol). "
+         "'best (test-selected)' (best*): the best test accuracy, chosen on the test set itself, as in the paper: "
+         "optimistic by construction. med: median. p-diff: the generated models of the val-selected trial; "
+         "avg16: average of 16 snapshots; gauss: per-coordinate Gaussian.",
+         accuracy),
+        ("Novelty and dominance",
+         "Novelty: the mean over a method's models of the max IoU between the model's wrong test predictions "
+         "and any snapshot's (1 = the same mistakes as some snapshot). p-diff dominates a baseline when its "
+         "accuracy (val-selected: sel, or mean) is >= and its mean max-IoU <=, at least one strictly, at the "
+         "precision shown.",
+         novelty),
+        ("Winning hyperparameters",
+         "The trial with the best val accuracy (ties: the lower val novelty, then the smaller trial id); "
+         "the knobs that vary across the sweep's trials (every knob where none varies).",
+         hyper),
+    ]
+
+
+def _fmt(column: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(column, x) for x in v) + "]"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if column.startswith("hp_"):
+            return f"{v:.4g}"
+        if column.endswith("max_iou"):
+            return f"{v:.3f}"
+        return f"{v:.2f}"
+    return str(v)
+
+
+def _flat(df: pd.DataFrame, groups) -> pd.DataFrame:
+    """One section of the summary as strings, under the short headings."""
+    cols = dict(KEYS) | {c: short for _, sub in groups for c, _, short in sub if c in df}
+    return pd.DataFrame({label: [_fmt(c, v) for v in df[c]] for c, label in cols.items()})
+
+
+def summary_text(df: pd.DataFrame, shown: Sequence[str]) -> str:
+    """The summary's three tables as plain text, for a terminal."""
+    parts = []
+    for title, note, groups in _groups(shown):
+        flat = _flat(df, groups)
+        parts.append(f"{title}\n{flat.to_string(index=False)}")
+        if title.startswith("Test accuracy"):
+            parts[-1] += "\n(sel: val-selected model; best*: selected on the test set, the paper's protocol)"
+    return "\n\n".join(parts)
+
+
+def _md_table(flat: pd.DataFrame) -> str:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in flat.columns) + " |",
+             "|" + "|".join("---" for _ in flat.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in flat.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _html_table(df: pd.DataFrame, groups) -> str:
+    e = html.escape
+    groups = [(h, [(c, lab) for c, lab, _ in sub if c in df]) for h, sub in groups]
+    groups = [(h, sub) for h, sub in groups if sub]
+    top = "".join(f'<th rowspan="2">{e(label)}</th>' for _, label in KEYS)
+    top += "".join(f'<th colspan="{len(sub)}" class="group">{e(h)}</th>' for h, sub in groups)
+    second = "".join(f"<th>{e(lab)}</th>" for _, sub in groups for _, lab in sub)
+    columns = [c for c, _ in KEYS] + [c for _, sub in groups for c, _ in sub]
+    body = []
+    for _, row in df.iterrows():
+        cells = []
+        for c in columns:
+            text = _fmt(c, row[c])
+            cls = ' class="yes"' if text == "yes" else ' class="no"' if text == "no" else ""
+            cells.append(f"<td{cls}>{e(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table>\n<thead><tr>{top}</tr>\n<tr>{second}</tr></thead>\n<tbody>\n' + "\n".join(body)
+            + "\n</tbody>\n</table>")
+
+
+def _code(text: str) -> str:
+    """Escape for HTML, `backticks` as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 32px; color: #222;
+       max-width: 1500px; }
+h1 { font-size: 24px; margin-bottom: 4px; } h2 { margin-top: 32px; border-bottom: 1px solid #ddd; }
+h3 { margin-bottom: 6px; } .meta, .note { color: #555; font-size: 13px; max-width: 1100px; }
+.scroll { overflow-x: auto; } table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; white-space: normal; max-width: 120px; text-align: center; } th.group { background: #e6ecf5; text-align: center; }
+td:nth-child(-n+3) { text-align: left; } td.yes { background: #e3f4e1; } td.no { background: #fbe7e6; }
+figure { margin: 16px 0 32px; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 13px; max-width: 1100px; margin-top: 6px; }
+code { background: #f3f3f3; padding: 0 3px; }
+"""
+
+
+def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, counts: dict[str, int],
+          notes: list[str]) -> str:
+    from .figures import FIGURES
+
+    e = html.escape
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>p-diff sweep {e(store.sweep)}: report</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+        f"<h1>p-diff sweep <code>{e(store.sweep)}</code></h1>",
+        f'<p class="meta">Tables: <code>{e(store.uri)}</code>. {len(df)} cell(s); rows: '
+        + ", ".join(f"{e(t)} {n}" for t, n in counts.items()) + f". Written {stamp}.</p>",
+        "<h2>Summary</h2>",
+    ]
+    for title, note, groups in _groups(shown):
+        parts += [f"<h3>{e(title)}</h3>", f'<p class="note">{e(note)}</p>',
+                  f'<div class="scroll">{_html_table(df, groups)}</div>']
+    parts.append("<h2>Figures</h2>")
+    for name in figures:
+        title, caption = FIGURES[name]
+        if name == "search_history.png":
+            caption += f" Order used here: {how}."
+        parts += ["<figure>", f"<h3>{e(title)}</h3>", f'<img src="{e(name)}" alt="{e(title)}">',
+                  f"<figcaption>{_code(caption)}</figcaption>", "</figure>"]
+    parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{_code(n)}</li>" for n in notes] + ["</ul>", "</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, notes: list[str]) -> str:
+    from .figures import FIGURES
+
+    parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
+    for title, note, groups in _groups(shown):
+        parts += [f"## {title}", "", note, "", _md_table(_flat(df, groups)), ""]
+    parts += ["## Figures", ""]
+    for name in figures:
+        title, caption = FIGURES[name]
+        if name == "search_history.png":
+            caption += f" Order used here: {how}."
+        parts += [f"### {title}", "", f"![{title}]({name})", "", caption, ""]
+    parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(parts)
+
+
+# -- the report --------------------------------------------------------------
+
+
+def write_report(store: Store, out_dir: str | Path | None = None, *,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Write the report folder of a sweep and return the path of its `index.html`.
+
+    `out_dir` defaults to `<sweep>/report/`; for a sweep on an object store the
+    report is built in a local temporary folder and copied to `<sweep>/report/`.
+    """
+    log = log or (lambda s: None)
+    upload = out_dir is None and not store.is_local
+    out = Path(tempfile.mkdtemp(prefix=f"report-{store.sweep}-")) if upload else \
+        Path(out_dir) if out_dir is not None else Path(store.root) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    from .figures import draw_all
+
+    t0 = time.perf_counter()
+    con = connect(store)
+    df, searched, shown = summary_table(store, con)
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    log(f"summary of {len(df)} cell(s) ({time.perf_counter() - t0:.1f}s)")
+    best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
+    figures, how, cells = draw_all(store, out, best, searched, log=log)
+
+    notes = [
+        "All numbers are one DuckDB query over the Parquet tables (`orchestrator.report.report_sql`); ask your "
+        "own with `python -m orchestrator.query " + store.uri + " \"SELECT ...\"` (views: "
+        + ", ".join(f"`{t}`" for t in TABLES) + ").",
+        "Accuracies are percentages of the test split; the search never sees the test split.",
+        f"Search history order: {how}.",
+    ]
+    notes += [f"{c.label}: {c.why_not}" for c in cells if c.why_not]
+    for c in cells:  # the recomputed predictions must reproduce the stored accuracies
+        for group, stored in (("original", c.snapshot_rows.test_acc), ("p-diff", c.best_generated.test_acc)):
+            if group in c.recomputed and len(stored) == len(c.recomputed[group]):
+                gap = float(abs(c.recomputed[group] - stored.to_numpy()).max())
+                if gap > 1e-6:
+                    notes.append(f"{c.label}: recomputed {group} test accuracy differs from the tables by up to "
+                                 f"{100 * gap:.2f} points (figures use recomputed predictions)")
+    listy = [c for c in df.columns if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any()]
+    df.assign(**{c: df[c].map(lambda v: _fmt(c, v)) for c in listy}).to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(_markdown(store, df, shown, figures, how, notes))
+    (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes))
+    if upload:
+        for f in sorted(out.iterdir()):
+            store.write_bytes(f"report/{f.name}", f.read_bytes())
+        log(f"copied to {store.uri}/report/")
+    log(f"report written in {time.perf_counter() - t0:.1f}s")
+    return out / "index.html"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n")[0])
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a sweep's folder, e.g. results/smoke or s3://...")
+    parser.add_argument("--out", help="report folder (default: RESULTS_DIR/report)")
+    parser.add_argument("--quiet", action="store_true", help="print only where the report is")
+    args = parser.parse_args(argv)
+    try:
+        store = parse_results_dir(args.results_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not store.files("sources"):
+        print(f"error: {args.results_dir}: no sweep tables here (expected {store.uri}/sources/*/*.parquet)",
+              file=sys.stderr)
+        return 2
+    say = (lambda s: None) if args.quiet else (lambda s: print(f"  {s}", flush=True))
+    t0 = time.perf_counter()
+    index = write_report(store, args.out, log=say)
+    if not args.quiet:
+        df, _, shown = summary_table(store)
+        with pd.option_context("display.width", 250, "display.max_columns", None):
+            print("\n" + summary_text(df, shown) + "\n")
+    where = f"{store.uri}/report/index.html" if args.out is None and not store.is_local else str(index)
+    print(f"report: {where} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

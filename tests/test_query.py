@@ -1,0 +1,146 @@
+"""`python -m orchestrator.query RESULTS_DIR "SQL"`: DuckDB over a sweep's tables, one view per table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from orchestrator.query import main
+from orchestrator.tables import TABLES, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# The README's three questions (its ```sql blocks read the Parquet files by path), asked of the views.
+# Ties between equally good val accuracies go to the lowest index / val novelty / trial id, so the
+# answers do not depend on the order DuckDB reads the files in.
+VIEW_QUERIES = [
+    """
+    WITH best AS (
+        SELECT cell_id, first(selected_acc ORDER BY val_acc DESC, val_novelty, trial_id) AS pdiff_selected,
+               max(val_acc) AS pdiff_val
+        FROM trials WHERE status = 'completed' GROUP BY cell_id
+    ), orig AS (
+        SELECT cell_id, 100 * max(test_acc) AS original_best, 100 * avg(test_acc) AS original_mean
+        FROM checkpoints GROUP BY cell_id
+    ), base AS (
+        SELECT cell_id, method, 100 * first(test_acc ORDER BY val_acc DESC, "index") AS selected
+        FROM baselines GROUP BY cell_id, method
+    )
+    SELECT s.arch, s.dataset, avg(o.original_best) AS original_best, avg(b.pdiff_selected) AS pdiff_selected,
+           avg(n.selected) AS noise, avg(a.selected) AS average, avg(g.selected) AS gaussian
+    FROM sources s
+    JOIN orig o USING (cell_id) JOIN best b USING (cell_id)
+    JOIN base n ON n.cell_id = s.cell_id AND n.method = 'noise'
+    JOIN base a ON a.cell_id = s.cell_id AND a.method = 'average'
+    JOIN base g ON g.cell_id = s.cell_id AND g.method = 'gaussian'
+    GROUP BY s.arch, s.dataset ORDER BY s.arch, s.dataset
+    """,
+    """
+    SELECT cell_id, trial_id, val_acc, selected_acc, novelty, latent_dim, latent_noise, input_noise, ae_lr
+    FROM trials WHERE status = 'completed'
+    ORDER BY val_acc DESC, novelty ASC, trial_id LIMIT 5
+    """,
+    """
+    SELECT 'p-diff' AS method, 100 * avg(test_acc) AS mean_acc, avg(max_iou_to_train) AS mean_max_iou FROM generated
+    UNION ALL
+    SELECT method, 100 * avg(test_acc), avg(max_iou_to_train) FROM baselines GROUP BY method
+    ORDER BY method
+    """,
+]
+# Columns whose values do not depend on how ties are broken (the rest must only have the same shape).
+STABLE = [{"arch", "dataset", "original_best", "pdiff_selected"}, {"val_acc", "novelty"},
+          {"method", "mean_acc", "mean_max_iou"}]
+
+
+def _cli(store: Store, sql: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.query", store.root, sql, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _readme_queries() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(a))
+    return a == b
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_readme_questions_through_the_views(finished_sweep, i):
+    readme = _readme_queries()
+    assert len(readme) == len(VIEW_QUERIES)
+    by_path = duckdb.connect().execute(readme[i].replace("results/smoke", finished_sweep.root))
+    columns = [d[0] for d in by_path.description]
+    expected = [dict(zip(columns, row)) for row in by_path.fetchall()]
+
+    proc = _cli(finished_sweep, VIEW_QUERIES[i], "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert expected, "the README's question has no answer on this sweep"
+    assert len(got) == len(expected) and list(got[0]) == columns
+    for g, e in zip(got, expected):
+        for column in columns:
+            if column in STABLE[i]:
+                assert _same(g[column], e[column]), (column, g[column], e[column])
+            else:
+                assert (g[column] is None) == (e[column] is None), column
+
+
+def test_every_table_is_a_view(finished_sweep, capsys):
+    for table in TABLES:
+        assert main([finished_sweep.root, f"SELECT count(*) AS n FROM {table}", "--format", "json"]) == 0
+        n = json.loads(capsys.readouterr().out)[0]["n"]
+        assert n == finished_sweep.read(table, columns=["cell_id"]).num_rows, table
+
+
+def test_output_formats(finished_sweep, capsys):
+    sql = "SELECT cell_id, trial_id, status, val_acc, ae_channels FROM trials ORDER BY cell_id, trial_id"
+    n = finished_sweep.read("trials", columns=["cell_id"]).num_rows
+
+    assert main([finished_sweep.root, sql]) == 0
+    table = capsys.readouterr().out
+    lines = table.strip().splitlines()
+    assert lines[0].split() == ["cell_id", "trial_id", "status", "val_acc", "ae_channels"]
+    assert len(lines) == n + 2 and lines[-1] == f"({n} rows)"
+
+    assert main([finished_sweep.root, sql, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == n and all(json.loads(r["ae_channels"]) for r in rows)  # a list column, as JSON
+    assert {float(r["val_acc"]) for r in rows if r["val_acc"]}
+
+    assert main([finished_sweep.root, sql, "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["trial_id"] for r in records] == [r["trial_id"] for r in rows]
+    assert all(isinstance(r["ae_channels"], list) for r in records)
+
+    # A parameter vector prints as its head and its length, not thousands of numbers.
+    assert main([finished_sweep.root, "SELECT params FROM checkpoints LIMIT 1"]) == 0
+    assert "items)]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("SELEC * FROM trials", "syntax error"),
+    ("SELECT * FROM no_such_table", "no_such_table"),
+    ("SELECT no_such_column FROM trials", "no_such_column"),
+])
+def test_bad_sql_exits_2_with_duckdbs_message(finished_sweep, sql, message):
+    proc = _cli(finished_sweep, sql)
+    assert proc.returncode == 2
+    assert message in proc.stderr and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_not_a_sweep_exits_2(tmp_path, capsys):
+    assert main([str(tmp_path / "missing"), "SELECT 1"]) == 2
+    assert "no sweep tables" in capsys.readouterr().err

@@ -1,0 +1,300 @@
+"""`python -m orchestrator.report`: the report folder of a finished sweep, its numbers, its figures, in a browser."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.figures import (FIGURES, cell_importance, importance_figure, load_cells, parallel_figure,
+                                  trial_history)
+from orchestrator.query import parse_results_dir
+from orchestrator.report import BASELINES, main, summary_table, write_report
+from orchestrator.summary import connect, summary
+from orchestrator.tables import TABLES, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def reported(finished_sweep, tmp_path_factory) -> tuple[Store, Path, subprocess.CompletedProcess, float]:
+    """The report of a copy of the finished sweep (the shared sweep stays untouched), by the command line,
+    written to its default place, RESULTS_DIR/report."""
+    copy = tmp_path_factory.mktemp("reported") / finished_sweep.sweep
+    for part in [*TABLES, "models"]:  # copy2 keeps modification times: the trials' completion order
+        if os.path.isdir(finished_sweep.path(part)):
+            shutil.copytree(finished_sweep.path(part), copy / part)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.report", str(copy)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Store(str(copy.parent), copy.name), copy / "report", proc, seconds
+
+
+def test_report_folder_and_console(reported):
+    store, out, proc, seconds = reported
+    assert {"index.html", "summary.md", "summary.csv"} <= {p.name for p in out.iterdir()}
+    assert f"report: {out / 'index.html'}" in proc.stdout  # write_report's return value, printed
+    for title in ("Test accuracy (%)", "Novelty and dominance", "Winning hyperparameters"):
+        assert title in proc.stdout
+    assert seconds < 120, f"the report took {seconds:.0f}s"
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_figure_is_a_real_png(reported, name):
+    import matplotlib.image
+
+    _, out, _, _ = reported
+    path = out / name
+    assert path.is_file(), f"{name} missing"
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1024, (name, len(data))
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels[..., :3].std() > 0.01, f"{name} is blank"
+
+
+def test_html_and_markdown_fetch_nothing_from_the_network(reported):
+    _, out, _, _ = reported
+    for name in ("index.html", "summary.md"):
+        text = (out / name).read_text()
+        lowered = text.lower()
+        for needle in ("http://", "https://", "//cdn", "ftp://", "src=\"//", "href=\"//", "@import", "url("):
+            assert needle not in lowered, f"{name} contains {needle!r}"
+    html = (out / "index.html").read_text()
+    refs = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert sorted(r for r in refs if r.endswith(".png")) == sorted(FIGURES)
+    for ref in refs:  # every reference is a file beside the page
+        assert "/" not in ref and ":" not in ref and (out / ref).is_file(), ref
+    md = (out / "summary.md").read_text()
+    assert all(f"]({name})" in md for name in FIGURES)
+
+
+def _direct(con, sql: str, *params):
+    return con.execute(sql, list(params)).fetchone()
+
+
+def _close(a, b, tol) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    return abs(float(a) - float(b)) <= tol
+
+
+def test_summary_equals_direct_duckdb_queries(reported):
+    """Every number of the written summary against a plain DuckDB query over the tables."""
+    store, out, _, _ = reported
+    report = pd.read_csv(out / "summary.csv")
+    con = connect(store)
+    cells = con.execute("SELECT cell_id, arch, dataset, seed FROM sources ORDER BY arch, dataset, seed").fetchall()
+    assert list(report.cell_id) == [c[0] for c in cells]  # one row per cell
+    acc, iou = 0.005 + 1e-9, 0.0005 + 1e-9  # the summary rounds to 0.01 points and 0.001 IoU
+    for row, (cell_id, arch, dataset, seed) in zip(report.itertuples(), cells):
+        assert (row.arch, row.dataset, row.seed) == (arch, dataset, seed)
+        best, mean = _direct(con, "SELECT 100 * max(test_acc), 100 * avg(test_acc) FROM checkpoints WHERE cell_id = ?",
+                             cell_id)
+        assert _close(row.original_best, best, acc) and _close(row.original_mean, mean, acc)
+
+        trial = con.execute("""SELECT trial_id, val_acc, selected_acc, best_test_acc, mean_acc, median_acc, novelty
+                               FROM trials WHERE cell_id = ? AND status = 'completed'
+                               ORDER BY val_acc DESC, val_novelty ASC, trial_id LIMIT 1""", [cell_id]).fetchone()
+        n_trials = _direct(con, "SELECT count(*) FROM trials WHERE cell_id = ? AND status = 'completed'", cell_id)[0]
+        assert row.best_trial == trial[0] and row.trials == n_trials
+        assert _close(row.pdiff_val, trial[1], acc)
+        # The trial's numbers, and the same numbers from its own generated rows.
+        gen = _direct(con, """SELECT 100 * first(test_acc ORDER BY val_acc DESC, "index"), 100 * max(test_acc),
+                                     100 * avg(test_acc), 100 * quantile_disc(test_acc, 0.5), avg(max_iou_to_train)
+                              FROM generated WHERE cell_id = ? AND trial_id = ?""", cell_id, trial[0])
+        for column, from_trial, from_generated in zip(
+                ["pdiff_selected", "pdiff_best_test_paper", "pdiff_mean", "pdiff_median", "pdiff_max_iou"],
+                trial[2:], gen):
+            tol = iou if column.endswith("iou") else acc
+            assert _close(getattr(row, column), from_trial, tol), (column, getattr(row, column), from_trial)
+            assert _close(from_trial, from_generated, 1e-3), (column, from_trial, from_generated)
+
+        for b in BASELINES:
+            sel, top, avg, med, max_iou = _direct(con, """
+                SELECT 100 * first(test_acc ORDER BY val_acc DESC, "index"), 100 * max(test_acc), 100 * avg(test_acc),
+                       100 * quantile_disc(test_acc, 0.5), avg(max_iou_to_train)
+                FROM baselines WHERE cell_id = ? AND method = ?""", cell_id, b)
+            assert _close(getattr(row, f"{b}_selected"), sel, acc)
+            assert _close(getattr(row, f"{b}_best_test_paper"), top, acc)
+            assert _close(getattr(row, f"{b}_mean"), avg, acc)
+            assert _close(getattr(row, f"{b}_median"), med, acc)
+            assert _close(getattr(row, f"{b}_max_iou"), max_iou, iou)
+            for kind in ("selected", "mean"):  # dominance on the accuracy-novelty plane, at the precision shown
+                p, q = round(getattr(row, f"pdiff_{kind}"), 2), round(getattr(row, f"{b}_{kind}"), 2)
+                pi, qi = round(row.pdiff_max_iou, 3), round(getattr(row, f"{b}_max_iou"), 3)
+                dominates = p >= q and pi <= qi and (p > q or pi < qi)
+                assert getattr(row, f"pdiff_beats_{b}_{kind}") == ("yes" if dominates else "no")
+
+        knobs = [c for c in report.columns if c.startswith("hp_")]
+        assert knobs, "no hyperparameter columns"
+        values = con.execute("SELECT " + ", ".join(f'"{k[3:]}"' for k in knobs)
+                             + " FROM trials WHERE cell_id = ? AND trial_id = ?", [cell_id, trial[0]]).fetchone()
+        for k, v in zip(knobs, values):
+            shown = getattr(row, k)
+            if isinstance(v, (int, float)):
+                assert _close(shown, v, 1e-4 * max(1.0, abs(v))), (k, shown, v)
+            else:
+                assert str(shown).replace(" ", "") == str(v).replace(" ", ""), (k, shown, v)
+
+
+def test_summary_extends_summary_sql(finished_sweep):
+    """The report's table holds SUMMARY_SQL's row per cell; only the baselines' val-selected numbers are
+    re-derived with a deterministic tie rule."""
+    base = summary(finished_sweep).set_index("cell_id")
+    ours, searched, shown = summary_table(finished_sweep)
+    ours = ours.set_index("cell_id")
+    assert list(ours.index) == list(base.index)
+    for column in base.columns:
+        assert column in ours.columns
+        if column.endswith("_selected") and column != "pdiff_selected":
+            continue
+        pd.testing.assert_series_equal(ours[column], base[column], check_dtype=False)
+    assert set(searched) <= set(shown)
+    assert "latent_noise" in searched  # searched by the tiny sweep, on a continuous range
+
+
+def test_recomputed_predictions_reproduce_the_tables(finished_sweep):
+    ours, _, _ = summary_table(finished_sweep)
+    cells = load_cells(finished_sweep, dict(zip(ours.cell_id, ours.best_trial)))
+    assert len(cells) == len(ours)
+    for cell in cells:
+        assert cell.why_not is None, cell.why_not
+        np.testing.assert_allclose(cell.recomputed["original"], cell.snapshot_rows.test_acc, atol=1e-6)
+        np.testing.assert_allclose(cell.recomputed["p-diff"], cell.best_generated.test_acc, atol=1e-6)
+        assert set(cell.similarity) == {"original-original", "generated-generated", "original-generated"}
+        assert all(0.0 <= v <= 1.0 for v in cell.similarity.values()), cell.similarity
+        assert cell.snapshot_max_iou.shape == (len(cell.snapshots),)
+
+
+def test_trial_history_orders_every_trial(finished_sweep):
+    trials, how = trial_history(finished_sweep)
+    assert how
+    assert len(trials) == finished_sweep.read("trials", columns=["trial_id"]).num_rows
+    for _, t in trials.groupby("cell_id"):
+        assert list(t.order) == list(range(1, len(t) + 1))
+
+
+def test_importance_is_computed_or_explained(tmp_path):
+    knobs = ["latent_dim", "latent_noise", "sampler"]
+    rng = np.random.default_rng(0)
+    rows = [{"cell_id": "c", "status": "completed", "latent_dim": int(d), "latent_noise": float(n), "sampler": s,
+             "val_acc": 90 + 5 * float(n) + 0.01 * int(d)}
+            for d, n, s in zip(rng.choice([16, 32], 8), rng.uniform(0.01, 0.3, 8), ["ddim", "ddpm"] * 4)]
+    importances, why = cell_importance(pd.DataFrame(rows), knobs)
+    assert why is None and set(importances) == set(knobs)
+    assert sum(importances.values()) == pytest.approx(1.0)
+
+    one = cell_importance(pd.DataFrame(rows[:1]), knobs)
+    assert one[0] is None and "at least 2" in one[1]
+    flat = cell_importance(pd.DataFrame([r | {"val_acc": 97.0} for r in rows]), knobs)
+    assert flat[0] is None and "same val accuracy" in flat[1]
+    fixed = cell_importance(pd.DataFrame([r | {"latent_dim": 16, "latent_noise": 0.1, "sampler": "ddim"}
+                                          for r in rows]), knobs)
+    assert fixed[0] is None and "no knob varies" in fixed[1]
+
+    # Drawn: bars for a cell with importances, a message for one without.
+    trials = pd.DataFrame(rows + [r | {"cell_id": "d"} for r in rows[:1]])
+    labels = {"c": "mlp / digits / seed 0", "d": "cnn_small / digits / seed 0"}
+    for draw, name in ((importance_figure, "importance.png"), (parallel_figure, "parallel_coordinates.png")):
+        path = draw(trials, knobs, labels, tmp_path / name)
+        assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 1024
+
+
+def test_report_of_a_sweep_on_an_object_store(finished_sweep):
+    """A sweep on an object store (pyarrow's in-memory `mock://`): built locally, copied to <sweep>/report/."""
+    import pyarrow.fs as pafs
+
+    remote = Store("mock:///bucket/results", finished_sweep.sweep)
+    cell = sorted(finished_sweep.read("sources", columns=["cell_id"]).column("cell_id").to_pylist())[0]
+    for table in TABLES:  # one cell is enough to take every branch
+        for f in finished_sweep.files(table, cell):
+            remote.write_bytes(f[len(finished_sweep.root) + 1:], Path(f).read_bytes())
+    model = finished_sweep.read_pandas("sources", cell).model_path.iloc[0]
+    remote.write_bytes(model, finished_sweep.read_bytes(model))
+
+    index = write_report(remote)
+    assert index.name == "index.html" and index.is_file()
+    listing = remote.fs.get_file_info(pafs.FileSelector(remote.path("report")))
+    assert {i.base_name for i in listing} >= {"index.html", "summary.md", "summary.csv", *FIGURES}
+    assert remote.read_bytes("report/index.html") == index.read_bytes()
+    shutil.rmtree(index.parent)
+
+
+def test_results_dir_parsing(tmp_path):
+    s = parse_results_dir("results/smoke/")
+    assert (s.storage, s.sweep) == (str(Path("results").absolute()), "smoke")
+    s = parse_results_dir("s3://bucket/prefix/smoke")
+    assert (s.storage, s.sweep) == ("s3://bucket/prefix", "smoke")
+    assert main([str(tmp_path / "nothing")]) == 2
+
+
+# -- in a real browser --------------------------------------------------------
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("no chromium and not root, so it cannot be installed: run `apt-get install -y chromium`")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                pytest.skip(f"chromium could not be installed ({' '.join(cmd)}: {proc.stderr.strip()[-300:]})")
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"chromium could not be installed: {err}")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("apt-get installed no `chromium` executable")
+    return found
+
+
+def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=180, env=dict(os.environ, HOME=profile))
+
+
+def test_report_renders_in_a_headless_browser(reported, tmp_path):
+    import matplotlib.image
+
+    store, out, _, _ = reported
+    chromium = _chromium()
+    page = (out / "index.html").resolve().as_uri()
+    shot = tmp_path / "screenshot.png"
+    proc = _headless(chromium, f"--screenshot={shot}", "--window-size=1400,3000", page)
+    assert shot.is_file(), proc.stderr[-2000:]
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (3000, 1400)
+    assert pixels.std() > 0.05, "the screenshot is a single colour"
+    assert len(np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)) > 50  # text and figures, drawn
+
+    dom = _headless(chromium, "--dump-dom", "--window-size=1400,3000", page).stdout
+    n_cells = store.read("sources", columns=["cell_id"]).num_rows
+    tables = re.findall(r"<table\b.*?</table>", dom, flags=re.S)
+    assert len(tables) == 3, "the summary's three tables"
+    for table in tables:
+        body = re.search(r"<tbody>(.*?)</tbody>", table, flags=re.S).group(1)
+        assert len(re.findall(r"<tr\b", body)) == n_cells
+    images = re.findall(r"<img\b[^>]*>", dom)
+    assert sorted(re.search(r'src="([^"]+)"', i).group(1) for i in images) == sorted(FIGURES)
