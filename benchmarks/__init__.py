@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks (not tests): `python -m benchmarks.quality`, `python -m benchmarks.eval_speed`."""
