@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench report clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,9 +18,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+report: $(STAMP)
+	$(PY) -m orchestrator.report results/smoke
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.eval_speed
+	$(PY) -m benchmarks.smoke_sweep
 
 clean:
 	rm -rf $(VENV) results

@@ -41,7 +41,7 @@ WITH originals AS (
     FROM trials t JOIN best_trial b USING (cell_id, trial_id)
 ), baseline AS (
     SELECT cell_id, method,
-           100 * arg_max(test_acc, val_acc) AS selected, 100 * avg(test_acc) AS mean,
+           100 * first(test_acc ORDER BY val_acc DESC, "index") AS selected, 100 * avg(test_acc) AS mean,
            avg(max_iou_to_train) AS max_iou
     FROM baselines GROUP BY cell_id, method
 )

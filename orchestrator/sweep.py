@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_tuning(spec, store, progress)
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
     _print_summary(store)
+    from .report import write_report
+
+    progress.say(f"report: {write_report(store)}")
     return 0
 
 
