@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench report clean
+.PHONY: demo test test-launcher bench report clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 report: $(STAMP)
 	$(PY) -m orchestrator.report results/smoke
+
+# `ray up cluster.yaml`'s commands for real, on a local-provider cluster (slow: ~5 min).
+test-launcher: $(STAMP)
+	$(PY) -m pytest -q -m launcher tests/test_ray_up.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.quality

@@ -4,7 +4,7 @@
 
 Listens on 127.0.0.1:PORT inside the network namespace of each PID (the
 namespaces have no route out) and opens the upstream connections from this
-process's own namespace. Only PyPI's two hosts, port 443, are forwarded;
+process's own namespace. Only the hosts of pip's own package index, port 443, are forwarded;
 anything else is refused. Used by tests/test_ray_up.py, whose namespaced
 "machines" get `proxy = http://127.0.0.1:PORT` in their pip config.
 """
@@ -18,7 +18,10 @@ import sys
 import threading
 
 CLONE_NEWNET = 0x40000000
-ALLOWED = {("pypi.org", 443), ("files.pythonhosted.org", 443)}
+# The package index pip itself knows (its index and file hosts), HTTPS only.
+from pip._internal.models.index import PyPI  # noqa: E402
+
+ALLOWED = {(PyPI.netloc, 443), (PyPI.file_storage_domain, 443)}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

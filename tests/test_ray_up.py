@@ -44,7 +44,7 @@ import yaml
 from orchestrator.tables import Store
 from tiny_sweep import CELLS, K, N, TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.launcher]
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
