@@ -42,12 +42,14 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
     return "\n".join(lines)
 
 
-def _print_summary(store: Store) -> None:
+def _print_summary(spec: SweepSpec, store: Store) -> None:
     import pandas as pd
 
     from .summary import summary
 
     table = summary(store)
+    # Only this spec's cells: the folder may also hold cells of an earlier version of it.
+    table = table[table.cell_id.isin({c.cell_id for c in spec.cells})]
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(table.drop(columns=["cell_id"]).to_string(index=False))
 
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_sources(spec, store, progress)
     run_tuning(spec, store, progress)
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
-    _print_summary(store)
+    _print_summary(spec, store)
     from .report import write_report
 
     progress.say(f"report: {write_report(store)}")

@@ -118,10 +118,16 @@ class Machine:
         # The login shell's tools from the real home (pyenv, cargo, ... whatever the startup files name),
         # bound into the fresh home; then the fresh home over /root, a private /tmp and /etc/hosts.
         binds = [(f"/root/{d}", f"{home}/{d}") for d in _dirs_named_by_startup_files() if (home / d).is_dir()]
+        # A checkout under /tmp or /root (CI may clone anywhere) would vanish under the private
+        # mounts: park it on a mount point in `work` first and bind it back at its own path after.
+        hidden = any(str(ROOT).startswith(p) for p in ("/tmp/", "/root/"))
+        park = work / f"repo-{self.name}"
         self.check(["sh", "-c", "; ".join([
             "set -e", f"hostname {self.name}", "ip link set lo up",
             *(f"mount --bind {src} {dst}" for src, dst in binds),
+            *([f"mkdir -p {park}", f"mount --bind {ROOT} {park}"] if hidden else []),
             f"mount --rbind {home} /root", f"mount --bind {tmp} /tmp", f"mount --bind {hosts} /etc/hosts",
+            *([f"mkdir -p {ROOT}", f"mount --bind {park} {ROOT}"] if hidden else []),
         ])])
 
     def _inner_pid(self) -> int:
@@ -280,8 +286,12 @@ def _remove(work: Path) -> None:
             pass
     mounts = Path("/proc/self/mountinfo").read_text()
     assert f" {work}" not in mounts, f"something is still mounted under {work}: not deleting it"
+    # A process left in a namespace keeps its binds (the checkout, the real home's tools) alive:
+    # never delete through them.
+    assert not users, f"processes left behind, {work} kept: {users}"
+    for park in work.glob("repo-*"):
+        park.rmdir()  # an empty mount point, or an error rather than deleting a bound checkout
     shutil.rmtree(work, ignore_errors=True)
-    assert not users, f"processes left behind: {users}"
 
 
 # --------------------------------------------------------------------------- the test
