@@ -22,9 +22,6 @@ class Progress:
         self.counts[name] = [done, total]
         self.say(f"{name}: {done}/{total} already done" if done else f"{name}: {total} to do")
 
-    def add_total(self, name: str, extra: int) -> None:
-        self.counts[name][1] += extra
-
     def advance(self, name: str, message: str) -> None:
         counts = self.counts[name]
         counts[0] += 1

@@ -33,7 +33,7 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
     lines += [
         f"stage 2 pdiff: {spec.num_samples} trials per cell = {spec.num_samples * len(spec.cells)} trials, "
         f"{spec.max_concurrent} at a time, {trial.cpus:g} CPU / {trial.gpus:g} GPU each",
-        f"  search: {searched}",
+        f"  search ({spec.search_alg}): {searched}",
         f"  fixed: {spec.fixed or 'defaults'}",
         f"  objective: {' + '.join(spec.objective)}; early stopping: "
         f"{'ASHA, grace ' + str(spec.grace_period) if spec.grace_period else 'off'}; "
