@@ -21,7 +21,6 @@ vectors are those of the cell's val-selected trial.
 
 from __future__ import annotations
 
-import io
 import math
 import textwrap
 import warnings
@@ -160,17 +159,16 @@ def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions:
 def _recompute(store: Store, source, cell: CellData, datasets: dict) -> None:
     import torch
 
-    from pdiff import ParameterSubset, build_model, load_dataset
+    from pdiff import ParameterSubset, load_dataset
+
+    from .sources import load_source_model
     from pdiff.evaluate import BatchedEvaluator, iou_matrix
 
     key = (source.dataset, int(source.seed))
     if key not in datasets:
         datasets[key] = load_dataset(source.dataset, seed=int(source.seed))
     data = datasets[key]
-    model = build_model(source.arch, channels=data.channels, classes=data.classes, image_size=data.image_size)
-    state = torch.load(io.BytesIO(store.read_bytes(source.model_path)), map_location="cpu")
-    model.load_state_dict(state)
-    model.eval()
+    model = load_source_model(store, source.arch, source.model_path, data)
     evaluator = BatchedEvaluator(model, ParameterSubset.select(model, list(source.subset)))
     if not len(cell.snapshots):
         raise ValueError("the cell has no snapshots")

@@ -8,6 +8,7 @@ the sources row is the commit marker of a finished cell.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 import uuid
@@ -18,18 +19,32 @@ import torch
 from pdiff import ParameterSubset, build_model, load_dataset
 from pdiff.data import Dataset
 from pdiff.collect import collect_snapshots, train_source
-from pdiff.evaluate import BatchedEvaluator
+from pdiff.evaluate import BatchedEvaluator, Scores
 
 from .cluster import driver_options
 from .progress import Progress
 from .spec import Cell, SweepSpec
 from .tables import Store
 
-__all__ = ["run_sources", "load_source_model", "pending_cells"]
+__all__ = ["run_sources", "load_source_model", "load_snapshot_scores", "pending_cells"]
 
 
 def model_relpath(cell_id: str) -> str:
     return f"models/{cell_id}.pt"
+
+
+def scores_relpath(cell_id: str) -> str:
+    return f"models/{cell_id}.snapshot_scores.pt"
+
+
+def _save(store: Store, relpath: str, obj) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    store.write_bytes(relpath, buf.getvalue())
+
+
+def _load(store: Store, relpath: str, device: torch.device | str = "cpu"):
+    return torch.load(io.BytesIO(store.read_bytes(relpath)), map_location=device)
 
 
 def pending_cells(spec: SweepSpec, store: Store) -> list[Cell]:
@@ -38,12 +53,17 @@ def pending_cells(spec: SweepSpec, store: Store) -> list[Cell]:
     return [c for c in spec.cells if c.cell_id not in done]
 
 
-def load_source_model(store: Store, cell: Cell, data: Dataset, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The trained source network of a cell, rebuilt from its saved weights."""
-    model = build_model(cell.arch, channels=data.channels, classes=data.classes, image_size=data.image_size)
-    state = torch.load(io.BytesIO(store.read_bytes(model_relpath(cell.cell_id))), map_location=device)
-    model.load_state_dict(state)
+def load_source_model(store: Store, arch: str, model_path: str, data: Dataset,
+                      device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A cell's trained source network, rebuilt from its saved weights (`sources.model_path`)."""
+    model = build_model(arch, channels=data.channels, classes=data.classes, image_size=data.image_size)
+    model.load_state_dict(_load(store, model_path, device))
     return model.to(device).eval()
+
+
+def load_snapshot_scores(store: Store, cell_id: str) -> Scores:
+    """The snapshots' scores as stage 1 measured them: trials compare against them without rescoring."""
+    return Scores(**_load(store, scores_relpath(cell_id)))
 
 
 def _train_cell(config: dict) -> None:
@@ -77,9 +97,8 @@ def _train_cell(config: dict) -> None:
             {"index": i, "val_acc": float(scores.val_acc[i]), "test_acc": float(scores.test_acc[i]),
              "params": snapshots[i].tolist()} for i in range(len(snapshots))
         ])
-        buf = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
-        store.write_bytes(model_relpath(cell.cell_id), buf.getvalue())
+        _save(store, model_relpath(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
+        _save(store, scores_relpath(cell.cell_id), {k: v.cpu() for k, v in dataclasses.asdict(scores).items()})
         store.write("sources", cell.cell_id, "source", [{
             "arch": cell.arch, "dataset": cell.dataset, "seed": cell.seed, "subset": list(subset.names),
             "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),

@@ -29,7 +29,7 @@ from pdiff.pipeline import run_baselines, run_pdiff
 
 from .cluster import driver_options
 from .progress import Progress
-from .sources import load_source_model
+from .sources import load_snapshot_scores, load_source_model, model_relpath
 from .spec import Cell, SweepSpec
 from .tables import Store
 
@@ -54,13 +54,13 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
 
 
-def _setup(store: Store, cell: Cell, snapshots: torch.Tensor, threads: int):
+def _setup(store: Store, cell: Cell, threads: int):
     torch.set_num_threads(threads)
     device = _device()
     data = load_dataset(cell.dataset, seed=cell.seed)
-    model = load_source_model(store, cell, data, device)
+    model = load_source_model(store, cell.arch, model_relpath(cell.cell_id), data, device)
     evaluator = BatchedEvaluator(model, ParameterSubset.select(model, cell.subset))
-    return data, evaluator, evaluator.score(snapshots, data), device
+    return data, evaluator, load_snapshot_scores(store, cell.cell_id), device
 
 
 def _vector_rows(assessment) -> list[dict[str, Any]]:
@@ -78,7 +78,7 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     knobs = spec.fixed | config
     trial_id = trial_id_of(cell.cell_id, knobs)
     cfg = spec.pdiff_config(config)
-    data, evaluator, snap_scores, device = _setup(store, cell, snapshots, max(1, int(spec.trial_resources.cpus)))
+    data, evaluator, snap_scores, device = _setup(store, cell, max(1, int(spec.trial_resources.cpus)))
     early = spec.grace_period is not None
     run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=spec.seed + int(trial_id[1:], 16) % 2**31,
                     device=device, probes=PROBES if early else 0,
@@ -100,7 +100,7 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
 
 @ray.remote(max_retries=2)
 def _baselines(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor) -> str:
-    data, evaluator, snap_scores, _ = _setup(store, cell, snapshots, max(1, int(spec.trial_resources.cpus)))
+    data, evaluator, snap_scores, _ = _setup(store, cell, max(1, int(spec.trial_resources.cpus)))
     n = spec.pdiff_config({}).n_generated
     results = run_baselines(snapshots, evaluator, data, snap_scores, n, seed=spec.seed + cell.seed,
                             noise_sigma=spec.noise_sigma)
