@@ -14,7 +14,16 @@ from .data import Dataset
 from .diffusion import SAMPLERS, LDMConfig, train_diffusion
 from .evaluate import BatchedEvaluator, Scores, novelty, summarize
 
-__all__ = ["PdiffConfig", "Assessment", "PdiffRun", "assess", "run_pdiff", "run_baselines", "replace_knobs", "KNOBS"]
+__all__ = ["PdiffConfig", "Assessment", "PdiffRun", "Diverged", "assess", "run_pdiff", "run_baselines",
+           "replace_knobs", "KNOBS"]
+
+
+class Diverged(RuntimeError):
+    """A p-diff run whose losses or generated vectors went non-finite: a failed trial, not a number."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 # The flat knob names a sweep searches over, and where each one lives.
 KNOBS = {
