@@ -9,6 +9,7 @@ every training run and trial goes to the workers.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import yaml
 from .spec import Resources, SpecError, SweepSpec
 from .tables import Store
 
-__all__ = ["HEAD_RESOURCE", "connect_ray", "driver_options", "check_resources", "check_storage"]
+__all__ = ["HEAD_RESOURCE", "connect_ray", "driver_options", "check_resources", "check_storage", "probe_storage",
+           "remove_created"]
 
 HEAD_RESOURCE = "pdiff_head"
 # Where `ray up` leaves the cluster-launcher config on the head node.
@@ -98,3 +100,59 @@ def check_storage(spec: SweepSpec, store: Store, shared: bool) -> None:
                         f"{store.storage!r} is a local folder but the cluster has several nodes, which would each "
                         f"write their own results: use s3://bucket/prefix (or another pyarrow URI), or pass "
                         f"--shared-storage if this folder is a mount every node shares")
+
+
+def probe_storage(spec: SweepSpec, store: Store) -> list[str]:
+    """Before anything runs (and before Ray starts): the sweep's folder must be writable.
+
+    Creates `<storage>/<name>` where missing, writes and removes a small file in it, and
+    returns the local folders it created, so that a run stopping with exit 2 can remove
+    them again (`remove_created`): nothing is left behind. Raises SpecError naming
+    `storage` for a file where a folder should be, a read-only folder, an unknown URI
+    scheme or an unreachable bucket."""
+    created: list[str] = []
+    try:
+        if store.is_local:
+            _make_local_dirs(spec, store.root, created)
+        else:
+            store.fs.create_dir(store.root, recursive=True)
+        probe = store.path(f".probe-{uuid.uuid4().hex}")
+        with store.fs.open_output_stream(probe) as sink:
+            sink.write(b"pdiff-sweep storage probe\n")
+        store.fs.delete_file(probe)
+    except SpecError:
+        remove_created(created)
+        raise
+    except (OSError, ValueError) as err:  # pyarrow raises OSError subclasses and ArrowInvalid (a ValueError)
+        remove_created(created)
+        text = str(err).strip()
+        reason = getattr(err, "strerror", None) or (text.splitlines()[0] if text else type(err).__name__)
+        raise SpecError(spec.source_file, "storage", f"cannot write in {store.uri} ({reason}); the sweep needs "
+                                                     f"a writable folder or a reachable bucket") from None
+    return created
+
+
+def _make_local_dirs(spec: SweepSpec, root: str, created: list[str]) -> None:
+    missing = []
+    path = root
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if os.path.lexists(path) and not os.path.isdir(path):
+        what = "a file" if os.path.isfile(path) else "not a folder"
+        raise SpecError(spec.source_file, "storage", f"{path} is {what}; the sweep's storage must be a folder")
+    for folder in reversed(missing):
+        os.mkdir(folder)
+        created.append(folder)
+
+
+def remove_created(created: list[str]) -> None:
+    """Remove the folders `probe_storage` created, deepest first, where they are still empty."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break

@@ -34,9 +34,10 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from .tables import Store  # noqa: E402
+from .tables import CorruptTable, Store  # noqa: E402
 
 __all__ = ["CellData", "FIGURES", "load_cells", "trial_history", "draw_all"]
 
@@ -58,7 +59,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "tsne.png": (
         "t-SNE of parameter vectors",
         "t-SNE (scikit-learn, PCA initialisation, perplexity scaled to the number of vectors) of the generated "
-        "parameter subset: snapshots, p-diff (val-selected trial) and each baseline.",
+        "parameter subset: snapshots, p-diff (val-selected trial) and each baseline. Vectors holding NaN or "
+        "infinite values (a diverged run) are left out, with a count on the panel.",
     ),
     "search_history.png": (
         "Search history",
@@ -122,7 +124,10 @@ def _read_by_writer(store: Store, table: str, cell_id: str, columns: list[str]) 
     (files written before `generated` rows carried their trial id)."""
     frames = []
     for f in store.files(table, cell_id):
-        df = pq.read_table(f, filesystem=store.fs).to_pandas()
+        try:
+            df = pq.read_table(f, filesystem=store.fs).to_pandas()
+        except (pa.ArrowException, OSError) as err:  # one line naming the file, as Store.read says it
+            raise CorruptTable(f"{f}: not a readable Parquet file ({' '.join(str(err).split())})") from None
         writer = f.rsplit("/", 1)[1][: -len(".parquet")]
         df["trial_id"] = df["trial_id"].fillna(writer) if "trial_id" in df else writer
         frames.append(df[columns])
@@ -132,6 +137,9 @@ def _read_by_writer(store: Store, table: str, cell_id: str, columns: list[str]) 
 def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions: bool = True) -> list[CellData]:
     """Every cell's snapshots, generated and baseline vectors; with `predictions`, their wrong-prediction sets."""
     sources = store.read_pandas("sources").sort_values(["arch", "dataset", "seed"])
+    trials = store.read_pandas("trials", columns=["cell_id", "trial_id", "status"])
+    # Only completed trials' generated models are drawn: a failed trial's vectors may be NaN.
+    completed = {(c, t) for c, t, s in zip(trials.cell_id, trials.trial_id, trials.status) if s == "completed"}
     cells, datasets = [], {}
     for row in sources.itertuples():
         snaps = store.read_pandas("checkpoints", row.cell_id, columns=["index", "val_acc", "test_acc", "params"])
@@ -147,6 +155,8 @@ def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions:
                                         columns=["method", "index", "val_acc", "test_acc", "max_iou_to_train",
                                                  "params"]),
         )
+        keep = [(row.cell_id, t) in completed for t in cell.generated.trial_id]
+        cell.generated = cell.generated[keep].reset_index(drop=True)
         if predictions:
             try:
                 _recompute(store, row, cell, datasets)
@@ -263,7 +273,8 @@ def _save(fig, path: Path, title: str) -> Path:
 
 
 def _params(df: pd.DataFrame) -> np.ndarray:
-    return np.stack(df.params.to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 0), np.float32)
+    vectors = [v for v in df.params if v is not None]  # a failed writer may store no vector
+    return np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
 
 
 # -- the paper's figures -----------------------------------------------------
@@ -345,10 +356,18 @@ def tsne_figure(cells: list[CellData], path: Path) -> Path:
         groups = [("original", cell.snapshots), ("p-diff", _params(cell.best_generated))]
         groups += [(m, _params(cell.baselines[cell.baselines.method == m])) for m in ("noise", "average", "gaussian")]
         groups = [(m, v) for m, v in groups if len(v)]
+        # A NaN or infinite vector (a diverged trial) cannot be embedded: skip it, and say so.
+        finite = [(m, v[np.isfinite(v).all(axis=1)]) for m, v in groups]
+        skipped = sum(len(v) for _, v in groups) - sum(len(v) for _, v in finite)
+        groups = [(m, v) for m, v in finite if len(v)]
         x = np.concatenate([v for _, v in groups]) if groups else np.zeros((0, 0))
+        note = f"{skipped} non-finite vector(s) skipped" if skipped else ""
         if len(x) < 5:
-            _message(ax, f"{len(x)} parameter vectors: too few for a t-SNE", cell.label)
+            _message(ax, f"{len(x)} parameter vectors: too few for a t-SNE" + (f" ({note})" if note else ""),
+                     cell.label)
             continue
+        if note:
+            ax.text(0.01, 0.01, note, fontsize=7, color="#aa0000", transform=ax.transAxes)
         perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
         # One OpenMP thread: on a busy machine the threads' spin-waits made this 50x slower.
         with warnings.catch_warnings(), threadpool_limits(1):

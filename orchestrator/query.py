@@ -8,6 +8,14 @@ Each table is a view by its name: `sources`, `checkpoints`, `trials`, `generated
 `table` (the default) prints a readable table; `csv` and `json` (a list of
 objects) are for scripts. Exit status: 0 done, 2 an error in the SQL (DuckDB's
 message on stderr) or no sweep tables at RESULTS_DIR.
+
+Queries are read-only: exactly one SELECT statement (DESCRIBE, SUMMARIZE and SHOW
+too), checked by DuckDB's own parser; COPY, ATTACH, INSTALL, EXPORT, SET and
+anything that writes are refused (exit 2). As a second line of defence the
+connection, once its views exist, may read only the tables' own files
+(`allowed_paths`, `enable_external_access = false`, `lock_configuration = true`).
+A table with an unreadable (e.g. truncated) file fails only the queries that
+read it, with a one-line error naming the file.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .tables import CorruptTable, Store
+from .tables import TABLES, CorruptTable, Store
 
-__all__ = ["parse_results_dir", "run_query", "main"]
+__all__ = ["QueryRefused", "check_sql", "parse_results_dir", "run_query", "tables_read", "main"]
 
 
 def parse_results_dir(text: str) -> Store:
@@ -41,15 +50,109 @@ def parse_results_dir(text: str) -> Store:
     return Store(str(path.parent), path.name)
 
 
-def run_query(store: Store, sql: str) -> tuple[list[str], list[tuple]]:
-    """Column names and rows of one SQL statement over the sweep's views (duckdb.Error on bad SQL)."""
-    from .summary import connect
+class QueryRefused(ValueError):
+    """A query that is not exactly one read-only SELECT (or is empty)."""
 
-    con = connect(store)
-    cur = con.execute(sql)
-    if cur.description is None:  # a statement without a result
-        return [], []
-    return [d[0] for d in cur.description], cur.fetchall()
+
+def check_sql(sql: str) -> "duckdb.Statement":
+    """The one SELECT statement of `sql`, parsed by DuckDB; QueryRefused for anything else.
+
+    DESCRIBE, SUMMARIZE, SHOW, VALUES, WITH ... SELECT and FROM-first queries parse as SELECT and
+    pass; COPY, ATTACH, DETACH, INSTALL, LOAD, EXPORT, IMPORT, CREATE, INSERT, UPDATE, DELETE, DROP,
+    ALTER, SET, RESET, PRAGMA, CALL, EXPLAIN (ANALYZE runs its statement), transactions do not.
+    duckdb.ParserException on a syntax error."""
+    import duckdb
+
+    if not sql.strip():
+        raise QueryRefused('empty SQL: give one SELECT statement, e.g. "SELECT count(*) FROM trials"')
+    with duckdb.connect() as parser:  # parses only: nothing is bound or run
+        statements = parser.extract_statements(sql)
+    if not statements:
+        raise QueryRefused('empty SQL (only comments or semicolons): give one SELECT statement, '
+                           'e.g. "SELECT count(*) FROM trials"')
+    if len(statements) > 1:
+        raise QueryRefused(f"exactly one statement per query, got {len(statements)}: run them one at a time")
+    statement = statements[0]
+    if statement.type != duckdb.StatementType.SELECT:
+        words = statement.query.split()
+        keyword = words[0].upper() if words else statement.type.name
+        raise QueryRefused(f"{keyword} refused: queries are read-only, only a SELECT (or DESCRIBE, SUMMARIZE, "
+                           f"SHOW) is run")
+    return statement
+
+
+def tables_read(sql: str) -> set[str]:
+    """The sweep tables that a SELECT names (from DuckDB's parse tree; a CTE of the same name counts too)."""
+    import duckdb
+
+    with duckdb.connect() as parser:
+        tree = json.loads(parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+                found.add(node["table_name"].lower())
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(tree)
+    return found & set(TABLES)
+
+
+def _read_only(con, store: Store, temp_dir: str) -> None:
+    """Lock the connection down after its views exist: no file outside the tables' own files can be read
+    or written (the private `temp_dir` aside, for spilling), no extension loaded, no setting changed."""
+    def text(s: str) -> str:
+        return "'" + s.replace("'", "''") + "'"
+
+    paths = [f for t in TABLES for f in store.files(t)] if store.is_local else []
+    con.execute(f"SET temp_directory = {text(temp_dir)}")
+    con.execute(f"SET allowed_directories = [{text(temp_dir.rstrip('/') + '/')}]")
+    con.execute(f"SET allowed_paths = [{', '.join(text(f) for f in paths)}]")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def run_query(store: Store, sql: str) -> tuple[list[str], list[tuple]]:
+    """Column names and rows of one read-only SELECT over the sweep's views.
+
+    QueryRefused for anything but exactly one SELECT; duckdb.Error on bad SQL; CorruptTable (naming
+    the file) when the query reads a table with an unreadable file (other tables still answer)."""
+    import duckdb
+
+    from .summary import one_line, open_views
+
+    statement = check_sql(sql)
+    wanted = tables_read(statement.query)
+    con, corrupt = open_views(store)
+    temp_dir = tempfile.mkdtemp(prefix="pdiff-query-")
+    try:
+        hit = sorted(wanted & set(corrupt))
+        if hit:  # only a query that reads a damaged table fails
+            raise CorruptTable(corrupt[hit[0]])
+        _read_only(con, store, temp_dir)
+        try:
+            cur = con.execute(statement.query)
+        except duckdb.CatalogException as err:  # e.g. query_table('generated'): named in a string
+            for table, why in corrupt.items():
+                if table in str(err):
+                    raise CorruptTable(why) from None
+            raise
+        except duckdb.PermissionException as err:
+            raise QueryRefused(f"{one_line(err)} (a query reads only this sweep's tables: "
+                               f"{', '.join(TABLES)})") from None
+        if cur.description is None:  # a statement without a result
+            return [], []
+        return [d[0] for d in cur.description], cur.fetchall()
+    finally:
+        con.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _plain(v: Any) -> Any:
@@ -109,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import duckdb
 
+    from .summary import one_line
+
     try:
+        check_sql(args.sql)
         store = parse_results_dir(args.results_dir)
         if not store.files("sources") and not store.files("trials"):
             print(f"error: {args.results_dir}: no sweep tables here (expected {store.uri}/<table>/*/*.parquet)",
@@ -119,8 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except duckdb.Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, CorruptTable, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, CorruptTable, OSError) as err:  # QueryRefused is a ValueError
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     if args.format == "json":
         json.dump([dict(zip(columns, (_plain(v) for v in row))) for row in rows], sys.stdout, indent=1, default=str)

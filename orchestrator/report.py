@@ -23,7 +23,9 @@ The summary table, one row per cell, is one DuckDB query over the tables
 - the winning trial's id, val accuracy and hyperparameters (the knobs that vary
   across the sweep's trials; every knob where none varies).
 
-Exit status: 0 done, 2 no sweep tables at RESULTS_DIR.
+Exit status: 0 done, 2 no sweep tables at RESULTS_DIR or an unreadable table file (one line
+naming the file). Trials that did not complete (failed, stopped) are left out of every number and
+figure; the summary counts the failed ones (`failed_trials`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from .query import parse_results_dir
-from .summary import SUMMARY_SQL, connect
-from .tables import TABLES, Store
+from .summary import SUMMARY_SQL, connect, one_line
+from .tables import TABLES, CorruptTable, Store
 
 __all__ = ["BASELINES", "parse_results_dir", "report_sql", "searched_knobs", "summary_table", "write_report",
            "main"]
@@ -139,7 +141,9 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
     novelty += [(f"p-diff dominates {label}?", [(f"pdiff_beats_{b}_selected", "on selected acc", f"beats {SHORT[b]} sel"),
                                                 (f"pdiff_beats_{b}_mean", "on mean acc", f"beats {SHORT[b]} mean")])
                 for b, label in BASELINES.items()]
-    hyper = [("val-selected trial", [("trials", "trials", "trials"), ("best_trial", "trial", "trial"),
+    hyper = [("val-selected trial", [("trials", "completed trials", "trials"),
+                                     ("failed_trials", "failed trials (left out)", "failed"),
+                                     ("best_trial", "trial", "trial"),
                                      ("pdiff_val", "val acc (%)", "val acc")]),
              ("its hyperparameters", [(f"hp_{k}", k, k) for k in shown])]
     return [
@@ -294,6 +298,21 @@ def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], h
 # -- the report --------------------------------------------------------------
 
 
+def _failed_notes(con, df: pd.DataFrame) -> list[str]:
+    """A note per cell with failed trials: how many, left out of every number and figure, and why."""
+    columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
+    reason = "reason" if "reason" in columns else "NULL"
+    rows = con.execute(f"""SELECT cell_id, count(*), list(DISTINCT {reason}) FILTER (WHERE {reason} IS NOT NULL)
+                           FROM trials WHERE status IN ('failed', 'error') GROUP BY cell_id""").fetchall()
+    labels = {r.cell_id: f"{r.arch} / {r.dataset} / seed {r.seed}" for r in df.itertuples()}
+    notes = []
+    for cell_id, n, reasons in sorted(rows, key=lambda r: labels.get(r[0], r[0])):
+        why = "; ".join(sorted(" ".join(str(x).split())[:160] for x in reasons or [])[:3])
+        notes.append(f"{labels.get(cell_id, cell_id)}: {n} failed trial(s), left out of the summary and the "
+                     f"figures" + (f" (reason: {why})" if why else ""))
+    return notes
+
+
 def write_report(store: Store, out_dir: str | Path | None = None, *,
                  log: Callable[[str], None] | None = None) -> Path:
     """Write the report folder of a sweep and return the path of its `index.html`.
@@ -325,6 +344,7 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
         f"Search history order: {how}.",
     ]
     notes += [f"{c.label}: {c.why_not}" for c in cells if c.why_not]
+    notes += _failed_notes(con, df)
     for c in cells:  # the recomputed predictions must reproduce the stored accuracies
         for group, stored in (("original", c.snapshot_rows.test_acc), ("p-diff", c.best_generated.test_acc)):
             if group in c.recomputed and len(stored) == len(c.recomputed[group]):
@@ -361,11 +381,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     say = (lambda s: None) if args.quiet else (lambda s: print(f"  {s}", flush=True))
     t0 = time.perf_counter()
-    index = write_report(store, args.out, log=say)
-    if not args.quiet:
-        df, _, shown = summary_table(store)
-        with pd.option_context("display.width", 250, "display.max_columns", None):
-            print("\n" + summary_text(df, shown) + "\n")
+    try:
+        index = write_report(store, args.out, log=say)
+        if not args.quiet:
+            df, _, shown = summary_table(store)
+            with pd.option_context("display.width", 250, "display.max_columns", None):
+                print("\n" + summary_text(df, shown) + "\n")
+    except CorruptTable as err:  # one line naming the file, not a traceback
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
     where = f"{store.uri}/report/index.html" if args.out is None and not store.is_local else str(index)
     print(f"report: {where} ({time.perf_counter() - t0:.1f}s)")
     return 0

@@ -19,7 +19,7 @@ import torch
 from pdiff import ParameterSubset, build_model, load_dataset
 from pdiff.data import Dataset
 from pdiff.collect import collect_snapshots, train_source
-from pdiff.evaluate import BatchedEvaluator, Scores
+from pdiff.evaluate import BatchedEvaluator, Scores, family_stats, spread
 
 from .cluster import driver_options
 from .progress import Progress
@@ -45,6 +45,29 @@ def _save(store: Store, relpath: str, obj) -> None:
 
 def _load(store: Store, relpath: str, device: torch.device | str = "cpu"):
     return torch.load(io.BytesIO(store.read_bytes(relpath)), map_location=device)
+
+
+def model_file_problems(store: Store, cell_id: str) -> dict[str, str]:
+    """{relpath: what is wrong} for a finished cell's model files (weights, snapshot scores)
+    that are missing or do not load; empty when both are sound."""
+    problems = {}
+    for relpath in (model_relpath(cell_id), scores_relpath(cell_id)):
+        try:
+            payload = store.read_bytes(relpath)
+        except FileNotFoundError:
+            problems[relpath] = "missing"
+            continue
+        except OSError as err:
+            problems[relpath] = f"unreadable ({err})"
+            continue
+        try:
+            obj = torch.load(io.BytesIO(payload), map_location="cpu")
+        except Exception as err:  # truncated zip, not a torch file, bad pickle: all mean "corrupt"
+            problems[relpath] = f"corrupt ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+            continue
+        if not isinstance(obj, dict) or not obj:
+            problems[relpath] = "corrupt (not a dict of tensors)"
+    return problems
 
 
 def pending_cells(spec: SweepSpec, store: Store) -> list[Cell]:
@@ -93,6 +116,7 @@ def _train_cell(config: dict) -> None:
                                   batch_size=cell.train.batch_size, log=log, wrap=wrap, rank=rank, world_size=world)
     if rank == 0:
         scores = BatchedEvaluator(model, subset).score(snapshots, data)
+        family = family_stats(snapshots, scores.test_wrong, snapshots)  # the reference for collapse
         store.write("checkpoints", cell.cell_id, "snapshots", [
             {"index": i, "val_acc": float(scores.val_acc[i]), "test_acc": float(scores.test_acc[i]),
              "params": snapshots[i].tolist()} for i in range(len(snapshots))
@@ -104,7 +128,8 @@ def _train_cell(config: dict) -> None:
             "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),
             "k": len(snapshots), "test_acc": test_acc, "seconds": time.perf_counter() - t0,
             "node_id": ray.get_runtime_context().get_node_id(), "model_path": model_relpath(cell.cell_id),
-        }])
+        } | {f"snapshot_{k}": v for k, v in family.items() if k in ("pairwise_iou", "distinct_sets")}
+          | {"snapshot_spread": spread(snapshots)}])
         log(f"source test acc {100 * test_acc:.2f}%, {len(snapshots)} snapshots, "
             f"mean snapshot test acc {100 * float(scores.test_acc.mean()):.2f}%")
     ray.train.report({"test_acc": test_acc})

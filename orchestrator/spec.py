@@ -26,6 +26,28 @@
     resources:
       sources: {cpus: 1, gpus: 0, workers: 1}
       trials: {cpus: 1, gpus: 0}
+
+Rules beyond the types:
+
+- `name` is a slug: ASCII letters, digits, '-', '_' and '.', starting with a
+  letter or a digit, at most 128 characters. It names the sweep's folder
+  `<storage>/<name>`, so it can never be '.', '..' or hold a separator.
+- The file is UTF-8 YAML of at most 1 MB. YAML aliases (`*anchor`, and so `<<:`
+  merges) are refused: a few aliases can expand to gigabytes (an alias bomb).
+- Numbers are finite, and sizes have a documented maximum each (larger values
+  are typos or runs of weeks; a message names the field and its maximum):
+
+      sources.train.epochs <= 10000        sources.train.batch_size <= 1000000
+      sources.collect.k <= 100000          sources.collect.interval <= 1000000
+      seed, sources.seeds[i] <= 2147483647  (at most 10000 seeds)
+      pdiff.knobs.n_generated <= 100000    pdiff.knobs.latent_dim <= 65536
+      pdiff.knobs.ae_steps, ldm_steps <= 1000000
+      pdiff.knobs.ae_batch_size, ldm_batch_size <= 1000000
+      pdiff.knobs.sample_steps <= 100000
+      pdiff.knobs.ae_channels, ldm_channels: 1 to 16 entries, each 1..65536
+      pdiff.num_samples <= 10000           pdiff.max_concurrent <= 10000
+      pdiff.early_stopping.grace_period <= 1000000
+      resources.*.cpus <= 100000, gpus <= 10000, workers <= 10000
 """
 
 from __future__ import annotations
@@ -33,6 +55,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +67,30 @@ import yaml
 from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, PdiffConfig, TrainConfig
 from pdiff.pipeline import KNOBS
 
-__all__ = ["SpecError", "Distribution", "Cell", "SweepSpec", "load_spec", "parse_spec"]
+__all__ = ["SpecError", "Distribution", "Cell", "SweepSpec", "load_spec", "parse_spec", "is_sweep_name", "MAXIMA"]
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 OBJECTIVES = ("accuracy", "novelty")
 SEARCHES = ("tpe", "random", "grid")  # Optuna samplers (NSGA-II replaces TPE for two objectives)
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sweep name: one folder name, never . or ..
+MAX_SPEC_BYTES = 1 << 20
+MAX_SEED = 2**31 - 1  # seeds are summed with trial counters and must stay below numpy's 2**32
+# The documented maxima of sizes (see the module docstring), by field path or knob name.
+MAXIMA: dict[str, int] = {
+    "sources.train.epochs": 10_000, "sources.train.batch_size": 1_000_000,
+    "sources.collect.k": 100_000, "sources.collect.interval": 1_000_000,
+    "n_generated": 100_000, "latent_dim": 65_536, "ae_steps": 1_000_000, "ldm_steps": 1_000_000,
+    "ae_batch_size": 1_000_000, "ldm_batch_size": 1_000_000, "sample_steps": 100_000,
+    "channels": 65_536, "channel_stages": 16,
+    "pdiff.num_samples": 10_000, "pdiff.max_concurrent": 10_000, "pdiff.early_stopping.grace_period": 1_000_000,
+    "seeds": 10_000, "cpus": 100_000, "gpus": 10_000, "workers": 10_000,
+}
+
+
+def is_sweep_name(name: Any) -> bool:
+    """A slug that names exactly one folder below the storage root (never '.', '..' or a path)."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
 
 
 class SpecError(ValueError):
@@ -141,15 +185,75 @@ def load_spec(path: str | Path, *, storage: str | None = None) -> SweepSpec:
     """Read and validate a sweep YAML file; `storage` overrides the file's."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise SpecError(source, "<file>", "no such file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpecError(source, "<file>", "no such file") from None
+    except (OSError, ValueError) as err:  # permissions, a name with a NUL byte, ...
+        raise SpecError(source, "<file>", f"cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise SpecError(source, "<file>", "is a directory, not a sweep YAML file")
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError(source, "<file>", "not a regular file (a sweep spec is a YAML file)")
+    if info.st_size > MAX_SPEC_BYTES:
+        raise SpecError(source, "<file>", f"{info.st_size} bytes; a sweep spec is at most {MAX_SPEC_BYTES} bytes")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SpecError(source, "<file>", f"cannot read it ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(source, "<file>", f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                                          f"save the spec as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader that also refuses aliases
+    except _AliasRefused as err:
+        raise SpecError(source, err.path or "<file>", str(err)) from None
     except yaml.YAMLError as err:
         raise SpecError(source, "<file>", f"not valid YAML ({err})") from None
+    except (ValueError, OverflowError) as err:  # a value YAML's constructors reject: a date 2024-02-30, a 5000-digit int
+        raise SpecError(source, "<file>", f"not valid YAML ({err})") from None
+    except RecursionError:
+        raise SpecError(source, "<file>", "nested too deeply to be a sweep spec") from None
     if storage is not None and isinstance(raw, dict):
         raw["storage"] = storage
     return parse_spec(raw, source)
+
+
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, path: str, anchor: str, mark):
+        self.path = path
+        super().__init__(f"YAML aliases are not allowed (*{anchor} at line {mark.line + 1}, column "
+                         f"{mark.column + 1}): write the value out in full")
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases (`*name`, hence `<<:` merges): a few lines of
+    aliases can expand to gigabytes. It tracks the field path so the error can name it."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._at: list[Any] = []
+
+    def _dotted(self) -> str:
+        out = ""
+        for index in self._at:
+            if isinstance(index, int):
+                out += f"[{index}]"
+            elif isinstance(index, yaml.ScalarNode):
+                out += f".{index.value}" if out else str(index.value)
+        return out
+
+    def compose_node(self, parent, index):
+        self._at.append(index)
+        try:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _AliasRefused(self._dotted(), event.anchor, event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._at.pop()
 
 
 class _Reader:
@@ -166,24 +270,33 @@ class _Reader:
             self.fail(path or "<file>", f"expected a mapping, got {type(value).__name__}")
         for key in value:
             if key not in allowed:
-                self.fail(f"{path}.{key}" if path else str(key), f"unknown key; expected one of: {', '.join(allowed)}")
+                label = key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
+                label = label if len(label) <= 60 else label[:60] + "..."
+                self.fail(f"{path}.{label}" if path else label, f"unknown key; expected one of: {', '.join(allowed)}")
         for key in required:
             if key not in value:
                 self.fail(f"{path}.{key}" if path else key, "required field is missing")
         return value
 
     def typed(self, value: Any, path: str, kind: type | tuple, what: str, *, positive: bool = False,
-              minimum: float | None = None):
+              minimum: float | None = None, maximum: float | None = None):
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             self.fail(path, f"expected {what}, got a boolean")
-        if kind is float and isinstance(value, int):
-            value = float(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except ZeroDivisionError:
+                self.fail(path, f"expected {what}, got an integer too large for a number ({_short(value)})")
         if not isinstance(value, kind):
-            self.fail(path, f"expected {what}, got {value!r}")
+            self.fail(path, f"expected {what}, got {_short(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(path, f"expected a finite number, got {value!r}")
         if positive and not value > 0:
-            self.fail(path, f"expected {what} > 0, got {value!r}")
+            self.fail(path, f"expected {what} > 0, got {_short(value)}")
         if minimum is not None and value < minimum:
-            self.fail(path, f"expected {what} >= {minimum}, got {value!r}")
+            self.fail(path, f"expected {what} >= {minimum}, got {_short(value)}")
+        if maximum is not None and value > maximum:
+            self.fail(path, f"{_short(value)} is above the maximum of {maximum}")
         return value
 
     def names(self, value: Any, path: str, known: tuple[str, ...] | None, what: str) -> tuple[str, ...]:
@@ -193,10 +306,18 @@ class _Reader:
             self.fail(path, f"expected a non-empty list of {what}")
         for i, item in enumerate(value):
             if not isinstance(item, str) or (known is not None and item not in known):
-                self.fail(f"{path}[{i}]", f"unknown {what[:-1]} {item!r}; known: {', '.join(known or ())}")
+                self.fail(f"{path}[{i}]", f"unknown {what[:-1]} {_short(item)}; known: {', '.join(known or ())}")
         if len(set(value)) != len(value):
             self.fail(path, f"duplicate {what}")
         return tuple(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value, cut short: a message must stay one readable line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**50:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"  # str() fails past 4300
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _config(reader: _Reader, value: Any, path: str, cls: type) -> Any:
@@ -210,7 +331,7 @@ def _config(reader: _Reader, value: Any, path: str, cls: type) -> Any:
         kind = type(default)
         what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
         reader.typed(item, f"{path}.{key}", kind, what, positive=kind in (int, float) and key != "weight_decay",
-                     minimum=0 if key == "weight_decay" else None)
+                     minimum=0 if key == "weight_decay" else None, maximum=MAXIMA.get(f"{path}.{key}"))
     try:
         return cls(**value)
     except (TypeError, ValueError) as err:
@@ -223,13 +344,13 @@ _CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "constant"), "
 def _check_choices(reader: _Reader, cfg: Any, path: str) -> None:
     for key, allowed in _CHOICES.items():
         if hasattr(cfg, key) and getattr(cfg, key) not in allowed:
-            reader.fail(f"{path}.{key}", f"expected one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+            reader.fail(f"{path}.{key}", f"expected one of {', '.join(allowed)}, got {_short(getattr(cfg, key))}")
 
 
 def _distribution(r: _Reader, value: dict, path: str) -> Distribution:
     kind = value.get("type")
     if kind not in DISTRIBUTIONS:
-        r.fail(f"{path}.type", f"expected one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
+        r.fail(f"{path}.type", f"expected one of {', '.join(DISTRIBUTIONS)}, got {_short(kind)}")
     if kind == "choice":
         r.mapping(value, path, ("type", "values"), ("values",))
         values = value["values"]
@@ -237,7 +358,7 @@ def _distribution(r: _Reader, value: dict, path: str) -> Distribution:
             r.fail(f"{path}.values", "expected a non-empty list")
         for i, v in enumerate(values):
             if not isinstance(v, (int, float, str, bool)) and v is not None:
-                r.fail(f"{path}.values[{i}]", f"expected a number or a string (Optuna choices), got {v!r}")
+                r.fail(f"{path}.values[{i}]", f"expected a number or a string (Optuna choices), got {_short(v)}")
         return Distribution("choice", values=tuple(values))
     r.mapping(value, path, ("type", "low", "high", "log") if kind == "int" else ("type", "low", "high"),
               ("low", "high"))
@@ -268,20 +389,36 @@ def _check_knob_value(r: _Reader, name: str, value: Any, path: str) -> None:
     if (default is not None and not isinstance(got, type(default)) and not (
             isinstance(default, float) and isinstance(got, int))) or (
             isinstance(got, bool) and not isinstance(default, bool)):
-        r.fail(path, f"expected {type(default).__name__}, got {value!r}")
+        r.fail(path, f"expected {type(default).__name__}, got {_short(value)}")
+    if isinstance(default, float):
+        try:
+            finite = math.isfinite(float(got))
+        except OverflowError:
+            finite = False
+        if not finite:
+            r.fail(path, f"expected a finite number, got {_short(value)}")
     if isinstance(got, (int, float)) and not isinstance(got, bool) and got < 0:
-        r.fail(path, f"expected a value >= 0, got {value!r}")
+        r.fail(path, f"expected a value >= 0, got {_short(value)}")
     if name in ("latent_dim", "ae_steps", "ldm_steps", "n_generated", "ae_batch_size", "ldm_batch_size",
                 "sample_steps") and got <= 0:
-        r.fail(path, f"expected a positive value, got {value!r}")
+        r.fail(path, f"expected a positive value, got {_short(value)}")
+    if name in MAXIMA and got > MAXIMA[name]:
+        r.fail(path, f"{_short(got)} is above the maximum of {MAXIMA[name]}")
+    if name in ("ae_channels", "ldm_channels"):
+        if not 1 <= len(got) <= MAXIMA["channel_stages"]:
+            r.fail(path, f"expected a list of 1 to {MAXIMA['channel_stages']} channel counts, got {len(got)}")
+        for i, c in enumerate(got):
+            if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAXIMA["channels"]:
+                r.fail(f"{path}[{i}]", f"expected a channel count from 1 to {MAXIMA['channels']}, got {_short(c)}")
 
 
 def _resources(r: _Reader, value: Any, path: str, workers: bool) -> Resources:
     value = {} if value is None else value
     r.mapping(value, path, ("cpus", "gpus", "workers") if workers else ("cpus", "gpus"))
-    cpus = r.typed(value.get("cpus", 1.0), f"{path}.cpus", float, "a number", positive=True)
-    gpus = r.typed(value.get("gpus", 0.0), f"{path}.gpus", float, "a number", minimum=0)
-    n = r.typed(value.get("workers", 1), f"{path}.workers", int, "an integer", positive=True)
+    cpus = r.typed(value.get("cpus", 1.0), f"{path}.cpus", float, "a number", positive=True, maximum=MAXIMA["cpus"])
+    gpus = r.typed(value.get("gpus", 0.0), f"{path}.gpus", float, "a number", minimum=0, maximum=MAXIMA["gpus"])
+    n = r.typed(value.get("workers", 1), f"{path}.workers", int, "an integer", positive=True,
+                maximum=MAXIMA["workers"])
     if gpus > 1 and gpus != int(gpus):
         r.fail(f"{path}.gpus", f"a fractional GPU request must be below 1, got {gpus}")
     return Resources(cpus, gpus, n)
@@ -295,10 +432,13 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     top = r.mapping(raw, "", ("name", "storage", "seed", "sources", "pdiff", "resources"),
                     ("name", "sources", "pdiff"))
     name = r.typed(top["name"], "name", str, "a string")
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        r.fail("name", f"expected letters, digits, '-', '_' or '.', got {name!r}")
+    if not is_sweep_name(name):
+        r.fail("name", f"expected a slug of letters, digits, '-', '_' or '.' that starts with a letter or a digit, "
+                       f"at most 128 characters (it names the sweep's folder), got {_short(name)}")
     storage = r.typed(top.get("storage", "results"), "storage", str, "a folder or a URI such as s3://bucket/prefix")
-    seed = r.typed(top.get("seed", 0), "seed", int, "an integer", minimum=0)
+    if not storage.strip() or "\0" in storage:
+        r.fail("storage", f"expected a folder or a URI such as s3://bucket/prefix, got {_short(storage)}")
+    seed = r.typed(top.get("seed", 0), "seed", int, "an integer", minimum=0, maximum=MAX_SEED)
 
     src = r.mapping(top["sources"], "sources", ("archs", "datasets", "seeds", "train", "subset", "collect"),
                     ("archs", "datasets"))
@@ -307,8 +447,10 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     seeds = src.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds:
         r.fail("sources.seeds", "expected a non-empty list of integers")
+    if len(seeds) > MAXIMA["seeds"]:
+        r.fail("sources.seeds", f"{len(seeds)} seeds, above the maximum of {MAXIMA['seeds']}")
     for i, s in enumerate(seeds):
-        r.typed(s, f"sources.seeds[{i}]", int, "an integer", minimum=0)
+        r.typed(s, f"sources.seeds[{i}]", int, "an integer", minimum=0, maximum=MAX_SEED)
     if len(set(seeds)) != len(seeds):
         r.fail("sources.seeds", "duplicate seeds")
     train = _config(r, src.get("train"), "sources.train", TrainConfig)
@@ -341,13 +483,13 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     objective = r.names(objective, "pdiff.objective", OBJECTIVES, "objectives")
     if objective[0] != "accuracy":
         r.fail("pdiff.objective", "the first objective must be accuracy (novelty may follow)")
-    num_samples = r.typed(pd.get("num_samples", 4), "pdiff.num_samples", int, "an integer", positive=True)
-    max_concurrent = r.typed(pd.get("max_concurrent", 2), "pdiff.max_concurrent", int, "an integer", positive=True)
-    if num_samples > 1 and not search:
-        r.fail("pdiff.knobs", f"num_samples is {num_samples} but no knob is searched (give one a `type`)")
+    num_samples = r.typed(pd.get("num_samples", 4), "pdiff.num_samples", int, "an integer", positive=True,
+                          maximum=MAXIMA["pdiff.num_samples"])
+    max_concurrent = r.typed(pd.get("max_concurrent", 2), "pdiff.max_concurrent", int, "an integer", positive=True,
+                             maximum=MAXIMA["pdiff.max_concurrent"])
     search_alg = pd.get("search", "tpe")
     if search_alg not in SEARCHES:
-        r.fail("pdiff.search", f"expected one of {', '.join(SEARCHES)}, got {search_alg!r}")
+        r.fail("pdiff.search", f"expected one of {', '.join(SEARCHES)}, got {_short(search_alg)}")
     if search_alg == "grid":
         not_choice = [k for k, d in search.items() if d.type != "choice"]
         if not_choice:
@@ -361,7 +503,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     if pd.get("early_stopping") is not None:
         es = r.mapping(pd["early_stopping"], "pdiff.early_stopping", ("grace_period",))
         grace = r.typed(es.get("grace_period", 2), "pdiff.early_stopping.grace_period", int, "an integer",
-                        positive=True)
+                        positive=True, maximum=MAXIMA["pdiff.early_stopping.grace_period"])
         if len(objective) > 1:
             r.fail("pdiff.early_stopping", "early stopping (ASHA) needs a single objective")
     baselines = r.typed(pd.get("baselines", True), "pdiff.baselines", bool, "true or false")

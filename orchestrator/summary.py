@@ -3,30 +3,66 @@
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 
-from .tables import TABLES, Store
+from .tables import TABLES, CorruptTable, Store
 
-__all__ = ["connect", "SUMMARY_SQL", "summary"]
+__all__ = ["connect", "open_views", "one_line", "SUMMARY_SQL", "summary"]
+
+
+def open_views(store: Store) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:
+    """An in-memory DuckDB with a view per readable table, and {table: one-line error} for the others.
+
+    Local tables are read lazily by DuckDB itself; tables on an object store are
+    read through pyarrow (which holds the credentials and endpoint) and registered.
+    A table with an unreadable file (e.g. truncated) gets no view: only queries
+    that read it fail, with the error naming the file.
+    """
+    con = duckdb.connect()
+    corrupt: dict[str, str] = {}
+    for table in TABLES:
+        try:
+            files = store.files(table)
+            if files and store.is_local:
+                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                try:  # union_by_name reads every file's footer now, so a truncated file fails here
+                    con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], "
+                                "union_by_name = true)")
+                except duckdb.Error as err:
+                    try:  # raises CorruptTable naming the file, in the words of `tables`
+                        store.read(table, columns=["cell_id"])
+                    except (pa.ArrowException, OSError):
+                        pass  # not a footer: DuckDB's own message (it names the file) says more
+                    raise CorruptTable(f"{table}: {one_line(err)}") from None
+            else:
+                con.register(table, store.read(table))
+        except CorruptTable as err:
+            corrupt[table] = one_line(err)
+        except (pa.ArrowException, OSError) as err:  # e.g. a damaged page of an object-store file
+            corrupt[table] = f"{table}: {one_line(err)}"
+    return con, corrupt
 
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with a view per table (`sources`, `checkpoints`, `trials`, ...).
 
-    Local tables are read lazily by DuckDB itself; tables on an object store are
-    read through pyarrow (which holds the credentials and endpoint) and registered.
-    """
-    con = duckdb.connect()
-    for table in TABLES:
-        files = store.files(table)
-        if files and store.is_local:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
-        else:
-            con.register(table, store.read(table))
+    Raises CorruptTable (one line, naming the file) if any table has an unreadable file."""
+    con, corrupt = open_views(store)
+    if corrupt:
+        con.close()
+        raise CorruptTable(next(iter(corrupt.values())))
     return con
 
 
+def one_line(err: BaseException | str) -> str:
+    """An error's first line (DuckDB appends the statement and a caret on further lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
 # One row per cell: the source model, its snapshots, the val-selected p-diff trial, the baselines.
+# Only completed trials count; `failed_trials` says how many failed (status 'failed', or 'error' for a
+# trial Ray gave up on). Trials stopped early by the scheduler are neither.
 SUMMARY_SQL = """
 WITH originals AS (
     SELECT cell_id, 100 * max(test_acc) AS original_best, 100 * avg(test_acc) AS original_mean
@@ -35,6 +71,8 @@ WITH originals AS (
     SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_novelty ASC, trial_id) AS trial_id,
            count(*) AS trials
     FROM trials WHERE status = 'completed' GROUP BY cell_id
+), failed AS (
+    SELECT cell_id, count(*) AS failed_trials FROM trials WHERE status IN ('failed', 'error') GROUP BY cell_id
 ), pdiff AS (
     SELECT t.cell_id, b.trials, t.trial_id, t.selected_acc AS pdiff_selected, t.best_test_acc AS pdiff_best_test,
            t.mean_acc AS pdiff_mean, t.median_acc AS pdiff_median, t.novelty AS pdiff_max_iou
@@ -47,7 +85,8 @@ WITH originals AS (
 )
 SELECT s.arch, s.dataset, s.seed, s.cell_id,
        round(o.original_best, 2) AS original_best, round(o.original_mean, 2) AS original_mean,
-       p.trials, round(p.pdiff_selected, 2) AS pdiff_selected, round(p.pdiff_best_test, 2) AS pdiff_best_test_paper,
+       p.trials, coalesce(f.failed_trials, 0) AS failed_trials,
+       round(p.pdiff_selected, 2) AS pdiff_selected, round(p.pdiff_best_test, 2) AS pdiff_best_test_paper,
        round(p.pdiff_mean, 2) AS pdiff_mean, round(p.pdiff_median, 2) AS pdiff_median,
        round(p.pdiff_max_iou, 3) AS pdiff_max_iou,
        round(n.selected, 2) AS noise_selected, round(n.mean, 2) AS noise_mean, round(n.max_iou, 3) AS noise_max_iou,
@@ -58,6 +97,7 @@ SELECT s.arch, s.dataset, s.seed, s.cell_id,
 FROM sources s
 LEFT JOIN originals o USING (cell_id)
 LEFT JOIN pdiff p USING (cell_id)
+LEFT JOIN failed f USING (cell_id)
 LEFT JOIN baseline n ON n.cell_id = s.cell_id AND n.method = 'noise'
 LEFT JOIN baseline a ON a.cell_id = s.cell_id AND a.method = 'average'
 LEFT JOIN baseline g ON g.cell_id = s.cell_id AND g.method = 'gaussian'

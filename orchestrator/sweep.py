@@ -1,19 +1,27 @@
 """`python -m orchestrator.sweep SPEC`: validate, plan, run both stages on Ray, resume, summarise.
 
-Exit status: 0 done, 2 bad input (spec, resources, unreadable tables; nothing
-written), 1 a failure while running.
+Exit status: 0 done, 2 bad input (spec, storage, resources, unreadable tables, a
+folder that is not this sweep's, another run holding the sweep; nothing written),
+1 a failure while running, 130 interrupted (Ctrl-C: re-run the same command to resume).
+
+Before Ray starts, a real run checks that `<storage>/<name>` is this sweep's own
+folder (tables.Store.check_own), writes and removes a small file there
+(cluster.probe_storage) and takes the sweep's lease (orchestrator.lease): one run
+per sweep at a time. `--restart` deletes only a folder carrying this sweep's marker.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Sequence
 
-from .cluster import check_resources, check_storage, connect_ray
+from .cluster import check_resources, check_storage, connect_ray, probe_storage, remove_created
+from .lease import Lease, LeaseHeld
 from .progress import Progress
 from .spec import SpecError, SweepSpec, load_spec
-from .tables import CorruptTable, Store
+from .tables import LEASE, CorruptTable, NotOurFolder, Store
 
 __all__ = ["main", "plan_text"]
 
@@ -33,7 +41,8 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
     lines += [
         f"stage 2 pdiff: {spec.num_samples} trials per cell = {spec.num_samples * len(spec.cells)} trials, "
         f"{spec.max_concurrent} at a time, {trial.cpus:g} CPU / {trial.gpus:g} GPU each",
-        f"  search ({spec.search_alg}): {searched}",
+        f"  search ({spec.search_alg}): {searched}" if spec.search else
+        f"  no search: {spec.num_samples} repeat(s) per cell of one fixed configuration, each with its own seed",
         f"  fixed: {spec.fixed or 'defaults'}",
         f"  objective: {' + '.join(spec.objective)}; early stopping: "
         f"{'ASHA, grace ' + str(spec.grace_period) if spec.grace_period else 'off'}; "
@@ -54,7 +63,20 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
         print(table.drop(columns=["cell_id"]).to_string(index=False))
 
 
+INTERRUPTED = "interrupted; re-run the same command to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status. Ctrl-C ends it with one line and 130."""
+    try:
+        with contextlib.ExitStack() as cleanup:  # releases the lease however the run ends
+            return _main(argv, cleanup)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("spec", help="sweep YAML file, e.g. sweeps/smoke.yaml")
     parser.add_argument("--address", help="Ray cluster address (default: a running cluster, else a local Ray)")
@@ -74,27 +96,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(plan_text(spec, store), flush=True)
     if args.dry_run:
         return 0
-    if not args.restart:
-        try:
-            store.check()
-        except CorruptTable as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
 
+    # Before Ray: the folder is this sweep's own, writable, and no other run holds it.
+    created: list[str] = []  # folders the probe made: removed again on exit 2
+
+    def refuse(err: Exception) -> int:
+        cleanup.close()  # releases the lease (if taken) first, so that the folders can go
+        remove_created(created)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    try:
+        store.check_own(strict=args.restart)
+    except NotOurFolder as err:
+        return refuse(err)
+    except (OSError, ValueError) as err:  # an unreachable bucket, a bad URI
+        return refuse(SpecError(spec.source_file, "storage", f"cannot read {store.uri} ({err})"))
+    try:
+        created = probe_storage(spec, store)
+    except SpecError as err:
+        return refuse(err)
+    try:
+        cleanup.callback(Lease(store).acquire().release)
+    except LeaseHeld as err:
+        return refuse(err)
+    except OSError as err:
+        return refuse(SpecError(spec.source_file, "storage", f"cannot take the sweep's lease in {store.uri} ({err})"))
+    # Unreadable table files no longer stop the run: `reconcile` (below) quarantines and rebuilds them.
     connect_ray(args.address)
     try:
         check_resources(spec)
         check_storage(spec, store, args.shared_storage)
     except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     if args.restart:
-        store.delete_all()
+        try:
+            store.delete_all(keep=(LEASE,))
+        except NotOurFolder as err:
+            return refuse(err)
+        print(f"restart: deleted the results in {store.uri}", flush=True)
+    store.write_marker()  # from now on the folder is this sweep's own (--restart may delete it)
 
     from .sources import run_sources
     from .tuning import run_tuning
 
     progress = Progress()
+    from .heal import reconcile
+
+    reconcile(spec, store, progress.say)  # quarantines what is corrupt or stale, so the stages rebuild it
     run_sources(spec, store, progress)
     run_tuning(spec, store, progress)
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")

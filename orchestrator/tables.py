@@ -5,11 +5,19 @@ file name is deterministic (a cell, a trial), so a retried writer replaces its
 own rows instead of duplicating them. Local files are written under a hidden
 temporary name and renamed, so readers never see half a file; object stores
 (S3) make a PUT visible only once complete.
+
+A sweep's folder carries a marker, `_sweep.json` (the sweep's name and spec
+hash), written on its first real run. `delete_all` (--restart) deletes only a
+folder that is exactly `<storage>/<name>`, is no symbolic link, and carries this
+sweep's marker; anything else is refused (NotOurFolder) and nothing is deleted.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,7 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "CorruptTable", "Store"]
+__all__ = ["SCHEMA_VERSION", "TABLES", "MARKER", "LEASE", "CorruptTable", "NotOurFolder", "Store"]
 
 SCHEMA_VERSION = 1
 
@@ -44,6 +52,7 @@ TABLES: dict[str, pa.Schema] = {
         ("mean_acc", pa.float64()), ("median_acc", pa.float64()), ("novelty", pa.float64()),
         ("val_novelty", pa.float64()), ("ae_loss", pa.float64()), ("ldm_loss", pa.float64()),
         ("seconds", pa.float64()), ("node_id", pa.string()),
+        ("reason", pa.string()),  # added: why a trial's status is 'failed' (null otherwise)
     ]),
     "generated": pa.schema(_COMMON + [
         ("trial_id", pa.string()), ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),
@@ -56,8 +65,20 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+MARKER = "_sweep.json"  # the sweep's own marker: {"tool", "sweep", "spec_hash", "created"}
+LEASE = "_lease.json"  # who runs the sweep now (orchestrator.lease)
+# What a sweep writes at the top of its folder. A folder without a marker is
+# adopted (given one) only if it holds nothing else: an older sweep's folder.
+OWN_ENTRIES = frozenset(TABLES) | {"_ray", "models", "report", "quarantine", MARKER, LEASE}
+_TOOL = "pdiff-sweep"
+
+
 class CorruptTable(RuntimeError):
     """A Parquet file of a sweep cannot be read."""
+
+
+class NotOurFolder(RuntimeError):
+    """The folder at `<storage>/<name>` is not (provably) this sweep's own: nothing is deleted or adopted."""
 
 
 @dataclass(frozen=True)
@@ -159,10 +180,131 @@ class Store:
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             self.fs.delete_file(path)
 
-    def delete_all(self) -> None:
-        """Remove the whole sweep (for --restart)."""
-        if self.fs.get_file_info(self.root).type == pafs.FileType.Directory:
+    def quarantine(self, path: str, reason: str) -> str:
+        """Move a file of the sweep (a table's, a model's) aside into `<sweep>/quarantine/`, under its
+        path relative to the sweep, with `<name>.reason.txt` beside it. Never deletes: a name already
+        taken there gets a numbered suffix. Returns the new path."""
+        prefix = self.root.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not inside {self.root}")
+        base = self.path("quarantine", path[len(prefix):])
+        target, n = base, 0
+        while self.fs.get_file_info(target).type != pafs.FileType.NotFound:
+            n += 1
+            target = f"{base}.{n}"
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        self.fs.move(path, target)
+        with self.fs.open_output_stream(f"{target}.reason.txt") as out:
+            out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {reason}\n".encode())
+        return target
+
+    def delete_all(self, keep: Iterable[str] = ()) -> None:
+        """Remove the sweep's results (for --restart): every entry of its folder but those named in
+        `keep` (e.g. the lease of the run that restarts), and the folder itself when nothing is kept.
+
+        Refuses (NotOurFolder, nothing deleted) unless `check_own(strict=True)` passes. Symbolic
+        links inside the folder are removed, never followed."""
+        self.check_own(strict=True)
+        keep = set(keep)
+        if self.is_local:
+            real = os.path.realpath(self.root)
+            if not os.path.isdir(real):
+                return
+            for entry in os.scandir(real):
+                if entry.name in keep:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            if not keep:
+                os.rmdir(real)
+            return
+        if self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            return
+        if not keep:
             self.fs.delete_dir(self.root)
+            return
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
+            if info.base_name in keep:
+                continue
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(info.path)
+            else:
+                self.fs.delete_file(info.path)
+
+    # -- the sweep's own folder -------------------------------------------------
+
+    def marker(self) -> dict | None:
+        """The sweep folder's marker, or None where there is none (or it is unreadable)."""
+        try:
+            data = json.loads(self.read_bytes(MARKER))
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_marker(self) -> None:
+        """Mark the folder as this sweep's own (first real run), or bring the spec hash up to date."""
+        old = self.marker() or {}
+        if old.get("sweep") == self.sweep and old.get("spec_hash") == self.spec_hash:
+            return
+        marker = {"tool": _TOOL, "sweep": self.sweep, "spec_hash": self.spec_hash,
+                  "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.write_bytes(MARKER, (json.dumps(marker, indent=1) + "\n").encode())
+
+    def _entries(self) -> list[str] | None:
+        """Names at the top of the sweep folder; None when there is no folder."""
+        if self.is_local:
+            real = os.path.realpath(self.root)
+            return sorted(os.listdir(real)) if os.path.isdir(real) else None
+        if self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            return None
+        return sorted(i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root)))
+
+    def check_own(self, *, strict: bool) -> None:
+        """Raise NotOurFolder unless the sweep folder (if there is one) is this sweep's own.
+
+        strict (--restart, before deleting): the folder is exactly `<storage>/<name>` with a valid
+        name, no symbolic link leads it elsewhere, and it carries the marker naming this sweep (a
+        folder holding nothing but a lease passes: there is nothing to delete).
+        Not strict (a normal run, before writing): a marker, if any, names this sweep, and a folder
+        without one holds only what a sweep writes (an older sweep's folder is adopted)."""
+        from .spec import is_sweep_name  # here: tables must not import the spec at module level
+
+        where = self.uri
+        if not is_sweep_name(self.sweep):
+            raise NotOurFolder(f"{self.sweep!r} is not a valid sweep name; nothing deleted")
+        if self.is_local:
+            if not os.path.lexists(self.root):
+                return
+            if strict:
+                storage_real = os.path.realpath(self.storage)
+                if os.path.islink(self.root):
+                    raise NotOurFolder(f"{where} is a symbolic link to {os.path.realpath(self.root)}; --restart "
+                                       f"deletes only a real folder {self.storage}/{self.sweep}. Nothing deleted")
+                if os.path.realpath(self.root) != os.path.join(storage_real, self.sweep):
+                    raise NotOurFolder(f"{where} resolves to {os.path.realpath(self.root)}, outside "
+                                       f"{storage_real}; nothing deleted")
+            if not os.path.isdir(self.root):
+                raise NotOurFolder(f"{where} exists and is not a folder; nothing deleted or written")
+        entries = self._entries()
+        if entries is None:
+            return
+        marker = self.marker()
+        if marker is not None and marker.get("sweep") != self.sweep:
+            raise NotOurFolder(f"{where}/{MARKER} names another sweep ({marker.get('sweep')!r}); "
+                               f"nothing deleted or written")
+        if marker is not None:
+            return
+        if strict and [e for e in entries if e != LEASE]:
+            raise NotOurFolder(f"{where} has no {MARKER} marker, so it is not a folder this sweep wrote (or one "
+                               f"written before markers: run the sweep once without --restart to mark it). "
+                               f"Nothing deleted")
+        foreign = [e for e in entries if e not in OWN_ENTRIES and not e.startswith(".")]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise NotOurFolder(f"{where} already holds files a sweep does not write ({shown}) and no {MARKER} "
+                               f"marker: choose another sweep name or storage. Nothing written")
 
     # -- reading -------------------------------------------------------------
 
@@ -185,8 +327,9 @@ class Store:
             try:
                 schemas.append(pq.read_schema(f, filesystem=self.fs))
             except (pa.ArrowInvalid, OSError) as err:
-                raise CorruptTable(f"{f}: not a readable Parquet file ({err}). Move it aside or delete it, "
-                                   f"then re-run: its writer will be run again.") from None
+                raise CorruptTable(f"{f}: not a readable Parquet file ({err}). Running the sweep again moves it "
+                                   f"to {self.path('quarantine')}/ and rebuilds its rows (for the spec's "
+                                   f"cells).") from None
         # permissive: a knob written as 0 by one trial and 0.1 by another reads as double
         schema = pa.unify_schemas(schemas, promote_options="permissive")
         dataset = pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet")

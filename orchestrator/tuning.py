@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -25,7 +26,7 @@ import torch
 
 from pdiff import ParameterSubset, load_dataset
 from pdiff.evaluate import BatchedEvaluator, iou_matrix
-from pdiff.pipeline import run_baselines, run_pdiff
+from pdiff.pipeline import Diverged, run_baselines, run_pdiff
 
 from .cluster import driver_options
 from .progress import Progress
@@ -39,10 +40,20 @@ PROBES = 3  # intermediate reports per training phase, when early stopping is on
 METRICS = {"accuracy": ("val_acc", "max"), "novelty": ("novelty", "min")}
 
 
-def trial_id_of(cell_id: str, knobs: dict[str, Any]) -> str:
-    """A trial is identified by its content: the cell and the knob values."""
-    content = json.dumps([cell_id, sorted(knobs.items())], default=str)
+def trial_id_of(cell_id: str, knobs: dict[str, Any], index: int) -> str:
+    """A trial is identified by its content: the cell, the knob values and its index in the
+    cell's search, so two trials that draw the same values (repeats of a fixed configuration,
+    a re-suggested point) are two trials with their own seeds and files."""
+    content = json.dumps([cell_id, sorted(knobs.items()), index], default=str)
     return "t" + hashlib.sha256(content.encode()).hexdigest()[:10]
+
+
+def _identity(spec: SweepSpec, cell: Cell, config: dict) -> tuple[str, int, dict[str, Any]]:
+    """(trial id, trial index, every knob) of a Tune config (searched knobs + `trial_index`)."""
+    config = dict(config)
+    index = int(config.pop("trial_index"))
+    knobs = spec.fixed | config
+    return trial_id_of(cell.cell_id, knobs, index), index, knobs
 
 
 def _snapshots(store: Store, cell: Cell) -> torch.Tensor:
@@ -70,19 +81,51 @@ def _vector_rows(assessment) -> list[dict[str, Any]]:
              "params": assessment.vectors[i].tolist()} for i in range(len(assessment.vectors))]
 
 
+def _divergence(run) -> str | None:
+    """Why a finished p-diff run is unusable (non-finite losses or vectors), or None. A second line of
+    defence behind `run_pdiff`'s own `Diverged`."""
+    for name in ("ae_loss", "ldm_loss"):
+        value = getattr(run, name)
+        if value is None or not math.isfinite(value):
+            return f"{name} is {value}"
+    vectors = run.generated.vectors
+    bad = int((~torch.isfinite(vectors).all(1)).sum()) if vectors.numel() else 0
+    return f"{bad} of {len(vectors)} generated vectors are non-finite" if bad else None
+
+
+def _hyper(cfg) -> dict[str, Any]:
+    """Every knob as a column, defaults included, so trials of different specs compare."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.knobs().items()}
+
+
 def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor) -> None:
     """Ray Tune function trainable: one p-diff configuration on one cell."""
     from ray import tune
 
     t0 = time.perf_counter()
-    knobs = spec.fixed | config
-    trial_id = trial_id_of(cell.cell_id, knobs)
-    cfg = spec.pdiff_config(config)
+    trial_id, index, knobs = _identity(spec, cell, config)
+    cfg = spec.pdiff_config(knobs)
     data, evaluator, snap_scores, device = _setup(store, cell, max(1, int(spec.trial_resources.cpus)))
     early = spec.grace_period is not None
-    run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=spec.seed + int(trial_id[1:], 16) % 2**31,
-                    device=device, probes=PROBES if early else 0,
-                    on_probe=lambda phase, step, acc: tune.report({"val_acc": 100 * acc, "phase": phase}))
+    try:
+        run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=spec.seed + int(trial_id[1:], 16) % 2**31,
+                        device=device, probes=PROBES if early else 0,
+                        on_probe=lambda phase, step, acc: tune.report({"val_acc": 100 * acc, "phase": phase}))
+        divergence = _divergence(run)
+        if divergence:
+            raise Diverged(divergence)
+    except Exception as err:  # Diverged, or any error of the method itself: a failed trial, not a number
+        # Stored and reported once, not raised: Tune would retry an error (FailureConfig), and a
+        # deterministic failure fails again. (Tune's stop request is SystemExit and passes through.)
+        reason = err.reason if isinstance(err, Diverged) else f"{type(err).__name__}: {err}"
+        reason = " ".join(reason.split())[:500]
+        store.delete("generated", cell.cell_id, trial_id)
+        store.write("trials", cell.cell_id, trial_id, [_hyper(cfg) | {
+            "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": "failed",
+            "reason": reason, "seconds": time.perf_counter() - t0, "node_id": ray.get_runtime_context().get_node_id(),
+        }])
+        tune.report({"phase": "failed", "reason": reason})  # no metric: FailedTrialsOptunaSearch tells Optuna FAIL
+        return
     g = run.generated
     val_novelty = float(iou_matrix(g.scores.val_wrong, snap_scores.val_wrong).max(1).values.mean())
     result = {"val_acc": 100 * float(g.scores.val_acc.max()), "novelty": val_novelty}
@@ -90,9 +133,10 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     # Every knob is a column, defaults included, so trials of different specs compare.
     hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.knobs().items()}
     store.write("trials", cell.cell_id, trial_id, [hyper | g.summary | result | {
-        "trial_id": trial_id, "search_hash": spec.search_hash, "status": "completed",
+        "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": "completed",
         "novelty": g.summary["mean_max_iou"], "val_novelty": val_novelty,
-        "ae_loss": run.ae_loss, "ldm_loss": run.ldm_loss, "seconds": time.perf_counter() - t0,
+        "ae_loss": run.ae_loss, "ldm_loss": run.ldm_loss, "ae_steps_taken": run.ae_steps, "ae_r2": run.ae_r2,
+        "ae_converged": run.ae_converged, "seconds": time.perf_counter() - t0,
         "node_id": ray.get_runtime_context().get_node_id(),
     }])
     tune.report(result | {"phase": "done", "test_selected_acc": g.summary["selected_acc"]})
@@ -144,23 +188,35 @@ def _study(spec: SweepSpec, cell: Cell, finished: list[dict[str, Any]]):
         if row["status"] == "completed":
             values = [row[METRICS[o][0]] if o == "accuracy" else row["val_novelty"] for o in spec.objective]
             study.add_trial(create_trial(params=params, distributions=dists, values=values))
+        elif row["status"] == "failed":  # diverged or raised: no objective value, as Optuna records a failure
+            study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.FAIL))
         else:
             study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.PRUNED))
     return storage, name, sampler, dists
 
 
-def _record_unfinished(spec: SweepSpec, cell: Cell, store: Store, trial, status: str) -> None:
+def _error_reason(trial) -> str:
+    """The last line of the error Tune recorded for a trial (its exception), or a general one."""
+    try:
+        with open(trial.error_file) as f:
+            lines = [line.strip() for line in f if line.strip() and not line.startswith("Failure #")]
+        return " ".join(("error after retries: " + lines[-1]).split())[:500]
+    except (OSError, TypeError, IndexError):
+        return "error after retries (see the trial's error file under _ray/)"
+
+
+def _record_unfinished(spec: SweepSpec, cell: Cell, store: Store, trial, status: str,
+                       reason: str | None = None) -> None:
     """A trial stopped early (or failed for good) writes no row itself: record it from the driver."""
-    knobs = spec.fixed | dict(trial.config)
-    trial_id = trial_id_of(cell.cell_id, knobs)
+    trial_id, index, knobs = _identity(spec, cell, trial.config)
     if store.path("trials", cell.cell_id, f"{trial_id}.parquet") in store.files("trials", cell.cell_id):
         return
     last = trial.last_result or {}
     store.delete("generated", cell.cell_id, trial_id)
     store.write("trials", cell.cell_id, trial_id, [knobs | {
-        "trial_id": trial_id, "search_hash": spec.search_hash, "status": status,
-        "val_acc": last.get("val_acc"), "node_id": None,
-    }])
+        "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": status,
+        "val_acc": last.get("val_acc") if status != "failed" else None, "node_id": None,
+    } | ({"reason": reason} if reason else {})])
 
 
 def _recorder(spec: SweepSpec, cell: Cell, store: Store):
@@ -168,13 +224,20 @@ def _recorder(spec: SweepSpec, cell: Cell, store: Store):
 
     class RecordUnfinished(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if (trial.last_result or {}).get("phase") != "done":
+            if (trial.last_result or {}).get("phase") not in ("done", "failed"):  # 'failed' wrote its own row
                 _record_unfinished(spec, cell, store, trial, "stopped")
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            _record_unfinished(spec, cell, store, trial, "error")
+        def on_trial_error(self, iteration, trials, trial, **info):  # raised, retried, raised again
+            _record_unfinished(spec, cell, store, trial, "failed", _error_reason(trial))
 
     return RecordUnfinished()
+
+
+def _next_index(finished: list[dict[str, Any]]) -> int:
+    """The index of a cell's next trial: after every trial already in the table."""
+    indices = [int(r["trial_index"]) for r in finished if r.get("trial_index") is not None
+               and r["trial_index"] == r["trial_index"]]  # NaN in rows of older tables
+    return max(indices, default=len(finished) - 1) + 1
 
 
 @ray.remote(num_cpus=0)
@@ -183,20 +246,54 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
     """One cell's Tune + Optuna experiment, driven from a task that holds no CPU, so that
     the searches of all cells run side by side and share the cluster."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # progress comes from the tables, not Tune's console tables
+    # A failed trial's one result carries no metric (it has none): Tune's strict check would end the
+    # whole search with a ValueError for it. ASHA and the searcher above skip such a result.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    storage, name, sampler, dists = _study(spec, cell, finished)
-    metrics = [METRICS[o][0] for o in spec.objective]
-    modes = [METRICS[o][1] for o in spec.objective]
-    single = len(metrics) == 1
-    searcher = OptunaSearch(space=dists, metric=metrics[0] if single else metrics,
-                            mode=modes[0] if single else modes, storage=storage, study_name=name, sampler=sampler)
+    first = _next_index(finished)
+    param_space, searcher = None, None
+    if spec.search:
+        storage, name, sampler, dists = _study(spec, cell, finished)
+        metrics = [METRICS[o][0] for o in spec.objective]
+        modes = [METRICS[o][1] for o in spec.objective]
+        single = len(metrics) == 1
+
+        class NumberedOptunaSearch(OptunaSearch):
+            """Optuna's suggestions, each numbered: the index makes equal suggestions distinct trials
+            (a retried trial keeps its config, so it keeps its index and its files)."""
+
+            next_index = first
+
+            def suggest(self, trial_id: str):
+                config = super().suggest(trial_id)
+                if isinstance(config, dict):
+                    config, self.next_index = config | {"trial_index": self.next_index}, self.next_index + 1
+                return config
+
+            # A failed trial reports {"phase": "failed"} and no metric. OptunaSearch would read the
+            # missing metric as a KeyError (single objective) or tell Optuna a [None, None] value
+            # (two); Optuna's own state for it is FAIL, with no value.
+            def on_trial_result(self, trial_id: str, result: dict):
+                if result.get("phase") != "failed":
+                    super().on_trial_result(trial_id, result)
+
+            def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+                if result and result.get("phase") == "failed":
+                    result, error = None, True
+                super().on_trial_complete(trial_id, result=result, error=error)
+
+        searcher = NumberedOptunaSearch(space=dists, metric=metrics[0] if single else metrics,
+                                        mode=modes[0] if single else modes, storage=storage, study_name=name,
+                                        sampler=sampler)
+    else:  # every knob fixed: `remaining` repeats of one configuration, each with its own seed
+        param_space = {"trial_index": tune.grid_search(list(range(first, first + remaining)))}
     scheduler = None
     if spec.grace_period is not None:
         scheduler = ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration",
-                                  max_t=2 * PROBES + 1, grace_period=spec.grace_period)
+                                  max_t=PROBES + 2, grace_period=spec.grace_period)
     res = spec.trial_resources
     # Tune registers trainables cluster-wide by name: concurrent searches of other
     # cells must not share one, or a trial may run with another cell's parameters.
@@ -210,7 +307,9 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
     )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=remaining if searcher else 1,
                                     max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(
             name=f"pdiff-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
@@ -248,13 +347,26 @@ class _TrialWatcher:
             self.seen.add(f)
             row = pq.read_table(f, filesystem=self.store.fs).to_pylist()[0]
             cell = row["cell_id"]
+            if row["status"] == "failed":
+                self.progress.advance("trials", f"{cell}: trial {row['trial_id']} failed: {row.get('reason')}")
+                continue
             if row["status"] != "completed":
                 self.progress.advance("trials", f"{cell}: trial {row['trial_id']} {row['status']}")
                 continue
             self.best[cell] = max(self.best.get(cell, float("-inf")), row["val_acc"])
+            warnings = []
+            if row.get("collapsed"):
+                warnings.append(f"COLLAPSED: its {row.get('distinct_sets')} distinct model(s) have pairwise IoU "
+                                f"{row.get('pairwise_iou', float('nan')):.3f}, spread "
+                                f"{row.get('spread_ratio', float('nan')):.2f}x the snapshots'")
+            if row.get("ae_converged") is False:
+                warnings.append(f"autoencoder stopped at its bound ({row.get('ae_steps_taken')} steps) with R2 "
+                                f"{row.get('ae_r2', float('nan')):.3f} below ae_min_r2")
             self.progress.advance("trials", f"{cell}: val {row['val_acc']:.2f}%, test (val-selected) "
-                                            f"{row['selected_acc']:.2f}%, novelty {row['novelty']:.3f} "
-                                            f"(best val so far {self.best[cell]:.2f}%)")
+                                            f"{row['selected_acc']:.2f}%, max IoU to snapshots {row['novelty']:.3f}, "
+                                            f"pairwise IoU {row.get('pairwise_iou', float('nan')):.3f} "
+                                            f"(best val so far {self.best[cell]:.2f}%)"
+                                  + "".join(f"; {w}" for w in warnings))
 
 
 def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -65,50 +66,106 @@ def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim
     raise ValueError(f"unknown optimizer {name!r}; known: sgd, adamw")
 
 
+def _fast_path(model: nn.Module) -> tuple[torch.device, bool]:
+    """The model's device, and whether the CUDA fast path applies: bf16 autocast, channels_last,
+    cuDNN autotuning. Elsewhere training stays plain float32 (deterministic under a seed)."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)  # 4-D weights only; a no-op for the rest
+    return device, cuda
+
+
+def _autocast(cuda: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+
+def _on_device(split: Split, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's images and labels moved to `device` once (not batch by batch)."""
+    x = split.x.to(device)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, split.y.to(device)
+
+
+def _augment_generator(device: torch.device, seed: int, rank: int) -> torch.Generator:
+    # Apart from the batch order's generator, which every DDP rank must share; each rank
+    # draws its own crops and flips.
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + 7_919 * (rank + 1)) % 2**63)
+
+
+def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices shifted past an edge, mirrored back as F.pad(mode="reflect") does (-1 -> 1, size -> size - 2)."""
+    i = i.abs()
+    return torch.where(i >= size, 2 * (size - 1) - i, i)
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per-image random crop with 4 px reflect padding (images >= 28 px) and horizontal flip
+    (colour images), batched: one gather on x's device, random draws from `gen` (on that device)."""
     n, c, h, w = x.shape
-    if h >= 28:  # random crop with 4 px padding
-        pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
-        i, j = torch.randint(0, 9, (2,), generator=gen).tolist()
-        x = pad[:, :, i:i + h, j:j + w]
-    if c == 3:  # flips would turn digits into other glyphs: colour images only
-        flip = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
+    crop, flip = h >= 28, c == 3  # flips would turn digits into other glyphs: colour images only
+    if not (crop or flip):
+        return x
+    dev = x.device
+    rows = torch.arange(h, device=dev).expand(n, h)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if crop:
+        shift = torch.randint(-4, 5, (2, n, 1), generator=gen, device=dev)
+        rows, cols = _reflect(rows + shift[0], h), _reflect(cols + shift[1], w)
+    if flip:
+        cols = torch.where(torch.rand(n, 1, generator=gen, device=dev) < 0.5, cols.flip(-1), cols)
+    index = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, h * w)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # Gather whole pixels in the NHWC layout; the result is channels_last again.
+        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        return pixels.gather(1, index[:, :, None].expand(n, h * w, c)).view(n, h, w, c).permute(0, 3, 1, 2)
+    return x.reshape(n, c, h * w).gather(2, index[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
 
 
-def _batches(split: Split, batch_size: int, gen: torch.Generator, rank: int, world_size: int
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled mini-batches; each rank takes every world_size-th batch."""
-    order = torch.randperm(len(split), generator=gen)
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, gen: torch.Generator, rank: int,
+             world_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled mini-batches of (x, y), indexed on their device with an order drawn
+    there from `gen` (no host round trip); each rank takes every world_size-th batch."""
+    order = torch.randperm(len(y), generator=gen, device=y.device)
     starts = range(0, len(order), batch_size)
     for b, start in enumerate(starts):
         if b % world_size == rank:
             idx = order[start:start + batch_size]
-            yield split.x[idx], split.y[idx]
+            yield x[idx], y[idx]
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
     model.eval()
     device = next(model.parameters()).device
-    correct = sum(
-        (model(split.x[s:s + batch_size].to(device)).argmax(-1).cpu() == split.y[s:s + batch_size]).sum().item()
-        for s in range(0, len(split), batch_size)
-    )
-    return correct / len(split)
+    x, y = split.x.to(device), split.y.to(device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for s in range(0, len(y), batch_size):  # counted on the device, read once
+        correct += (model(x[s:s + batch_size]).argmax(-1) == y[s:s + batch_size]).sum()
+    return int(correct) / len(y)
 
 
 def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
                  log: Log = print, log_every: int = 1, wrap: Wrap | None = None, rank: int = 0,
-                 world_size: int = 1) -> float:
+                 world_size: int = 1, on_epoch: Callable[[int, float, float], None] | None = None) -> float:
     """Train every parameter of `model` on data.train; returns its test accuracy.
 
     `wrap` (e.g. DistributedDataParallel) is applied to the model for the
     forward / backward passes; `rank` / `world_size` shard the batches.
+
+    The training split moves to the model's device once; batch order, crops and
+    flips are drawn there. Nothing is read back inside an epoch: the loss is
+    summed on the device and read when an epoch is logged (every `log_every`), or
+    every epoch when `on_epoch(epoch, mean loss, seconds)` is given. On CUDA the
+    forward pass runs under bf16 autocast with channels_last weights and inputs;
+    elsewhere it is float32 and a seed gives the same model.
     """
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    device, cuda = _fast_path(model)
+    x_train, y_train = _on_device(data.train, device, channels_last=cuda)
+    gen = torch.Generator(device=device).manual_seed(seed)  # batch order: the same on every rank
+    aug_gen = _augment_generator(device, seed, rank)
     net = wrap(model) if wrap else model
     opt = _optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size / world_size)
@@ -117,19 +174,27 @@ def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     for epoch in range(cfg.epochs):
         model.train()
-        t0, loss_sum, n = time.perf_counter(), 0.0, 0
-        for x, y in _batches(data.train, cfg.batch_size, gen, rank, world_size):
+        t0, loss_sum, n = time.perf_counter(), torch.zeros((), device=device), 0
+        for x, y in _batches(x_train, y_train, cfg.batch_size, gen, rank, world_size):
             if cfg.augment:
-                x = _augment(x, gen)
-            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+                x = _augment(x, aug_gen)
+            with _autocast(cuda):
+                loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
-        if (epoch + 1) % log_every == 0 or epoch + 1 == cfg.epochs:
-            log(f"source epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(n, 1):.4f}, "
-                f"val acc {100 * accuracy(model, data.val):.2f}% ({time.perf_counter() - t0:.1f}s)")
+            loss_sum += loss.detach() * len(y)
+            n += len(y)
+        logged = (epoch + 1) % log_every == 0 or epoch + 1 == cfg.epochs
+        if logged or on_epoch:
+            mean_loss = float(loss_sum) / max(n, 1)  # the epoch's one device sync
+            seconds = time.perf_counter() - t0
+            if on_epoch:
+                on_epoch(epoch, mean_loss, seconds)
+            if logged:
+                log(f"source epoch {epoch + 1}/{cfg.epochs}: loss {mean_loss:.4f}, "
+                    f"val acc {100 * accuracy(model, data.val):.2f}% ({seconds:.1f}s)")
     return accuracy(model, data.test)
 
 
@@ -142,12 +207,19 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
     statistics are frozen, so every snapshot pairs with the same buffers that
     evaluation later uses (the official code lets them drift and evaluates
     every snapshot with the last ones).
+
+    As in `train_source`, the split moves to the device once, the batch order is
+    drawn there, and on CUDA the forward pass runs under bf16 autocast with
+    channels_last. Snapshots stay on the device until all K are taken.
     """
-    gen = torch.Generator().manual_seed(seed + 1)
-    device = next(model.parameters()).device
+    device, cuda = _fast_path(model)
+    x_train, y_train = _on_device(data.train, device, channels_last=cuda)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
     subset.freeze_others(model)
     net = wrap(model) if wrap else model
     params = [p for p in model.parameters() if p.requires_grad]
+    named = dict(model.named_parameters())
+    subset_params = [named[n] for n in subset.names]  # subset.flatten's order, without its copy to the host
     opt = _optimizer(cfg.optimizer, params, cfg.lr, 0.0)
     snapshots: list[torch.Tensor] = []
     step = epoch = 0
@@ -155,13 +227,14 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
 
     def take(count: int) -> None:
         if count % cfg.interval == 0 and len(snapshots) < cfg.k:
-            snapshots.append(subset.flatten(model))
+            snapshots.append(torch.cat([p.detach().reshape(-1).float() for p in subset_params]))
             if len(snapshots) % max(1, cfg.k // 4) == 0:
                 log(f"collected {len(snapshots)}/{cfg.k} snapshots after {step} steps")
 
     while len(snapshots) < cfg.k:
-        for x, y in _batches(data.train, batch_size, gen, rank, world_size):
-            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+        for x, y in _batches(x_train, y_train, batch_size, gen, rank, world_size):
+            with _autocast(cuda):
+                loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -173,7 +246,7 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
         epoch += 1
         if cfg.unit == "epoch":
             take(epoch)
-    return torch.stack(snapshots)
+    return torch.stack(snapshots).cpu()
 
 
 def collect(arch_model: nn.Module, subset: ParameterSubset, data: Dataset, train: TrainConfig,

@@ -7,6 +7,8 @@ timestep (the v1 denoiser embeds only the first sample's t for the whole batch).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Collection
@@ -14,9 +16,9 @@ from typing import Callable, Collection
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["LDMConfig", "Schedule", "Denoiser", "LatentDiffusion", "train_diffusion", "SAMPLERS"]
+__all__ = ["LDMConfig", "Schedule", "Denoiser", "LatentDiffusion", "train_diffusion", "SAMPLERS",
+           "ddpm_step", "ddim_step", "ddim_timesteps", "sample_latents"]
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -31,20 +33,24 @@ class LDMConfig:
     lr: float = 1e-3
     batch_size: int = 64
     ema_decay: float = 0.999
+    amp: bool = False  # bf16 autocast for the training steps' forward pass (CUDA only; ignored elsewhere)
 
 
 class Schedule(nn.Module):
-    """Linear betas and the quantities DDPM / DDIM need, as buffers."""
+    """Linear betas and the quantities DDPM / DDIM need, as float32 buffers
+    (computed in float64). Notation of Ho et al. 2020: alpha_t = 1 - beta_t,
+    alpha_bar_t = prod_{s<=t} alpha_s (eq. 4), t = 0..T-1."""
 
     def __init__(self, timesteps: int, beta_start: float, beta_end: float):
         super().__init__()
         betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
         alpha_bar = torch.cumprod(1 - betas, 0)
-        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])  # alpha_bar_{t-1}; 1 at t=0
         for name, value in {
             "betas": betas,
             "alpha_bar": alpha_bar,
             "alpha_bar_prev": alpha_bar_prev,
+            # beta-tilde_t, the variance of q(x_{t-1} | x_t, x_0) (eq. 7); 0 at t=0.
             "posterior_var": betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
         }.items():
             self.register_buffer(name, value.float())
@@ -56,6 +62,56 @@ class Schedule(nn.Module):
     def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         ab = self.alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def ddpm_step(schedule: Schedule, x_t: torch.Tensor, t: int, eps: torch.Tensor,
+              noise: torch.Tensor | None) -> torch.Tensor:
+    """x_t -> x_{t-1}, ancestral (Ho et al. 2020, eq. 11 / Algorithm 2):
+    mean = (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_t), plus
+    sqrt(beta-tilde_t) * noise for t > 0 (sigma_t^2 = beta-tilde_t, eq. 7); `noise` is unused at t = 0."""
+    s = schedule
+    mean = (x_t - s.betas[t] / (1 - s.alpha_bar[t]).sqrt() * eps) / (1 - s.betas[t]).sqrt()
+    return mean + s.posterior_var[t].sqrt() * noise if t > 0 else mean
+
+
+def ddim_step(schedule: Schedule, x_t: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor) -> torch.Tensor:
+    """x_t -> x_{t_prev}, deterministic (Song et al. 2021, eq. 12 with eta = 0):
+    x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t),
+    x_{t_prev} = sqrt(alpha_bar_{t_prev}) x0 + sqrt(1 - alpha_bar_{t_prev}) eps; t_prev < 0 means alpha_bar = 1 (x0)."""
+    s = schedule
+    x0 = (x_t - (1 - s.alpha_bar[t]).sqrt() * eps) / s.alpha_bar[t].sqrt()
+    ab_prev = s.alpha_bar[t_prev] if t_prev >= 0 else s.alpha_bar.new_ones(())
+    return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+
+
+def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
+    """`steps` (at most) evenly spaced timesteps from T-1 down to 0, rounded, without repeats."""
+    return torch.linspace(timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
+
+
+def sample_latents(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: Schedule,
+                   shape: tuple[int, ...], *, sampler: str = "ddpm", steps: int | None = None,
+                   generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Run the reverse process from x_T ~ N(0, I) of `shape`; `eps_fn(x, t)` predicts the noise,
+    t a (n,) long tensor. DDPM uses all T steps; DDIM `steps` (default 50). Noise is drawn on
+    the CPU from `generator` and moved to `device` (default: the schedule's), so a seed gives
+    the same samples on any device."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
+    dev = schedule.betas.device if device is None else torch.device(device)
+    randn = lambda: torch.randn(shape, generator=generator).to(dev)  # noqa: E731
+    t_of = lambda t: torch.full((shape[0],), t, device=dev, dtype=torch.long)  # noqa: E731
+    x = randn()
+    if sampler == "ddpm":
+        for t in reversed(range(schedule.timesteps)):
+            eps = eps_fn(x, t_of(t))
+            x = ddpm_step(schedule, x, t, eps, randn() if t > 0 else None)
+    else:
+        ts = ddim_timesteps(schedule.timesteps, steps or 50)
+        for t, t_prev in zip(ts, ts[1:] + [-1]):
+            x = ddim_step(schedule, x, t, t_prev, eps_fn(x, t_of(t)))
+    return x
 
 
 def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -122,14 +178,33 @@ class Denoiser(nn.Module):
         return self.out(h).squeeze(1)[:, : self.latent_dim]
 
 
-def _ema_avg(decay: float):
-    # Warm-up as in lucidrains' EMA: early on the average follows the weights
-    # closely, so short CPU runs do not sample from a near-initial denoiser.
-    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
-        return d * averaged + (1 - d) * current
+class EMA(nn.Module):
+    """Exponential moving average of a module's parameters (`.module` is the averaged copy).
 
-    return avg
+    The first update copies the parameters; update n > 0 moves the average towards them
+    with decay min(decay, (1 + n) / (10 + n)): a warm-up as in lucidrains' EMA, so that
+    short CPU runs do not sample from a near-initial denoiser. The decay is computed on
+    the host from the update count and every parameter is updated in one fused
+    `torch._foreach_lerp_`, so an update never waits for the device (torch's
+    AveragedModel reads its device-side counter back at every update).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.n_averaged = 0  # updates so far, a host integer
+
+    def weight(self) -> float:
+        """The weight of the current parameters in the next update (1 - decay)."""
+        n = self.n_averaged
+        return 1.0 if n == 0 else 1.0 - min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()],
+                             self.weight())
+        self.n_averaged += 1
 
 
 class LatentDiffusion(nn.Module):
@@ -142,67 +217,69 @@ class LatentDiffusion(nn.Module):
         self.register_buffer("scale", (latents - latents.mean(0)).std().clamp(min=1e-8))
         self.schedule = Schedule(cfg.timesteps, cfg.beta_start, cfg.beta_end)
         self.denoiser = Denoiser(latents.shape[1], cfg.channels)
-        self.ema = AveragedModel(self.denoiser, avg_fn=_ema_avg(cfg.ema_decay))
+        self.ema = EMA(self.denoiser, cfg.ema_decay)
         self.losses: list[float] = []  # training loss per step
 
     def loss(self, latents: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """The epsilon-prediction loss on a batch of latents; timesteps and noise are drawn
+        on `gen`'s device (default: the latents'), so a generator there never syncs."""
         x0 = (latents - self.mean) / self.scale
-        t = torch.randint(0, self.schedule.timesteps, (len(x0),), generator=gen).to(x0.device)
-        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        on = x0.device if gen is None else gen.device
+        t = torch.randint(0, self.schedule.timesteps, (len(x0),), generator=gen, device=on).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen, device=on).to(x0.device)
         return F.mse_loss(self.denoiser(self.schedule.noised(x0, t, noise), t), noise)
 
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str = "ddpm", steps: int | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """n latents from the EMA denoiser. `steps` only applies to DDIM (default 50)."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
-        net, s = self.ema.module.eval(), self.schedule
-        dev = self.mean.device
-        randn = lambda: torch.randn((n, len(self.mean)), generator=generator).to(dev)  # noqa: E731
-        x = randn()
-        if sampler == "ddpm":
-            for t in reversed(range(s.timesteps)):
-                tt = torch.full((n,), t, device=dev, dtype=torch.long)
-                eps = net(x, tt)
-                mean = (x - s.betas[t] / (1 - s.alpha_bar[t]).sqrt() * eps) / (1 - s.betas[t]).sqrt()
-                x = mean + s.posterior_var[t].sqrt() * randn() if t > 0 else mean
-        else:
-            ts = torch.linspace(s.timesteps - 1, 0, steps or 50).round().long().unique_consecutive().tolist()
-            for i, t in enumerate(ts):
-                tt = torch.full((n,), t, device=dev, dtype=torch.long)
-                eps = net(x, tt)
-                x0 = (x - (1 - s.alpha_bar[t]).sqrt() * eps) / s.alpha_bar[t].sqrt()
-                ab_prev = s.alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=dev)
-                x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+        """n latents from the EMA denoiser, sampled in standardised space and mapped back.
+        `steps` only applies to DDIM (default 50)."""
+        x = sample_latents(self.ema.module.eval(), self.schedule, (n, len(self.mean)), sampler=sampler,
+                           steps=steps, generator=generator, device=self.mean.device)
         return x * self.scale + self.mean
 
 
 def train_diffusion(latents: torch.Tensor, cfg: LDMConfig = LDMConfig(), *, seed: int = 0,
                     on_step: Callable[[int, float], None] | None = None,
                     probe: Callable[[int, LatentDiffusion], None] | None = None,
-                    probe_steps: Collection[int] = ()) -> LatentDiffusion:
-    """Train the DDPM on clean latents (K, latent_dim).
+                    probe_steps: Collection[int] = (), on_step_every: int | None = None) -> LatentDiffusion:
+    """Train the DDPM on clean latents (K, latent_dim), on the latents' device.
 
-    `on_step(step, loss)` is called every step; `probe(step, ldm)` after the
-    steps in `probe_steps`, with the model (and its EMA) as trained so far.
+    A step reads nothing back from the device: batch indices, timesteps and noise
+    are drawn there from a generator seeded with `seed` (on the CPU the same draws
+    as a CPU generator), the EMA is one fused update, and the losses stay on the
+    device until training ends (then `ldm.losses`, floats). With `cfg.amp` on CUDA
+    the forward pass runs under bf16 autocast.
+
+    `on_step(step, loss)` is called every `on_step_every` steps and after the last
+    (default: every step on the CPU; every 100 steps on an accelerator, where
+    reading a loss waits for the device); `probe(step, ldm)` after the steps in
+    `probe_steps`, with the model (and its EMA) as trained so far.
     """
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    ldm = LatentDiffusion(latents, cfg).to(latents.device)
-    opt = torch.optim.AdamW(ldm.denoiser.parameters(), lr=cfg.lr, weight_decay=0.0)
+    device = latents.device
+    cuda = device.type == "cuda"
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ldm = LatentDiffusion(latents, cfg).to(device)
+    opt = torch.optim.AdamW(ldm.denoiser.parameters(), lr=cfg.lr, weight_decay=0.0, **({"fused": True} if cuda else {}))
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.amp and cuda else contextlib.nullcontext
+    every = on_step_every or (1 if device.type == "cpu" else 100)
+    batch = min(cfg.batch_size, len(latents))
+    losses = torch.empty(cfg.steps, device=device)
     ldm.denoiser.train()
     for step in range(cfg.steps):
-        idx = torch.randint(0, len(latents), (min(cfg.batch_size, len(latents)),), generator=gen)
-        loss = ldm.loss(latents[idx.to(latents.device)], gen)
+        idx = torch.randint(0, len(latents), (batch,), generator=gen, device=device)
+        with autocast():
+            loss = ldm.loss(latents[idx], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ldm.ema.update_parameters(ldm.denoiser)
-        ldm.losses.append(loss.item())
-        if on_step:
-            on_step(step, ldm.losses[-1])
+        ldm.ema.update(ldm.denoiser)
+        losses[step] = loss.detach()
+        if on_step and ((step + 1) % every == 0 or step + 1 == cfg.steps):
+            on_step(step, float(losses[step]))
         if probe and step in probe_steps:
             probe(step, ldm)
             ldm.denoiser.train()
+    ldm.losses = losses.tolist()
     return ldm

@@ -21,7 +21,13 @@ from torch.func import functional_call, vmap
 from .data import Dataset, Split
 from .subset import ParameterSubset
 
-__all__ = ["BatchedEvaluator", "Scores", "iou_matrix", "novelty", "summarize"]
+__all__ = ["BatchedEvaluator", "Scores", "COLLAPSE_IOU", "COLLAPSE_SPREAD", "family_stats", "iou_matrix",
+           "novelty", "spread", "summarize"]
+
+# A family of models is collapsed (N copies of one model) when its members make the
+# same mistakes or barely differ in parameter space compared with the snapshots.
+COLLAPSE_IOU = 0.99  # mean pairwise IoU of wrong-prediction sets at or above this
+COLLAPSE_SPREAD = 0.05  # spread relative to the snapshots' below this
 
 
 def _chain(module: nn.Module, qualname: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -146,3 +152,25 @@ def summarize(scores: Scores) -> dict[str, float]:
         "mean_acc": float(test.mean()),
         "median_acc": float(test.median()),
     }
+
+
+def spread(vectors: torch.Tensor) -> float:
+    """RMS L2 distance of a family's vectors to their centroid."""
+    v = vectors.double()
+    return float((v - v.mean(0)).pow(2).sum(1).mean().sqrt())
+
+
+def family_stats(vectors: torch.Tensor, wrong: torch.Tensor, snapshots: torch.Tensor) -> dict[str, float]:
+    """Collapse signals of a family of N models (generated, a baseline, or the snapshots themselves).
+
+    `pairwise_iou`: mean IoU of the wrong-prediction sets over distinct pairs (1 = all alike);
+    `distinct_sets`: how many different wrong-prediction sets the N models have;
+    `spread_ratio`: the family's spread over the snapshots' (1 for the snapshots);
+    `collapsed`: pairwise IoU >= COLLAPSE_IOU or spread ratio < COLLAPSE_SPREAD.
+    """
+    n = len(wrong)
+    iou = iou_matrix(wrong, wrong)
+    pairwise = float((iou.sum() - iou.diagonal().sum()) / (n * (n - 1))) if n > 1 else 1.0
+    ratio = spread(vectors) / max(spread(snapshots), 1e-30)
+    return {"pairwise_iou": pairwise, "distinct_sets": int(torch.unique(wrong, dim=0).shape[0]),
+            "spread_ratio": ratio, "collapsed": bool(pairwise >= COLLAPSE_IOU or ratio < COLLAPSE_SPREAD)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -12,7 +13,7 @@ from .autoencoder import AEConfig, train_autoencoder
 from .baselines import BASELINES
 from .data import Dataset
 from .diffusion import SAMPLERS, LDMConfig, train_diffusion
-from .evaluate import BatchedEvaluator, Scores, novelty, summarize
+from .evaluate import BatchedEvaluator, Scores, family_stats, novelty, summarize
 
 __all__ = ["PdiffConfig", "Assessment", "PdiffRun", "Diverged", "assess", "run_pdiff", "run_baselines",
            "replace_knobs", "KNOBS"]
@@ -29,6 +30,7 @@ class Diverged(RuntimeError):
 KNOBS = {
     "latent_dim": ("ae", "latent_dim"), "input_noise": ("ae", "input_noise"),
     "latent_noise": ("ae", "latent_noise"), "ae_steps": ("ae", "steps"), "ae_lr": ("ae", "lr"),
+    "ae_min_r2": ("ae", "min_r2"), "normalize": ("ae", "normalize"), "ae_token_size": ("ae", "token_size"),
     "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
     "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
     "ae_channels": ("ae", "channels"), "ldm_channels": ("ldm", "channels"),
@@ -67,13 +69,13 @@ class PdiffConfig:
 
 @dataclass
 class Assessment:
-    """A set of parameter vectors, scored and compared with the training snapshots."""
+    """A family of parameter vectors, scored and compared with the training snapshots."""
 
     vectors: torch.Tensor
     scores: Scores
     max_iou: torch.Tensor  # (N,) max IoU of wrong-prediction sets to any snapshot
     nearest_l2: torch.Tensor  # (N,) distance to the nearest snapshot
-    summary: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)  # accuracies, novelty and collapse signals
 
 
 @dataclass
@@ -82,13 +84,17 @@ class PdiffRun:
     ae_loss: float
     ldm_loss: float
     seconds: dict[str, float]
+    ae_steps: int = 0  # steps the autoencoder took to reach its quality (or its bound)
+    ae_r2: float = float("nan")  # reconstruction R2 it reached
+    ae_converged: bool = False  # reached min_r2 and the accuracy check within ae_steps
 
 
 def assess(evaluator: BatchedEvaluator, data: Dataset, vectors: torch.Tensor,
            snapshots: torch.Tensor, snapshot_scores: Scores) -> Assessment:
     scores = evaluator.score(vectors, data)
     max_iou, nearest_l2 = novelty(vectors, scores, snapshots, snapshot_scores)
-    summary = summarize(scores) | {"mean_max_iou": float(max_iou.mean())}
+    summary = (summarize(scores) | {"mean_max_iou": float(max_iou.mean())}
+               | family_stats(vectors, scores.test_wrong, snapshots))
     return Assessment(vectors, scores, max_iou, nearest_l2, summary)
 
 
@@ -96,53 +102,71 @@ def _tail_mean(losses: list[float], n: int = 20) -> float:
     return float(sum(losses[-n:]) / max(1, len(losses[-n:])))
 
 
+def _finite(losses: list[float], what: str) -> None:
+    bad = next((i for i, x in enumerate(losses) if not math.isfinite(x)), None)
+    if bad is not None:
+        raise Diverged(f"{what} loss went non-finite at step {bad} ({losses[bad]})")
+
+
 def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset, snapshot_scores: Scores,
               cfg: PdiffConfig = PdiffConfig(), *, seed: int = 0, device: torch.device | str = "cpu",
               on_step: Callable[[str, int, float], None] | None = None, probes: int = 0,
-              on_probe: Callable[[str, int, float], None] | None = None) -> PdiffRun:
+              on_probe: Callable[[str, int, float], None] | None = None,
+              acc_tolerance: float = 0.3) -> PdiffRun:
     """Train the autoencoder and the latent DDPM on `snapshots`, generate and score N vectors.
 
-    `on_step(phase, step, loss)` sees every training step of phase "ae" and "ldm".
-    With `probes` > 0, `on_probe(phase, step, val_acc)` is called at that many
-    evenly spaced steps of each phase with the mean validation accuracy of what
-    the model would produce then: reconstructed snapshots during "ae", decoded
-    quick DDIM samples during "ldm". It is a learning curve for early stopping
-    on the same scale as the final objective, and never looks at the test split.
+    The autoencoder trains until its reconstructions of the snapshots reach R2
+    `cfg.ae.min_r2` and their mean validation accuracy is no more than
+    `acc_tolerance` points below the snapshots' (never the test split), or until
+    `cfg.ae.steps`. Raises `Diverged` when a loss or a generated vector is non-finite.
+
+    `on_step(phase, step, loss)` sees training progress of phase "ae" and "ldm".
+    With `probes` > 0, `on_probe(phase, step, val_acc)` is called once after the
+    autoencoder (reconstructed snapshots) and at `probes` evenly spaced LDM steps
+    (decoded quick DDIM samples), with the mean validation accuracy of what the
+    model would produce then: a learning curve for early stopping on the same
+    scale as the final objective, never looking at the test split.
     """
     seconds = {}
     probe_gen = torch.Generator().manual_seed(seed + 3)
-    probe_val = lambda vectors: float((evaluator.predictions(vectors, data.val) == data.val.y).float().mean())  # noqa: E731
-
-    def steps_of(total: int) -> set[int]:
-        return {round(total * (i + 1) / (probes + 1)) - 1 for i in range(probes)} if on_probe else set()
+    val_acc = lambda vectors: float((evaluator.predictions(vectors, data.val) == data.val.y).float().mean())  # noqa: E731
+    target = float(snapshot_scores.val_acc.mean()) - acc_tolerance / 100
 
     t0 = time.perf_counter()
     ae = train_autoencoder(
-        snapshots, cfg.ae, seed=seed, device=device,
-        on_step=on_step and (lambda s, l: on_step("ae", s, l)),
-        probe=lambda s, trained: on_probe("ae", s, probe_val(trained.decode(trained.encode(snapshots[:16])))),
-        probe_steps=steps_of(cfg.ae.steps))
+        snapshots, cfg.ae, seed=seed, device=device, segments=evaluator.subset.sizes,
+        accept=lambda recon: bool(torch.isfinite(recon).all()) and val_acc(recon) >= target,
+        on_step=on_step and (lambda s, l: on_step("ae", s, l)))
+    _finite(ae.losses, "autoencoder")
+    if on_probe:
+        on_probe("ae", ae.steps, val_acc(ae.reconstruct(snapshots[:16])))
     seconds["ae"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     latents = ae.encode(snapshots)
+    probe_steps = {round(cfg.ldm.steps * (i + 1) / (probes + 1)) - 1 for i in range(probes)} if on_probe else set()
     ldm = train_diffusion(
         latents, cfg.ldm, seed=seed,
         on_step=on_step and (lambda s, l: on_step("ldm", s, l)),
-        probe=lambda s, m: on_probe("ldm", s, probe_val(ae.decode(
+        probe=lambda s, m: on_probe("ldm", s, val_acc(ae.decode(
             m.sample(16, sampler="ddim", steps=10, generator=probe_gen)))),
-        probe_steps=steps_of(cfg.ldm.steps))
+        probe_steps=probe_steps)
+    _finite(ldm.losses, "latent diffusion")
     seconds["ldm"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed + 2)
     vectors = ae.decode(ldm.sample(cfg.n_generated, sampler=cfg.sampler, steps=cfg.sample_steps, generator=gen))
+    if not torch.isfinite(vectors).all():
+        raise Diverged(f"{int((~torch.isfinite(vectors).all(1)).sum())} of {len(vectors)} generated vectors "
+                       f"are non-finite")
     seconds["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     generated = assess(evaluator, data, vectors, snapshots, snapshot_scores)
     seconds["evaluate"] = time.perf_counter() - t0
-    return PdiffRun(generated, _tail_mean(ae.losses), _tail_mean(ldm.losses), seconds)
+    return PdiffRun(generated, _tail_mean(ae.losses), _tail_mean(ldm.losses), seconds,
+                    ae.steps, ae.r2, ae.converged)
 
 
 def run_baselines(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset, snapshot_scores: Scores,

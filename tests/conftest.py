@@ -24,7 +24,7 @@ torch.set_num_threads(int(os.environ.get("PDIFF_TEST_THREADS", "1")))
 TINY_TRAIN = dict(epochs=10, batch_size=64, lr=0.05)
 TINY_COLLECT = dict(k=32, interval=2, lr=0.05)
 TINY_KNOBS = dict(
-    latent_dim=32, ae_channels=(16, 32, 64, 64), ae_steps=300,
+    latent_dim=32, ae_channels=(32, 64, 64), ae_steps=2000,  # ae_steps: the bound; it stops on quality
     ldm_channels=(32, 64), ldm_steps=150, n_generated=12, sampler="ddim", sample_steps=20,
 )
 

@@ -144,3 +144,143 @@ def test_bad_sql_exits_2_with_duckdbs_message(finished_sweep, sql, message):
 def test_not_a_sweep_exits_2(tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "SELECT 1"]) == 2
     assert "no sweep tables" in capsys.readouterr().err
+
+
+# -- read-only: hostile SQL, and one damaged file -------------------------------------------------
+
+
+def _copy(store: Store, where: Path, parts=TABLES) -> Store:
+    """A copy of the sweep's tables (the shared sweep stays untouched whatever a test does)."""
+    import shutil
+
+    for part in parts:
+        if Path(store.path(part)).is_dir():
+            shutil.copytree(store.path(part), where / store.sweep / part)
+    return Store(str(where), store.sweep)
+
+
+def _listing(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _one_line_error(err: str) -> str:
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def copied(finished_sweep, tmp_path) -> Store:
+    return _copy(finished_sweep, tmp_path / "results")
+
+
+def test_copy_into_the_trials_table_is_refused(copied, tmp_path, capsys):
+    cell = sorted(copied.read("trials", columns=["cell_id"]).column("cell_id").to_pylist())[0]
+    evil = Path(copied.path("trials", cell, "evil.parquet"))
+    n = copied.read("trials", columns=["cell_id"]).num_rows
+    before = _listing(tmp_path)
+    sql = f"COPY (SELECT * REPLACE ('fake' AS trial_id) FROM trials LIMIT 1) TO '{evil}' (FORMAT parquet)"
+    assert main([copied.root, sql]) == 2
+    out = capsys.readouterr()
+    assert "COPY refused" in _one_line_error(out.err) and out.out == ""
+    assert not evil.exists() and _listing(tmp_path) == before
+    assert main([copied.root, "SELECT count(*) AS n FROM trials", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": n}]
+
+
+def test_attach_creates_no_file(copied, tmp_path, capsys):
+    before = _listing(tmp_path)
+    for target in (Path(copied.root) / "evil.db", tmp_path / "evil.db"):
+        assert main([copied.root, f"ATTACH '{target}' AS evil"]) == 2
+        assert "ATTACH refused" in _one_line_error(capsys.readouterr().err)
+        assert not target.exists()
+    assert _listing(tmp_path) == before
+
+
+def test_files_outside_the_tables_cannot_be_read(copied, capsys):
+    for sql in ["SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM read_text('/etc/passwd')",
+                "SELECT * FROM glob('/etc/*')"]:
+        assert main([copied.root, sql]) == 2, sql
+        out = capsys.readouterr()
+        assert "/etc/" in _one_line_error(out.err) and "root:" not in out.out + out.err, sql
+    # The tables' own files stay readable by path.
+    f = copied.files("trials")[0]
+    assert main([copied.root, f"SELECT count(*) AS n FROM read_parquet('{f}')", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["n"] >= 1
+
+
+@pytest.mark.parametrize("sql", [
+    "INSTALL httpfs", "LOAD httpfs", "EXPORT DATABASE '{root}/exported'", "IMPORT DATABASE '{root}'",
+    "CREATE TABLE t AS SELECT 1", "INSERT INTO trials (trial_id) VALUES ('x')", "UPDATE trials SET val_acc = 0",
+    "DELETE FROM trials", "DROP VIEW trials", "ALTER VIEW trials RENAME TO t", "DETACH memory",
+    "SET enable_external_access = true", "RESET lock_configuration", "PRAGMA enable_profiling",
+    "CALL pragma_version()", "EXPLAIN ANALYZE COPY trials TO '{root}/e.csv'", "PIVOT trials ON status",
+    "SELECT * FROM query('COPY trials TO ''{root}/q.csv''')",
+])
+def test_anything_but_a_select_is_refused(copied, tmp_path, capsys, sql):
+    before = _listing(tmp_path)
+    assert main([copied.root, sql.format(root=copied.root)]) == 2
+    out = capsys.readouterr()
+    if sql.startswith("SELECT"):  # refused by DuckDB itself (query() runs only a SELECT), in its own words
+        assert out.err.startswith("error: ") and "Traceback" not in out.err
+    else:
+        assert "refused" in _one_line_error(out.err)
+    assert out.out == "" and _listing(tmp_path) == before
+
+
+def test_the_locked_connection_refuses_writes_even_past_the_parser(copied, tmp_path):
+    """Defence in depth: the connection itself, once locked, writes nowhere and reads only the tables."""
+    from orchestrator.query import _read_only
+    from orchestrator.summary import open_views
+
+    con, corrupt = open_views(copied)
+    assert not corrupt
+    _read_only(con, copied, str(tmp_path / "spill"))
+    n = con.execute("SELECT count(*) FROM trials").fetchone()[0]
+    before = _listing(Path(copied.root))
+    for sql in [f"COPY trials TO '{copied.root}/trials/evil.parquet'", f"ATTACH '{copied.root}/evil.db'",
+                f"EXPORT DATABASE '{copied.root}/exported'", "SELECT * FROM read_csv('/etc/passwd')",
+                "SET enable_external_access = true", "SET allowed_directories = ['/']", "LOAD httpfs"]:
+        with pytest.raises(duckdb.Error):
+            con.execute(sql).fetchall()
+    assert con.execute("SELECT count(*) FROM trials").fetchone()[0] == n
+    assert _listing(Path(copied.root)) == before
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "-- only a comment", ";", " ; ; "])
+def test_empty_sql_is_one_line_error(copied, capsys, sql):
+    assert main([copied.root, sql]) == 2
+    out = capsys.readouterr()
+    assert "empty SQL" in _one_line_error(out.err) and out.out == ""
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1; SELECT 2", "SELECT count(*) FROM trials; DROP VIEW trials"])
+def test_two_statements_are_refused(copied, capsys, sql):
+    assert main([copied.root, sql]) == 2
+    out = capsys.readouterr()
+    assert "exactly one statement" in _one_line_error(out.err) and out.out == ""
+
+
+@pytest.mark.parametrize("sql", ["SELECT count(*) AS n FROM trials", "FROM trials SELECT count(*) AS n",
+                                 "WITH t AS (SELECT * FROM trials) SELECT count(*) AS n FROM t"])
+def test_a_select_still_works(copied, capsys, sql):
+    assert main([copied.root, sql, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": copied.read("trials", columns=["cell_id"]).num_rows}]
+    assert main([copied.root, "DESCRIBE trials"]) == 0
+    assert "status" in capsys.readouterr().out
+
+
+def test_a_truncated_file_fails_only_the_queries_that_read_its_table(copied, capsys):
+    bad = Path(copied.files("generated")[0])
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    for table in ("sources", "trials", "checkpoints", "baselines"):
+        assert main([copied.root, f"SELECT count(*) AS n FROM {table}", "--format", "json"]) == 0, table
+        assert json.loads(capsys.readouterr().out)[0]["n"] > 0
+    for sql in ["SELECT count(*) FROM generated", "SELECT * FROM trials JOIN generated USING (cell_id, trial_id)",
+                "SELECT (SELECT max(test_acc) FROM generated)", "SELECT * FROM query_table('generated')"]:
+        assert main([copied.root, sql]) == 2, sql
+        out = capsys.readouterr()
+        assert str(bad) in _one_line_error(out.err) and out.out == "", sql
+    proc = _cli(copied, "SELECT count(*) FROM generated")  # the command line too: one line, no traceback
+    assert proc.returncode == 2 and str(bad) in _one_line_error(proc.stderr)

@@ -242,6 +242,85 @@ def test_results_dir_parsing(tmp_path):
     assert main([str(tmp_path / "nothing")]) == 2
 
 
+# -- damaged files and failed trials ------------------------------------------------------------
+
+
+def _copy_sweep(store: Store, where: Path) -> Store:
+    """A copy of the sweep (tables and source models); copy2 keeps the trials' modification times."""
+    for part in [*TABLES, "models"]:
+        if os.path.isdir(store.path(part)):
+            shutil.copytree(store.path(part), where / store.sweep / part)
+    return Store(str(where), store.sweep)
+
+
+def test_report_of_a_truncated_file_is_one_line_naming_it(finished_sweep, tmp_path):
+    copy = _copy_sweep(finished_sweep, tmp_path / "results")
+    bad = Path(copy.files("generated")[-1])
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.report", copy.root, "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_failed_trials_are_left_out_and_counted(finished_sweep, tmp_path):
+    """A failed trial (status 'failed', a reason, NaN metrics, NaN vectors) changes no number and no figure's
+    input; the summary counts it and a note gives its reason."""
+    copy = _copy_sweep(finished_sweep, tmp_path / "results")
+    before, _, _ = summary_table(copy)
+    cell = before.cell_id.iloc[0]
+    nan = float("nan")
+    # Written as the failing trial would be: the cell's own spec hash, the knobs it tried.
+    spec_hash = copy.read_pandas("trials", cell).spec_hash.iloc[0]
+    failed = Store(copy.storage, copy.sweep, spec_hash)
+    failed.write("trials", cell, "tfailed", [{
+        "trial_id": "tfailed", "search_hash": "x", "status": "failed", "reason": "ae_loss is nan at step 7",
+        "val_acc": nan, "selected_acc": nan, "best_test_acc": nan, "mean_acc": nan, "median_acc": nan,
+        "novelty": nan, "val_novelty": nan, "ae_loss": nan, "ldm_loss": nan, "latent_noise": 30.0,
+        "latent_dim": 16}])
+    width = len(copy.read_pandas("generated", cell).params.iloc[0])
+    failed.write("generated", cell, "tfailed", [
+        {"trial_id": "tfailed", "index": i, "val_acc": nan, "test_acc": nan, "max_iou_to_train": nan,
+         "nearest_l2": nan, "params": [nan] * width} for i in range(4)])
+
+    after, _, _ = summary_table(copy)
+    assert list(after.failed_trials) == [1 if c == cell else 0 for c in after.cell_id]
+    assert list(before.failed_trials) == [0] * len(before)
+    pd.testing.assert_frame_equal(after.drop(columns=["failed_trials"]), before.drop(columns=["failed_trials"]))
+    assert summary(copy).set_index("cell_id").failed_trials[cell] == 1
+
+    cells = load_cells(copy, dict(zip(after.cell_id, after.best_trial)), predictions=False)
+    assert all("tfailed" not in set(c.generated.trial_id) for c in cells)
+
+    index = write_report(copy, tmp_path / "report")
+    md = (index.parent / "summary.md").read_text()
+    assert "1 failed trial(s)" in md and "ae_loss is nan at step 7" in md
+    assert pd.read_csv(index.parent / "summary.csv").failed_trials.tolist() == after.failed_trials.tolist()
+    for name in FIGURES:
+        assert (index.parent / name).read_bytes()[:8] == PNG_SIGNATURE, name
+
+
+def test_tsne_skips_non_finite_vectors(tmp_path):
+    import matplotlib.image
+
+    from orchestrator.figures import CellData, tsne_figure
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 6)).astype(np.float32)
+    generated = [{"trial_id": "t", "index": i, "val_acc": 0.9, "test_acc": 0.9, "max_iou_to_train": 0.5,
+                  "params": v} for i, v in enumerate(rng.normal(size=(6, 6)).astype(np.float32))]
+    generated[1]["params"] = np.full(6, np.nan, np.float32)
+    generated[2]["params"] = np.array([np.inf] + [0.0] * 5, np.float32)
+    cell = CellData(cell_id="c", arch="mlp", dataset="digits", seed=0, best_trial="t", snapshots=vectors,
+                    snapshot_rows=pd.DataFrame({"index": range(12)}), generated=pd.DataFrame(generated),
+                    baselines=pd.DataFrame(columns=["method", "index", "test_acc", "max_iou_to_train", "params"]))
+    path = tsne_figure([cell], tmp_path / "tsne.png")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert matplotlib.image.imread(path)[..., :3].std() > 0.01
+
+
 # -- in a real browser --------------------------------------------------------
 
 

@@ -145,7 +145,6 @@ ERRORS = [
     ("collect-k-zero", {"sources.collect.k": 0}, "sources.collect.k", "> 0"),
     ("collect-k-negative", {"sources.collect.k": -5}, "sources.collect.k", "> 0"),
     ("epochs-zero", {"sources.train.epochs": 0}, "sources.train.epochs", "> 0"),
-    ("num-samples-without-search", {"pdiff.knobs": {"ae_steps": 100}}, "pdiff.knobs", "no knob is searched"),
     ("early-stopping-two-objectives", {"pdiff.objective": ["accuracy", "novelty"],
                                        "pdiff.early_stopping": {"grace_period": 2}},
      "pdiff.early_stopping", "single objective"),

@@ -63,6 +63,15 @@ def test_tables_complete_and_consistent(finished):
         assert knob in trials.columns
     assert set(trials.latent_dim) <= {16, 32} and trials.latent_noise.between(0.01, 0.3).all()
     assert (trials.ae_steps == 40).all()
+    # The autoencoder's stopping rule and the family's collapse signals are stored per trial.
+    assert trials.ae_steps_taken.between(1, 40).all() and trials.ae_r2.le(1).all()
+    assert (~trials.ae_converged | (trials.ae_r2 >= 0.95)).all()  # converged: R2 reached (and accuracy kept)
+    assert trials.pairwise_iou.between(0, 1).all() and trials.distinct_sets.between(1, N).all()
+    assert (trials.spread_ratio > 0).all()
+    assert (trials.collapsed == ((trials.pairwise_iou >= 0.99) | (trials.spread_ratio < 0.05))).all()
+    for _, cell_trials in trials.groupby("cell_id"):
+        assert sorted(cell_trials.trial_index) == list(range(TRIALS))
+    assert sources.snapshot_pairwise_iou.between(0, 1).all() and (sources.snapshot_distinct_sets >= 1).all()
 
     # Accuracies in range and far above chance (10 classes) on digits.
     for frame in (checkpoints, generated, baselines):
@@ -152,3 +161,40 @@ def test_kill_during_stage_two_then_resume(tiny_spec, finished, tmp_path):
     generated = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
     assert trials.trial_id.is_unique and not generated.duplicated().any()
     assert set(generated.trial_id) == set(trials.trial_id)
+
+
+def test_fixed_knob_spec_runs_repeats_with_distinct_ids(tmp_path):
+    """A spec that searches nothing runs `num_samples` repeats of its one configuration, each a trial of
+    its own (own id, own seed, own files); the dry run says so."""
+    import copy
+
+    import yaml
+
+    from orchestrator.tables import Store
+    from orchestrator.tuning import trial_id_of
+    from tiny_sweep import TINY, run_sweep
+
+    spec = copy.deepcopy(TINY)
+    spec["name"] = "fixed"
+    spec["sources"]["archs"] = ["mlp"]
+    spec["pdiff"]["knobs"] |= {"latent_noise": 0.1, "latent_dim": 16}
+    spec["pdiff"]["objective"] = ["accuracy"]
+    spec["pdiff"]["num_samples"] = 2
+    spec["pdiff"]["baselines"] = False
+    path = tmp_path / "fixed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    dry = run_sweep(path, tmp_path / "results", "--dry-run")
+    assert "2 repeat(s) per cell of one fixed configuration" in dry.stdout
+    run_sweep(path, tmp_path / "results")
+    store = Store(str(tmp_path / "results"), "fixed")
+    trials = store.read_pandas("trials")
+    assert len(trials) == 2 and trials.trial_id.is_unique and (trials.status == "completed").all()
+    assert sorted(trials.trial_index) == [0, 1]
+    generated = store.read_pandas("generated")
+    assert len(generated) == 2 * N
+    first, second = (generated[generated.trial_id == t].sort_values("index") for t in trials.trial_id)
+    assert list(first.params.iloc[0]) != list(second.params.iloc[0])  # distinct seeds, distinct samples
+    # Equal knob values with another index are another trial.
+    knobs = {"latent_dim": 16}
+    assert trial_id_of("c", knobs, 0) != trial_id_of("c", knobs, 1)
+    assert trial_id_of("c", knobs, 0) == trial_id_of("c", dict(knobs), 0)

@@ -238,6 +238,7 @@ def test_delete_all_removes_only_this_sweep(tmp_path):
     mine.write("trials", "c", "t", rows_for("trials", 1))
     mine.write_bytes("models/c/source.pt", b"x")
     other.write("trials", "c", "t", rows_for("trials", 1))
+    mine.write_marker()  # --restart deletes only a folder that carries its sweep's marker
     mine.delete_all()
     assert not (tmp_path / "results" / "mine").exists()
     assert mine.read("trials").num_rows == 0
@@ -286,6 +287,7 @@ def test_a_non_local_filesystem():
         sink.write(b"garbage")
     with pytest.raises(CorruptTable, match="bad.parquet"):
         store.check()
+    store.write_marker()
     store.delete_all()
     assert store.files("trials") == []
     assert store.fs.get_file_info(store.root).type == pafs.FileType.NotFound

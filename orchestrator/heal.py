@@ -1,0 +1,189 @@
+"""Self-healing tables: before stage 1, reconcile what each table should hold with what it holds.
+
+Run on every (non-dry) run of a sweep, before any work:
+
+- An unreadable Parquet file anywhere in a table is moved to `<sweep>/quarantine/`
+  (never deleted), with a line saying so; whatever it held is rebuilt below.
+- A cell of the spec whose `sources` row is there but whose `checkpoints` rows
+  (K of them) or model files (`models/<cell>.pt`, `models/<cell>.snapshot_scores.pt`)
+  are missing or corrupt is rebuilt from stage 1: its `sources` row (the commit
+  marker) goes to quarantine, so stage 1 re-runs the cell.
+- A cell about to be re-run by stage 1 has its trials, generated and baselines
+  files moved to quarantine: they were built from the old snapshots.
+- A completed trial whose `generated` rows are missing (or not N of them) is
+  re-run: its `trials` row (its commit marker) goes to quarantine.
+- A baselines file with the wrong number of rows goes to quarantine and is re-run;
+  a missing one is re-run anyway (stage 2 runs every cell without one).
+
+Cells not in the spec (an earlier version of it) are left alone, except that
+their unreadable files are quarantined too (one such file breaks every read of
+its table).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pdiff.baselines import BASELINES
+
+from .spec import SweepSpec
+from .tables import TABLES, Store
+
+__all__ = ["reconcile"]
+
+_DEPENDENTS = ("trials", "generated", "baselines")  # built from a cell's snapshots
+
+
+def _rows(store: Store, path: str) -> int | None:
+    """Rows in a Parquet file per its footer; None when it cannot be read."""
+    try:
+        return pq.read_metadata(path, filesystem=store.fs).num_rows
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+
+
+def _read(store: Store, path: str) -> list[dict] | None:
+    """A small file's rows; None when its data (past the footer) cannot be read."""
+    try:
+        return pq.read_table(path, filesystem=store.fs).to_pylist()
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[1].removesuffix(".parquet")
+
+
+def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print) -> list[str]:
+    """Quarantine what is corrupt or stale so that the stages rebuild it; returns the lines said."""
+    from .sources import model_file_problems
+
+    said: list[str] = []
+
+    def tell(line: str) -> None:
+        said.append(line)
+        say(line)
+
+    def move(path: str, reason: str) -> None:
+        store.quarantine(path, reason)
+
+    rel = lambda path: path[len(store.root) + 1:]  # noqa: E731
+
+    # 1. Unreadable files, every table, every cell.
+    rows: dict[str, dict[str, int]] = {t: {} for t in TABLES}  # table -> path -> rows
+    lost_trials: set[str] = set()  # trials files quarantined here: their generated files go too
+    ours = {c.cell_id for c in spec.cells}
+
+    def unreadable(table: str, path: str) -> None:
+        target = store.quarantine(path, "not a readable Parquet file")
+        rows[table].pop(path, None)
+        cell_id = path[len(store.path(table)) + 1:].split("/", 1)[0]
+        tell(f"heal: {rel(path)} is not a readable Parquet file: moved to {rel(target)}"
+             + ("; its rows are rebuilt" if cell_id in ours else " (a cell no longer in the spec: not rebuilt)"))
+        if table == "trials":
+            lost_trials.add(path)
+
+    for table in TABLES:
+        for path in store.files(table):
+            n = _rows(store, path)
+            if n is None:
+                unreadable(table, path)
+            else:
+                rows[table][path] = n
+
+    def cell_files(table: str, cell_id: str) -> dict[str, int]:
+        prefix = store.path(table, cell_id) + "/"
+        return {p: n for p, n in rows[table].items() if p.startswith(prefix)}
+
+    per_method = spec.pdiff_config({}).n_generated
+    for cell in spec.cells:
+        cid = cell.cell_id
+        sources = cell_files("sources", cid)
+        source = None
+        if sources:
+            path = next(iter(sources))
+            read = _read(store, path)
+            if read is None:
+                unreadable("sources", path)
+                sources = {}
+            elif len(read) == 1 and len(sources) == 1:
+                source = read[0]
+
+        # 2. A finished cell's snapshots and model files.
+        if source is not None:
+            problems = []
+            k = int(source.get("k") or cell.collect.k)
+            have = sum(cell_files("checkpoints", cid).values())
+            if have != k:
+                problems.append(f"checkpoints hold {have} of {k} rows")
+            model_problems = model_file_problems(store, cid)
+            problems += [f"{relpath} {what}" for relpath, what in model_problems.items()]
+            if problems:
+                why = "; ".join(problems)
+                tell(f"heal: cell {cid}: {why}: rebuilding it from stage 1")
+                for path in sources:
+                    move(path, f"cell rebuilt from stage 1: {why}")
+                for path in cell_files("checkpoints", cid):
+                    move(path, f"cell rebuilt from stage 1: {why}")
+                for relpath, what in model_problems.items():
+                    if what != "missing":
+                        move(store.path(relpath), f"{what}; cell rebuilt from stage 1")
+                source = None
+        elif sources:  # a sources file with other than one row
+            for path in sources:
+                move(path, "sources file with other than one row")
+            tell(f"heal: cell {cid}: its sources file does not hold one row: rebuilding it from stage 1")
+
+        # 3. Work built from the snapshots of a cell that stage 1 will (re)train is stale.
+        if source is None:
+            stale = [p for t in _DEPENDENTS for p in cell_files(t, cid)]
+            if stale:
+                tell(f"heal: cell {cid}: stage 1 will train it again, so its {len(stale)} trials / generated / "
+                     f"baselines files (built from the old snapshots) go to quarantine and are rebuilt")
+                for path in stale:
+                    move(path, "built from the snapshots of a source that is being rebuilt")
+            continue
+
+        # 4. Completed trials need their generated rows.
+        generated = cell_files("generated", cid)
+        for path in lost_trials:
+            gen_path = path.replace(store.path("trials") + "/", store.path("generated") + "/", 1)
+            if gen_path in generated:
+                move(gen_path, "its trials row was unreadable: the trial is run again")
+        for path, n in cell_files("trials", cid).items():
+            tid = _name(path)
+            gen_path = store.path("generated", cid, f"{tid}.parquet")
+            read = _read(store, path) if n == 1 else None
+            if n == 1 and read is None:
+                unreadable("trials", path)
+                if gen_path in generated:
+                    move(gen_path, "its trials row was unreadable: the trial is run again")
+                continue
+            if n != 1:
+                why = f"its trials file holds {n} rows"
+            else:
+                row = read[0]
+                if row.get("status") != "completed":
+                    continue
+                want = row.get("n_generated") or per_method
+                got = generated.get(gen_path)
+                if got == want:
+                    continue
+                why = "no generated file" if got is None else f"generated holds {got} of {want} rows"
+            tell(f"heal: trial {tid} of cell {cid}: {why}: its trials row goes to quarantine and a new "
+                 f"trial takes its place")
+            move(path, f"trial re-run: {why}")
+            if gen_path in generated:
+                move(gen_path, f"trial re-run: {why}")
+
+        # 5. Baselines: all methods, N each, in one file.
+        if spec.baselines:
+            want = len(BASELINES) * per_method
+            for path, n in cell_files("baselines", cid).items():
+                if n != want:
+                    tell(f"heal: baselines of cell {cid}: {n} of {want} rows: running them again")
+                    move(path, f"baselines re-run: {n} of {want} rows")
+    return said
