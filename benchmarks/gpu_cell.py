@@ -16,8 +16,8 @@ Prints seconds per phase (source epochs, collection, scoring, AE, LDM, generate,
 evaluate, baselines), peak GPU memory, and beside each family's accuracy its
 novelty and collapse figures: accuracy alone is not a result.
 
-Without CUDA it runs a scaled-down cell (2 epochs of 2,000 images, K=20, N=10,
-few AE / LDM steps) and says so in its first line. Imports only pdiff, torch and
+Without CUDA it runs a scaled-down cell (2 epochs of 600 images in batches of
+32, K=20, N=10, 300 test images, few AE / LDM steps) and says so in its first line. Imports only pdiff, torch and
 the standard library (the GPU image has no Ray).
 """
 
@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from pdiff import DEFAULT_SUBSET, AEConfig, CollectConfig, LDMConfig, ParameterSubset, PdiffConfig, TrainConfig
 from pdiff import build_model, load_dataset
 from pdiff.collect import collect_snapshots, train_source
-from pdiff.data import Dataset, DatasetUnavailable, Split
+from pdiff.data import Dataset, DatasetUnavailable, Split, data_root
 from pdiff.evaluate import BatchedEvaluator, family_stats, summarize
 from pdiff.pipeline import run_baselines, run_pdiff
 
 # Full size (one GPU) and the scaled-down CPU version: flags left unset take these.
-FULL = dict(epochs=100, k=300, n=200, images=10_000, train_images=50_000, ae_steps=None, ldm_steps=None)
-SCALED = dict(epochs=2, k=20, n=10, images=500, train_images=2_000, ae_steps=200, ldm_steps=100)
+FULL = dict(epochs=100, k=300, n=200, images=10_000, train_images=50_000, batch_size=128, ae_steps=None,
+            ldm_steps=None)
+SCALED = dict(epochs=2, k=20, n=10, images=300, train_images=600, batch_size=32, ae_steps=200, ldm_steps=100)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,13 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="source training epochs (GPU 100, CPU 2)")
     p.add_argument("--k", type=int, default=None, help="snapshots collected (GPU 300, CPU 20)")
     p.add_argument("--n", type=int, default=None, help="models generated, and drawn per baseline (GPU 200, CPU 10)")
-    p.add_argument("--images", type=int, default=None, help="test images scored (GPU 10,000, CPU 500)")
+    p.add_argument("--images", type=int, default=None, help="test images scored (GPU 10,000, CPU 300)")
     p.add_argument("--train-images", type=int, default=None,
-                   help="training images incl. the 10%% validation split (GPU 50,000, CPU 2,000)")
+                   help="training images incl. the 10%% validation split (GPU 50,000, CPU 600)")
     p.add_argument("--ae-steps", type=int, default=None, help="AE step bound (GPU: AEConfig's default; CPU 200)")
     p.add_argument("--ldm-steps", type=int, default=None, help="LDM steps (GPU: LDMConfig's default; CPU 100)")
     p.add_argument("--ldm-amp", action="store_true", help="bf16 autocast for the LDM's training steps")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="source and collection batch (GPU 128, CPU 32)")
     p.add_argument("--synthetic", action="store_true", help="synthetic data even when CIFAR-10 is on disk")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -94,7 +95,7 @@ def _head(split: Split, n: int) -> Split:
 
 
 def load_data(args: argparse.Namespace) -> Dataset:
-    if not args.synthetic:
+    if not args.synthetic and (data_root() / "cifar-10-batches-py").is_dir():
         try:
             data = load_dataset("cifar10", seed=args.seed, download=False)
         except DatasetUnavailable:
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
             setattr(args, key, value)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     if scaled:
-        print(f"SCALED-DOWN CPU RUN (no CUDA device): {args.epochs} epochs of {args.train_images:,} images, "
+        print(f"SCALED-DOWN CPU RUN (no CUDA device): {args.epochs} epochs of {args.train_images:,} images "
+              f"(batch {args.batch_size}), "
               f"K={args.k}, N={args.n}, {args.images:,} test images, AE <= {args.ae_steps} / LDM {args.ldm_steps} "
               f"steps; the figures below are not the paper-sized cell", flush=True)
     else:

@@ -48,13 +48,18 @@ FIGURES: dict[str, tuple[str, str]] = {
         "Mean IoU of the sets of test examples two models get wrong: between two snapshots (original-original, "
         "self-pairs excluded), between two p-diff models of the val-selected trial (generated-generated), and "
         "between a p-diff model and a snapshot (original-generated). Predictions recomputed from the stored "
-        "parameters with the cell's source network.",
+        "parameters with the cell's source network. 'COLLAPSED' over generated-generated: the trial is flagged "
+        "collapsed in the tables (its models are (nearly) one model).",
     ),
     "accuracy_novelty.png": (
         "Accuracy against novelty",
         "Test accuracy of every model against its max IoU to the snapshots (1 = the same mistakes as some "
         "snapshot, a copy). Snapshots: max IoU to the other snapshots. p-diff: the val-selected trial (other "
-        "trials faint). Large outlined markers: each method's mean. Up and to the left is better.",
+        "trials faint; x: a collapsed trial). Large outlined markers: each method's mean. Up and to the left is "
+        "better. No jitter: each point is drawn at its model's values, so identical models overlap, and the "
+        "legend gives the number of models and of distinct points where they differ. A collapsed family "
+        "(pairwise IoU of its wrong-prediction sets >= 0.99 or spread < 0.05x the snapshots', from the tables) "
+        "has a black X over its mean and the label 'collapsed': its models are (nearly) one model.",
     ),
     "tsne.png": (
         "t-SNE of parameter vectors",
@@ -66,7 +71,9 @@ FIGURES: dict[str, tuple[str, str]] = {
         "Search history",
         "Objective (val accuracy of the val-selected generated model) of each trial in completion order, "
         "taken from the modification time of its `trials` file (the row a trial writes last); the line is the "
-        "best so far. Crosses: trials stopped early or failed (their last reported value).",
+        "best so far. Grey crosses: trials stopped early or failed (their last reported value). Ringed black X: a "
+        "collapsed trial (its generated models are (nearly) one model: pairwise IoU of their wrong-prediction "
+        "sets >= 0.99 or spread < 0.05x the snapshots').",
     ),
     "parallel_coordinates.png": (
         "Searched hyperparameters",
@@ -106,10 +113,20 @@ class CellData:
     snapshot_max_iou: np.ndarray | None = None  # (K,) max IoU of each snapshot to the other snapshots
     recomputed: dict[str, np.ndarray] = field(default_factory=dict)  # test accuracy recomputed, per group
     why_not: str | None = None  # why predictions could not be recomputed
+    # Collapse signals from the tables, per family ("original", "p-diff": the best trial, each baseline):
+    # pairwise_iou, distinct_sets, spread_ratio, collapsed (absent where the tables predate them).
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
+    collapsed_trials: set[str] = field(default_factory=set)  # completed trials flagged collapsed
 
     @property
     def label(self) -> str:
         return f"{self.arch} / {self.dataset} / seed {self.seed}"
+
+    def collapsed(self, method: str) -> bool:
+        """Whether a family is flagged collapsed in the tables (unknown counts as not)."""
+        flag = self.families.get(method, {}).get("collapsed")
+        return flag is not None and flag is not pd.NA and not (isinstance(flag, float) and math.isnan(flag)) \
+            and bool(flag)
 
     @property
     def best_generated(self) -> pd.DataFrame:
@@ -137,9 +154,10 @@ def _read_by_writer(store: Store, table: str, cell_id: str, columns: list[str]) 
 def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions: bool = True) -> list[CellData]:
     """Every cell's snapshots, generated and baseline vectors; with `predictions`, their wrong-prediction sets."""
     sources = store.read_pandas("sources").sort_values(["arch", "dataset", "seed"])
-    trials = store.read_pandas("trials", columns=["cell_id", "trial_id", "status"])
+    trials = store.read_pandas("trials")  # every column: those a sweep wrote before some existed may lack them
     # Only completed trials' generated models are drawn: a failed trial's vectors may be NaN.
     completed = {(c, t) for c, t, s in zip(trials.cell_id, trials.trial_id, trials.status) if s == "completed"}
+    trial_rows = {(r["cell_id"], r["trial_id"]): r for r in trials.to_dict("records") if r["status"] == "completed"}
     cells, datasets = [], {}
     for row in sources.itertuples():
         snaps = store.read_pandas("checkpoints", row.cell_id, columns=["index", "val_acc", "test_acc", "params"])
@@ -151,10 +169,11 @@ def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions:
             snapshot_rows=snaps.drop(columns=["params"]),
             generated=_read_by_writer(store, "generated", row.cell_id,
                                       ["trial_id", "index", "val_acc", "test_acc", "max_iou_to_train", "params"]),
-            baselines=store.read_pandas("baselines", row.cell_id,
-                                        columns=["method", "index", "val_acc", "test_acc", "max_iou_to_train",
-                                                 "params"]),
+            baselines=store.read_pandas("baselines", row.cell_id),
         )
+        _families(cell, row._asdict(), trial_rows)
+        cell.baselines = cell.baselines[[c for c in ("method", "index", "val_acc", "test_acc", "max_iou_to_train",
+                                                     "params") if c in cell.baselines]]
         keep = [(row.cell_id, t) in completed for t in cell.generated.trial_id]
         cell.generated = cell.generated[keep].reset_index(drop=True)
         if predictions:
@@ -164,6 +183,34 @@ def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions:
                 cell.why_not = f"predictions not recomputed: {type(err).__name__}: {err}"
         cells.append(cell)
     return cells
+
+
+SIGNALS = ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")
+
+
+def _families(cell: CellData, source: dict[str, Any], trials: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """The collapse signals the tables hold for each of the cell's families (see CellData.families)."""
+    from pdiff.evaluate import COLLAPSE_IOU
+
+    def known(v: Any) -> bool:
+        return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+    if known(source.get("snapshot_pairwise_iou")):
+        cell.families["original"] = {"pairwise_iou": source["snapshot_pairwise_iou"],
+                                     "distinct_sets": source.get("snapshot_distinct_sets"), "spread_ratio": 1.0,
+                                     "collapsed": source["snapshot_pairwise_iou"] >= COLLAPSE_IOU}
+    for (cell_id, trial_id), t in trials.items():
+        if cell_id == cell.cell_id and known(t.get("collapsed")) and t["collapsed"]:
+            cell.collapsed_trials.add(trial_id)
+    best = trials.get((cell.cell_id, cell.best_trial))
+    if best is not None and known(best.get("pairwise_iou")):
+        cell.families["p-diff"] = {k: best.get(k) for k in SIGNALS}
+    b = cell.baselines
+    if "family_pairwise_iou" in b:
+        for method, rows in b.groupby("method"):
+            first = rows.iloc[0]
+            if known(first.get("family_pairwise_iou")):
+                cell.families[method] = {k: first.get(f"family_{k}") for k in SIGNALS}
 
 
 def _recompute(store: Store, source, cell: CellData, datasets: dict) -> None:
@@ -298,8 +345,11 @@ def similarity_figure(cells: list[CellData], path: Path) -> Path:
         for bar, v in zip(bars, values):
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02,
                     "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", fontsize=9)
+        if cell.collapsed("p-diff"):
+            ax.text(1, min(1.0, values[1] if not math.isnan(values[1]) else 0) + 0.09, "COLLAPSED", ha="center",
+                    fontsize=8, fontweight="bold", color=colours[1])
         ax.set_xticks(range(3), ["orig-orig", "gen-gen", "orig-gen"])
-        ax.set_ylim(0, 1.12)
+        ax.set_ylim(0, 1.2)
         ax.set_ylabel("mean IoU of wrong predictions")
         ax.set_title(cell.label, fontsize=10)
     return _save(fig, path, FIGURES[path.name][0])
@@ -309,15 +359,18 @@ def accuracy_novelty_figure(cells: list[CellData], path: Path) -> Path:
     fig, axes = _grid(len(cells), 5.0, 4.0)
     if not cells:
         _message(axes[0], "no cells in this sweep")
-    rng = np.random.default_rng(0)
     for i, (ax, cell) in enumerate(zip(axes, cells)):
         groups: list[tuple[str, np.ndarray, np.ndarray]] = []
         if cell.snapshot_max_iou is not None:
             groups.append(("original", cell.snapshot_max_iou, 100 * cell.snapshot_rows.test_acc.to_numpy()))
         others = cell.generated[cell.generated.trial_id != cell.best_trial]
-        if len(others):
-            ax.scatter(others.max_iou_to_train, 100 * others.test_acc, s=14, alpha=0.25,
-                       color=METHOD_STYLE["p-diff"][1], marker="o", linewidths=0, label="p-diff, other trials")
+        flagged = others.trial_id.isin(cell.collapsed_trials)
+        for part, marker, label in ((others[~flagged], "o", "p-diff, other trials"),
+                                    (others[flagged], "x", "p-diff, other trials, collapsed")):
+            if len(part):
+                ax.scatter(part.max_iou_to_train, 100 * part.test_acc, s=14, alpha=0.25,
+                           color=METHOD_STYLE["p-diff"][1], marker=marker, linewidths=0 if marker == "o" else 1,
+                           label=label)
         best = cell.best_generated
         if len(best):
             groups.append(("p-diff", best.max_iou_to_train.to_numpy(), 100 * best.test_acc.to_numpy()))
@@ -328,19 +381,33 @@ def accuracy_novelty_figure(cells: list[CellData], path: Path) -> Path:
         if not groups:
             _message(ax, "no models to plot", cell.label)
             continue
+        any_collapsed = False
         for method, x, y in groups:
             label, colour, marker = METHOD_STYLE[method]
-            jitter = rng.uniform(-0.004, 0.004, len(x))  # identical points stay visible as a cloud
-            ax.scatter(np.asarray(x) + jitter, y, s=18, alpha=0.55, color=colour, marker=marker, linewidths=0,
+            # No jitter: every point is where its model is. Identical models overlap; the legend says so.
+            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            points = len({(a, b) for a, b in zip(x.round(6), y.round(6))})
+            if points < len(x):
+                label += f" ({len(x)} models at {points} point{'s' if points > 1 else ''})"
+            collapsed = cell.collapsed(method)
+            if collapsed:
+                label += ": COLLAPSED"
+                any_collapsed = True
+            ax.scatter(x, y, s=18, alpha=0.55, color=colour, marker=marker, linewidths=0,
                        label=label, zorder=3 if method == "p-diff" else 2)
-            ax.scatter([np.mean(x)], [np.mean(y)], s=130, color=colour, marker=marker, edgecolors="black",
+            ax.scatter([x.mean()], [y.mean()], s=130, color=colour, marker=marker, edgecolors="black",
                        linewidths=1.2, zorder=6 if method == "p-diff" else 5)
+            if collapsed:  # a black X over the family's mean, and the word
+                ax.scatter([x.mean()], [y.mean()], s=260, color="black", marker="x", linewidths=2.2, zorder=7)
+                ax.annotate(f"{METHOD_STYLE[method][0]} collapsed", (x.mean(), y.mean()),
+                            xytext=(8, 6), textcoords="offset points", fontsize=8, fontweight="bold",
+                            color=colour, zorder=8)
         ax.set_xlabel("max IoU to the snapshots (lower = more novel)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(cell.label, fontsize=10)
         if cell.snapshot_max_iou is None and cell.why_not:
             ax.text(0.01, 0.01, "snapshots not shown: " + cell.why_not[:60], fontsize=7, transform=ax.transAxes)
-        if i == 0:
+        if i == 0 or any_collapsed:
             ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
     return _save(fig, path, FIGURES[path.name][0])
 
@@ -379,11 +446,13 @@ def tsne_figure(cells: list[CellData], path: Path) -> Path:
             label, colour, marker = METHOD_STYLE[method]
             e = emb[start:start + len(v)]
             start += len(v)
+            if cell.collapsed(method):
+                label += " (COLLAPSED)"
             ax.scatter(e[:, 0], e[:, 1], s=16, alpha=0.7, color=colour, marker=marker, linewidths=0, label=label)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{cell.label} (perplexity {perplexity:.0f})", fontsize=10)
-        if i == 0:
+        if i == 0 or any(cell.collapsed(m) for m, _ in groups):
             ax.legend(fontsize=7, loc="best", framealpha=0.8)
     return _save(fig, path, FIGURES[path.name][0])
 
@@ -430,6 +499,13 @@ def history_figure(trials: pd.DataFrame, how: str, labels: dict[str, str], path:
             _message(ax, "no trials yet", labels[cell])
             continue
         ax.plot(done.order, done.val_acc, "o", color=METHOD_STYLE["p-diff"][1], label="completed trial")
+        if "collapsed" in done:  # a ring and an X: its generated models are (nearly) one model
+            flagged = done[done.collapsed.map(lambda v: v is not None and v is not pd.NA
+                                              and not (isinstance(v, float) and math.isnan(v)) and bool(v))]
+            if len(flagged):
+                ax.plot(flagged.order, flagged.val_acc, "o", ms=12, mfc="none", mec="black", mew=1.5)
+                ax.plot(flagged.order, flagged.val_acc, "x", ms=7, color="black", mew=1.5,
+                        label=f"collapsed ({len(flagged)} of {len(done)})")
         rest = t[(t.status != "completed") & t.val_acc.notna()]
         if len(rest):
             ax.plot(rest.order, rest.val_acc, "x", color="#777777", label="stopped / failed")

@@ -21,7 +21,13 @@ The summary table, one row per cell, is one DuckDB query over the tables
   accuracy (selected, or mean) >= the baseline's and its mean max-IoU <=, at least
   one strictly, compared at the precision shown (0.01 points, 0.001 IoU);
 - the winning trial's id, val accuracy and hyperparameters (the knobs that vary
-  across the sweep's trials; every knob where none varies).
+  across the sweep's trials; every knob where none varies);
+- collapse, per family (the snapshots, the val-selected trial's generated models, each
+  baseline): mean pairwise IoU of the wrong-prediction sets inside the family (1 = all alike),
+  the number of distinct sets, the L2 spread relative to the snapshots', and the flag
+  (pdiff.evaluate.family_stats: pairwise IoU >= COLLAPSE_IOU or spread ratio < COLLAPSE_SPREAD);
+  how many completed trials collapsed; whether the winning trial's autoencoder reached ae_min_r2.
+  A collapsed val-selected trial is also named above the tables and marked in the figures.
 
 Exit status: 0 done, 2 no sweep tables at RESULTS_DIR or an unreadable table file (one line
 naming the file). Trials that did not complete (failed, stopped) are left out of every number and
@@ -47,8 +53,8 @@ from .query import parse_results_dir
 from .summary import SUMMARY_SQL, connect, one_line
 from .tables import TABLES, CorruptTable, Store
 
-__all__ = ["BASELINES", "parse_results_dir", "report_sql", "searched_knobs", "summary_table", "write_report",
-           "main"]
+__all__ = ["BASELINES", "collapse_warnings", "parse_results_dir", "report_sql", "searched_knobs", "summary_table",
+           "write_report", "main"]
 
 BASELINES = {"noise": "noise", "average": "average of 16", "gaussian": "Gaussian"}
 
@@ -71,9 +77,16 @@ def searched_knobs(con) -> tuple[list[str], list[str]]:
 def report_sql(knobs: Sequence[str]) -> str:
     """SUMMARY_SQL's row per cell, with the columns the report adds (see the module docstring)."""
     hp = "".join(f',\n       t."{k}" AS "hp_{k}"' for k in knobs)
+    from pdiff.evaluate import COLLAPSE_IOU
+
     replace = ", ".join(f"round({b[0]}.selected, 2) AS {b}_selected" for b in BASELINES)
     extra = "".join(f",\n       round({b[0]}.best_test, 2) AS {b}_best_test_paper, round({b[0]}.median, 2) AS {b}_median"
+                    f",\n       {b[0]}.distinct_sets AS {b}_distinct_sets, "
+                    f"round({b[0]}.spread_ratio, 3) AS {b}_spread_ratio"
+                    f", {b[0]}.collapsed AS {b}_collapsed"
                     for b in BASELINES)
+    # The snapshots' spread ratio is 1 by definition: their flag is the pairwise IoU's alone.
+    extra += f",\n       s.snapshot_pairwise_iou >= {COLLAPSE_IOU} AS snapshot_collapsed"
     joins = "".join(f"\nLEFT JOIN base {b[0]} ON {b[0]}.cell_id = s.cell_id AND {b[0]}.method = '{b}'"
                     for b in BASELINES)
 
@@ -92,7 +105,9 @@ WITH summary AS ({SUMMARY_SQL}
 ), base AS (
     SELECT cell_id, method,
            100 * first(test_acc ORDER BY val_acc DESC, "index") AS selected,
-           100 * max(test_acc) AS best_test, 100 * quantile_disc(test_acc, 0.5) AS median
+           100 * max(test_acc) AS best_test, 100 * quantile_disc(test_acc, 0.5) AS median,
+           max(family_distinct_sets) AS distinct_sets, max(family_spread_ratio) AS spread_ratio,
+           bool_or(family_collapsed) AS collapsed
     FROM baselines GROUP BY cell_id, method
 ), report AS (
 SELECT s.* REPLACE ({replace}),
@@ -124,16 +139,18 @@ SHORT = {"noise": "noise", "average": "avg16", "gaussian": "gauss"}
 
 
 def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[tuple[str, str, str]]]]]]:
-    """The summary's three tables: (title, note, [(group heading, [(column, sub-heading, short heading)])]).
+    """The summary's four tables: (title, note, [(group heading, [(column, sub-heading, short heading)])]).
 
     HTML shows the group and sub-headings in two header rows; text and Markdown the short headings."""
+    from pdiff.evaluate import COLLAPSE_IOU, COLLAPSE_SPREAD
+
     def acc(prefix: str, short: str) -> list[tuple[str, str, str]]:
         return [(f"{prefix}_selected", "selected (val)", f"{short} sel"),
                 (f"{prefix}_best_test_paper", "best (test-selected, paper's protocol)", f"{short} best*"),
                 (f"{prefix}_mean", "mean", f"{short} mean"), (f"{prefix}_median", "median", f"{short} med")]
 
     accuracy = [("original snapshots", [("original_best", "best", "orig best"), ("original_mean", "mean", "orig mean")]),
-                ("p-diff", acc("pdiff", "pdiff"))]
+                ("p-diff", acc("pdiff", "pdiff") + [("pdiff_collapsed", "collapsed?", "pdiff collapse")])]
     accuracy += [(label, acc(b, SHORT[b])) for b, label in BASELINES.items()]
     novelty = [("mean max-IoU to the snapshots (lower = more novel)",
                 [("pdiff_max_iou", "p-diff", "pdiff IoU")]
@@ -141,6 +158,18 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
     novelty += [(f"p-diff dominates {label}?", [(f"pdiff_beats_{b}_selected", "on selected acc", f"beats {SHORT[b]} sel"),
                                                 (f"pdiff_beats_{b}_mean", "on mean acc", f"beats {SHORT[b]} mean")])
                 for b, label in BASELINES.items()]
+    def family(prefix: str, short: str) -> list[tuple[str, str, str]]:
+        return [(f"{prefix}_pairwise_iou", "pairwise IoU", f"{short} pairIoU"),
+                (f"{prefix}_distinct_sets", "distinct sets", f"{short} sets"),
+                (f"{prefix}_spread_ratio", "spread ratio", f"{short} spread"),
+                (f"{prefix}_collapsed", "collapsed?", f"{short} collapse")]
+
+    collapse = [("snapshots (the reference)", [c for c in family("snapshot", "snap") if "spread" not in c[0]]),
+                ("p-diff, val-selected trial", family("pdiff", "pdiff")
+                 + [("ae_converged", "AE reached ae_min_r2", "AE converged")]),
+                ("p-diff, all trials", [("collapsed_trials", "collapsed", "collapsed trials"),
+                                        ("trials", "completed", "trials")])]
+    collapse += [(label, family(b, SHORT[b])) for b, label in BASELINES.items()]
     hyper = [("val-selected trial", [("trials", "completed trials", "trials"),
                                      ("failed_trials", "failed trials (left out)", "failed"),
                                      ("best_trial", "trial", "trial"),
@@ -159,6 +188,14 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
          "accuracy (val-selected: sel, or mean) is >= and its mean max-IoU <=, at least one strictly, at the "
          "precision shown.",
          novelty),
+        ("Collapse",
+         "Does a family hold different models or copies of one? pairIoU: mean IoU of the wrong test-prediction "
+         "sets over distinct pairs of the family's models (1 = all make the same mistakes); sets: how many "
+         "different wrong-prediction sets the family has; spread: RMS L2 distance of its parameter vectors to "
+         f"their centroid over the snapshots' (1 for the snapshots). COLLAPSED: pairwise IoU >= {COLLAPSE_IOU} or "
+         f"spread ratio < {COLLAPSE_SPREAD}; a collapsed family's accuracy and novelty are those of one model. "
+         "AE converged: the trial's autoencoder reached its R2 target (ae_min_r2) within ae_steps.",
+         collapse),
         ("Winning hyperparameters",
          "The trial with the best val accuracy (ties: the lower val novelty, then the smaller trial id); "
          "the knobs that vary across the sweep's trials (every knob where none varies).",
@@ -167,18 +204,24 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
 
 
 def _fmt(column: str, v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
         v = v.tolist()
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_fmt(column, x) for x in v) + "]"
+    if column.endswith("collapsed"):
+        return "COLLAPSED" if v else "ok"
+    if column == "ae_converged":
+        return "yes" if v else "no"
     if isinstance(v, bool):
         return str(v)
+    if column.endswith(("distinct_sets", "collapsed_trials")) and isinstance(v, (int, float)):
+        return f"{v:.0f}"
     if isinstance(v, float):
         if column.startswith("hp_"):
             return f"{v:.4g}"
-        if column.endswith("max_iou"):
+        if column.endswith(("max_iou", "pairwise_iou", "spread_ratio")):
             return f"{v:.3f}"
         return f"{v:.2f}"
     return str(v)
@@ -190,9 +233,27 @@ def _flat(df: pd.DataFrame, groups) -> pd.DataFrame:
     return pd.DataFrame({label: [_fmt(c, v) for v in df[c]] for c, label in cols.items()})
 
 
+def collapse_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per cell whose val-selected trial is collapsed (its N generated models are one model)."""
+    out = []
+    for r in df.itertuples():
+        flag = r.pdiff_collapsed
+        if flag is None or flag is pd.NA or (isinstance(flag, float) and math.isnan(flag)) or not flag:
+            continue
+        of = (f"; {_fmt('collapsed_trials', r.collapsed_trials)} of {_fmt('trials', r.trials)} completed trials "
+              "collapsed")
+        out.append(f"{r.arch} / {r.dataset} / seed {r.seed}: the val-selected trial {r.best_trial} is COLLAPSED "
+                   f"(pairwise IoU {_fmt('pdiff_pairwise_iou', r.pdiff_pairwise_iou)}, "
+                   f"{_fmt('pdiff_distinct_sets', r.pdiff_distinct_sets)} distinct wrong-prediction set(s), "
+                   f"spread {_fmt('pdiff_spread_ratio', r.pdiff_spread_ratio)}x the snapshots'): its generated "
+                   f"models are (nearly) one model, so its accuracy and novelty are one model's{of}.")
+    return out
+
+
 def summary_text(df: pd.DataFrame, shown: Sequence[str]) -> str:
-    """The summary's three tables as plain text, for a terminal."""
-    parts = []
+    """The summary's four tables as plain text, for a terminal, after any collapse warning."""
+    warnings = collapse_warnings(df)
+    parts = ["\n".join("COLLAPSED: " + w for w in warnings)] if warnings else []
     for title, note, groups in _groups(shown):
         flat = _flat(df, groups)
         parts.append(f"{title}\n{flat.to_string(index=False)}")
@@ -224,7 +285,8 @@ def _html_table(df: pd.DataFrame, groups) -> str:
         cells = []
         for c in columns:
             text = _fmt(c, row[c])
-            cls = ' class="yes"' if text == "yes" else ' class="no"' if text == "no" else ""
+            cls = (' class="yes"' if text == "yes" else ' class="no"' if text == "no"
+                   else ' class="collapsed"' if text == "COLLAPSED" else "")
             cells.append(f"<td{cls}>{e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<table>\n<thead><tr>{top}</tr>\n<tr>{second}</tr></thead>\n<tbody>\n' + "\n".join(body)
@@ -245,6 +307,8 @@ h3 { margin-bottom: 6px; } .meta, .note { color: #555; font-size: 13px; max-widt
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; white-space: normal; max-width: 120px; text-align: center; } th.group { background: #e6ecf5; text-align: center; }
 td:nth-child(-n+3) { text-align: left; } td.yes { background: #e3f4e1; } td.no { background: #fbe7e6; }
+td.collapsed { background: #d62728; color: white; font-weight: bold; }
+.warning { background: #fbe7e6; border-left: 4px solid #d62728; padding: 6px 12px; max-width: 1100px; }
 figure { margin: 16px 0 32px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; max-width: 1100px; margin-top: 6px; }
 code { background: #f3f3f3; padding: 0 3px; }
@@ -265,6 +329,7 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
         + ", ".join(f"{e(t)} {n}" for t, n in counts.items()) + f". Written {stamp}.</p>",
         "<h2>Summary</h2>",
     ]
+    parts += [f'<p class="warning"><b>COLLAPSED</b>: {e(w)}</p>' for w in collapse_warnings(df)]
     for title, note, groups in _groups(shown):
         parts += [f"<h3>{e(title)}</h3>", f'<p class="note">{e(note)}</p>',
                   f'<div class="scroll">{_html_table(df, groups)}</div>']
@@ -283,6 +348,7 @@ def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], h
     from .figures import FIGURES
 
     parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
+    parts += [line for w in collapse_warnings(df) for line in (f"> **COLLAPSED**: {w}", "")]
     for title, note, groups in _groups(shown):
         parts += [f"## {title}", "", note, "", _md_table(_flat(df, groups)), ""]
     parts += ["## Figures", ""]

@@ -14,10 +14,12 @@
       knobs:                          # a value is fixed; a mapping with `type` is searched
         latent_dim: {type: choice, values: [32, 64]}
         latent_noise: {type: loguniform, low: 0.01, high: 0.5}
-        ae_steps: {type: int, low: 200, high: 600}
+        ae_steps: 5000                # a bound: the AE stops once its reconstructions reach ae_min_r2
+        ae_min_r2: 0.95               # share of the snapshots' variance the AE must reconstruct
+        normalize: global             # global (per-coordinate centre, one scale) | tensor (per-tensor)
         sampler: ddim
       objective: [accuracy]           # or [accuracy, novelty] for a multi-objective search
-      num_samples: 4
+      num_samples: 4                  # with no searched knob: repeats of the fixed configuration
       max_concurrent: 2
       search: tpe                     # tpe | random | grid (all searched knobs choices)
       early_stopping: {grace_period: 2}   # ASHA on intermediate val accuracy; omit for none
@@ -285,7 +287,7 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             try:
                 value = float(value)
-            except ZeroDivisionError:
+            except OverflowError:
                 self.fail(path, f"expected {what}, got an integer too large for a number ({_short(value)})")
         if not isinstance(value, kind):
             self.fail(path, f"expected {what}, got {_short(value)}")

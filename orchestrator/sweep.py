@@ -54,13 +54,49 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
 def _print_summary(spec: SweepSpec, store: Store) -> None:
     import pandas as pd
 
+    from pdiff.evaluate import COLLAPSE_IOU, COLLAPSE_SPREAD
+
     from .summary import summary
 
     table = summary(store)
     # Only this spec's cells: the folder may also hold cells of an earlier version of it.
-    table = table[table.cell_id.isin({c.cell_id for c in spec.cells})]
-    with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(table.drop(columns=["cell_id"]).to_string(index=False))
+    table = table[table.cell_id.isin({c.cell_id for c in spec.cells})].reset_index(drop=True)
+    # Two tables: accuracy (and novelty) per method, then collapse: does p-diff generate or copy one model?
+    collapse = {  # column -> short heading
+        "snapshot_pairwise_iou": "snap_pair_iou", "pdiff_pairwise_iou": "pdiff_pair_iou",
+        "pdiff_max_iou": "pdiff_max_iou", "pdiff_distinct_sets": "distinct_sets",
+        "pdiff_spread_ratio": "spread_ratio", "collapse": "collapse", "ae_converged": "ae_converged",
+        "collapsed_trials": "collapsed_trials", "noise_pairwise_iou": "noise_pair_iou",
+        "average_pairwise_iou": "avg16_pair_iou", "gaussian_pairwise_iou": "gauss_pair_iou"}
+
+    def flag(v) -> str:
+        return "n/a" if v is None or pd.isna(v) else "COLLAPSED" if bool(v) else "-"
+
+    view = table.assign(
+        collapse=table.pdiff_collapsed.map(flag),
+        ae_converged=table.ae_converged.map(lambda v: "n/a" if v is None or pd.isna(v) else "yes" if v else "NO"),
+        collapsed_trials=[f"{c:.0f} of {n:.0f}" if pd.notna(c) and pd.notna(n) else "n/a"
+                          for c, n in zip(table.collapsed_trials, table.trials)])
+    keys = ["arch", "dataset", "seed"]
+    accuracy = [c for c in table.columns if c == "pdiff_max_iou" or c not in collapse and c not in (
+        "cell_id", "snapshot_distinct_sets", "pdiff_collapsed")]
+    with pd.option_context("display.max_columns", None, "display.width", 250):
+        print(view[accuracy].to_string(index=False, na_rep="n/a"))
+        print(f"\ncollapse (pairwise IoU: mean IoU of the test wrong-prediction sets inside a family, 1 = all alike; "
+              f"max_iou: novelty, mean max IoU to the snapshots; spread_ratio: L2 spread over the snapshots'; "
+              f"COLLAPSED: pairwise IoU >= {COLLAPSE_IOU} or spread ratio < {COLLAPSE_SPREAD})")
+        print(view[keys + list(collapse)].rename(columns=collapse).to_string(
+            index=False, na_rep="n/a", float_format=lambda x: f"{x:.3f}"))
+    for row in view.itertuples():
+        label = f"{row.arch} / {row.dataset} / seed {row.seed}"
+        if row.collapse == "COLLAPSED":
+            print(f"cell {label}: best trial COLLAPSED (pairwise IoU {row.pdiff_pairwise_iou:.3f}, "
+                  f"{row.pdiff_distinct_sets:.0f} distinct wrong-prediction set(s), "
+                  f"spread {row.pdiff_spread_ratio:.3f}x "
+                  f"the snapshots'): its generated models are (nearly) one model, not new ones; "
+                  f"{row.collapsed_trials} completed trials collapsed")
+        if row.ae_converged == "NO":
+            print(f"cell {label}: the best trial's autoencoder did not reach ae_min_r2 within ae_steps")
 
 
 INTERRUPTED = "interrupted; re-run the same command to resume"

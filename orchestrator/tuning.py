@@ -142,6 +142,11 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     tune.report(result | {"phase": "done", "test_selected_acc": g.summary["selected_acc"]})
 
 
+def _family_columns(assessment) -> dict[str, Any]:
+    """A family's collapse signals, repeated on each of its rows (the family has no table of its own)."""
+    return {f"family_{k}": assessment.summary[k] for k in ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")}
+
+
 @ray.remote(max_retries=2)
 def _baselines(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor) -> str:
     data, evaluator, snap_scores, _ = _setup(store, cell, max(1, int(spec.trial_resources.cpus)))
@@ -150,7 +155,8 @@ def _baselines(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tenso
                             noise_sigma=spec.noise_sigma)
     # One file for all methods: the cell's baselines appear together or not at all.
     store.write("baselines", cell.cell_id, "baselines",
-                [{"method": name} | row for name, a in results.items() for row in _vector_rows(a)])
+                [{"method": name} | row | _family_columns(a)
+                 for name, a in results.items() for row in _vector_rows(a)])
     return cell.cell_id
 
 

@@ -57,6 +57,8 @@ class AEConfig:
             raise ValueError(f"min_r2 must be in (0, 1], got {self.min_r2}")
         if not self.channels:
             raise ValueError("channels must name at least one stage")
+        if self.token_size < 1 or self.check_every < 1:
+            raise ValueError(f"token_size and check_every must be >= 1, got {self.token_size}, {self.check_every}")
 
 
 class Normalizer(nn.Module):

@@ -66,6 +66,13 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+# A billion laughs under a valid key: ~1 KB that expands to 10**9 channel counts.
+ALIAS_BOMB = "\n".join(
+    ["name: smoke", "sources: {archs: [mlp], datasets: [digits]}", "pdiff:", "  knobs:", "    ae_channels:",
+     "      - &l0 [8, 8, 8, 8, 8, 8, 8, 8, 8, 8]"]
+    + [f"      - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]) + "\n"
+
+
 # name -> prepare(folder) -> command-line arguments. Each runs with cwd=folder.
 CASES: dict[str, Callable[[Path], list]] = {
     # No --storage: the spec's s3:// URI must not be touched (this machine is offline).
@@ -81,6 +88,10 @@ CASES: dict[str, Callable[[Path], list]] = {
     "bad-yaml-syntax": lambda d: [write(d / "spec.yaml", "name: smoke\nsources: {archs: [mlp, datasets: [x]\n"),
                                   "--storage", d / "store"],
     "bad-missing-file": lambda d: [d / "spec.yaml", "--storage", d / "store"],
+    "bad-alias-bomb": lambda d: [write(d / "spec.yaml", ALIAS_BOMB), "--dry-run", "--storage", d / "store"],
+    "bad-name-dotdot-restart": lambda d: [smoke_with(d, {"name": ".."}), "--restart", "--storage", d / "store"],
+    # Storage that is a file: refused by the probe before Ray starts (a regression would start Ray: slow).
+    "storage-is-a-file": lambda d: [smoke_with(d, {}), "--storage", write(d / "store", "a file")],
     # A real run: it must stop at the table check, before Ray (a regression would run the sweep: time out).
     "corrupt-table": lambda d: [SWEEPS / "smoke.yaml", "--storage", with_corrupt_table(d)],
 }
@@ -158,6 +169,8 @@ def test_dry_run_does_not_open_existing_tables(runs):
     ("bad-grid-too-small", "pdiff.num_samples", "the grid has 2 points"),
     ("bad-yaml-syntax", "<file>", "not valid YAML"),
     ("bad-missing-file", "<file>", "no such file"),
+    ("bad-alias-bomb", "pdiff.knobs.ae_channels[1][0]", "YAML aliases are not allowed"),
+    ("bad-name-dotdot-restart", "name", "expected a slug"),
 ])
 def test_bad_spec_exits_2_and_writes_nothing(runs, name, field, fragment):
     run = runs[name]  # a real run, not a dry run
@@ -168,6 +181,22 @@ def test_bad_spec_exits_2_and_writes_nothing(runs, name, field, fragment):
     assert not (run.folder / "store").exists()
     assert not (run.folder / "results").exists()
     assert sorted(p.name for p in run.folder.iterdir()) == ([] if name == "bad-missing-file" else ["spec.yaml"])
+
+
+def test_bad_input_is_reported_in_one_short_line(runs):
+    """(The other probes of issue 10 run in-process in test_safety.py: cheaper than a subprocess each.)"""
+    for name in ("bad-alias-bomb", "bad-name-dotdot-restart", "storage-is-a-file"):
+        run = runs[name]
+        assert run.proc.returncode == 2, run.log
+        assert run.proc.stderr.count("\n") == 1 and len(run.proc.stderr) < 400, run.log
+
+
+def test_storage_that_is_a_file_exits_2_before_ray(runs):
+    run = runs["storage-is-a-file"]
+    assert run.proc.returncode == 2, run.log
+    assert f"{run.spec}: storage: {run.folder / 'store'} is a file" in run.proc.stderr
+    assert "Traceback" not in run.proc.stderr and "Ray instance" not in run.proc.stdout + run.proc.stderr
+    assert tree(run.folder) == {"spec.yaml": run.spec.read_bytes(), "store": b"a file"}
 
 
 def test_corrupt_table_exits_2_before_anything_starts(runs):

@@ -108,3 +108,35 @@ def test_unknown_optimizer(collected):
     subset = ParameterSubset.select(model, DEFAULT_SUBSET["cnn_small"])
     with pytest.raises(ValueError, match="optimizer"):
         collect_snapshots(model, subset, collected.data, CollectConfig(k=2, optimizer="lion"), seed=0, log=_quiet)
+
+
+def test_augment_is_a_per_image_reflect_crop_and_flip():
+    import torch.nn.functional as F
+
+    from pdiff.collect import _augment
+
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = _augment(x, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)  # the same draws, in _augment's order
+    shift, flip = torch.randint(-4, 5, (2, 6, 1), generator=g), torch.rand(6, 1, generator=g) < 0.5
+    pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    for k in range(6):
+        i, j = int(shift[0, k]) + 4, int(shift[1, k]) + 4
+        expected = pad[k, :, i:i + 32, j:j + 32]
+        assert torch.equal(out[k], expected.flip(-1) if flip[k] else expected), k
+    # The channels_last layout (CUDA) gives the same images, still channels_last.
+    out_cl = _augment(x.contiguous(memory_format=torch.channels_last), torch.Generator().manual_seed(1))
+    assert torch.equal(out_cl, out) and out_cl.is_contiguous(memory_format=torch.channels_last)
+    small = torch.randn(4, 1, 8, 8)
+    assert _augment(small, g) is small  # digits: neither crops nor flips
+
+
+def test_on_epoch_reports_every_epoch(digits):
+    from pdiff.collect import train_source
+
+    seen = []
+    model = build_model("cnn_small", channels=1, classes=10, image_size=8, seed=0)
+    train_source(model, digits, TrainConfig(epochs=3, batch_size=128, lr=0.05), seed=0, log=_quiet, log_every=3,
+                 on_epoch=lambda e, loss, s: seen.append((e, loss, s)))
+    assert [e for e, _, _ in seen] == [0, 1, 2]
+    assert all(loss > 0 and s > 0 for _, loss, s in seen) and seen[-1][1] < seen[0][1]

@@ -88,3 +88,33 @@ def test_standardisation_buffers(latents):
     assert model.scale.numel() == 1 and float(model.scale) > 0
     with torch.no_grad():
         assert float(model.loss(latents)) > 0
+
+
+def test_ema_warm_up_and_fused_update():
+    from pdiff.diffusion import EMA
+
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, decay=0.9)
+    weights = []
+    for step in range(40):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        before = ema.module.weight.clone()
+        weights.append(ema.weight())
+        ema.update(net)
+        d = 0.0 if step == 0 else min(0.9, (1 + step) / (10 + step))  # the first update copies
+        torch.testing.assert_close(ema.module.weight, d * before + (1 - d) * net.weight.detach())
+    assert weights[0] == 1.0 and weights[1] == pytest.approx(1 - 2 / 11) and weights[39] == pytest.approx(1 - 40 / 49)
+    ema.n_averaged = 1000
+    assert ema.weight() == pytest.approx(0.1)  # warm-up over: the configured decay
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_losses_are_floats_and_on_step_every(latents):
+    calls = []
+    cfg = LDMConfig(timesteps=200, channels=(32, 64), steps=25, batch_size=16)
+    ldm = train_diffusion(latents, cfg, seed=0, on_step=lambda s, l: calls.append((s, l)), on_step_every=10)
+    assert len(ldm.losses) == 25 and all(isinstance(x, float) for x in ldm.losses)
+    assert calls == [(9, ldm.losses[9]), (19, ldm.losses[19]), (24, ldm.losses[24])]
+    # amp is CUDA-only: on the CPU the same seed gives the same (float32) training.
+    assert train_diffusion(latents, cfg.__class__(**{**cfg.__dict__, "amp": True}), seed=0).losses == ldm.losses

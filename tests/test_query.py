@@ -50,15 +50,17 @@ VIEW_QUERIES = [
     ORDER BY val_acc DESC, novelty ASC, trial_id LIMIT 5
     """,
     """
-    SELECT 'p-diff' AS method, 100 * avg(test_acc) AS mean_acc, avg(max_iou_to_train) AS mean_max_iou FROM generated
+    SELECT 'p-diff' AS method, 100 * avg(g.test_acc) AS mean_acc, avg(g.max_iou_to_train) AS mean_max_iou,
+           avg(t.pairwise_iou) AS mean_pairwise_iou
+    FROM generated g JOIN trials t USING (cell_id, trial_id) WHERE t.status = 'completed'
     UNION ALL
-    SELECT method, 100 * avg(test_acc), avg(max_iou_to_train) FROM baselines GROUP BY method
+    SELECT method, 100 * avg(test_acc), avg(max_iou_to_train), avg(family_pairwise_iou) FROM baselines GROUP BY method
     ORDER BY method
     """,
 ]
 # Columns whose values do not depend on how ties are broken (the rest must only have the same shape).
 STABLE = [{"arch", "dataset", "original_best", "pdiff_selected"}, {"val_acc", "novelty"},
-          {"method", "mean_acc", "mean_max_iou"}]
+          {"method", "mean_acc", "mean_max_iou", "mean_pairwise_iou"}]
 
 
 def _cli(store: Store, sql: str, *args: str) -> subprocess.CompletedProcess:

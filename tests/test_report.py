@@ -47,7 +47,7 @@ def test_report_folder_and_console(reported):
     store, out, proc, seconds = reported
     assert {"index.html", "summary.md", "summary.csv"} <= {p.name for p in out.iterdir()}
     assert f"report: {out / 'index.html'}" in proc.stdout  # write_report's return value, printed
-    for title in ("Test accuracy (%)", "Novelty and dominance", "Winning hyperparameters"):
+    for title in ("Test accuracy (%)", "Novelty and dominance", "Collapse", "Winning hyperparameters"):
         assert title in proc.stdout
     assert seconds < 120, f"the report took {seconds:.0f}s"
 
@@ -138,6 +138,29 @@ def test_summary_equals_direct_duckdb_queries(reported):
                 pi, qi = round(row.pdiff_max_iou, 3), round(getattr(row, f"{b}_max_iou"), 3)
                 dominates = p >= q and pi <= qi and (p > q or pi < qi)
                 assert getattr(row, f"pdiff_beats_{b}_{kind}") == ("yes" if dominates else "no")
+
+        # Collapse signals: the trial's own row, the snapshots' (sources), each baseline family's.
+        signals = _direct(con, """SELECT pairwise_iou, distinct_sets, spread_ratio, collapsed, ae_converged
+                                  FROM trials WHERE cell_id = ? AND trial_id = ?""", cell_id, trial[0])
+        assert signals[0] is not None, "the tiny sweep's trials carry no collapse signals"
+        assert _close(row.pdiff_pairwise_iou, signals[0], iou) and row.pdiff_distinct_sets == signals[1]
+        assert _close(row.pdiff_spread_ratio, signals[2], iou)
+        assert bool(row.pdiff_collapsed) == signals[3] and bool(row.ae_converged) == signals[4]
+        assert row.collapsed_trials == _direct(con, "SELECT count(*) FROM trials WHERE cell_id = ? AND "
+                                               "status = 'completed' AND collapsed", cell_id)[0]
+        snap = _direct(con, "SELECT snapshot_pairwise_iou, snapshot_distinct_sets FROM sources WHERE cell_id = ?",
+                       cell_id)
+        assert _close(row.snapshot_pairwise_iou, snap[0], iou) and row.snapshot_distinct_sets == snap[1]
+        for b in BASELINES:
+            fam = _direct(con, """SELECT min(family_pairwise_iou), max(family_pairwise_iou),
+                                         any_value(family_distinct_sets), any_value(family_spread_ratio),
+                                         bool_or(family_collapsed)
+                                  FROM baselines WHERE cell_id = ? AND method = ?""", cell_id, b)
+            assert fam[0] == fam[1], f"{b}: one family, one pairwise IoU on every row"
+            assert _close(getattr(row, f"{b}_pairwise_iou"), fam[0], iou)
+            assert getattr(row, f"{b}_distinct_sets") == fam[2]
+            assert _close(getattr(row, f"{b}_spread_ratio"), fam[3], iou)
+            assert bool(getattr(row, f"{b}_collapsed")) == fam[4]
 
         knobs = [c for c in report.columns if c.startswith("hp_")]
         assert knobs, "no hyperparameter columns"
@@ -302,6 +325,211 @@ def test_failed_trials_are_left_out_and_counted(finished_sweep, tmp_path):
         assert (index.parent / name).read_bytes()[:8] == PNG_SIGNATURE, name
 
 
+# -- collapse -------------------------------------------------------------------------------------
+
+
+def _rewrite_trial(store: Store, cell_id: str, trial_id: str, vectors) -> dict:
+    """Replace a trial's generated models by `vectors` and write its `generated` and `trials` rows as stage 2
+    would have for them: scored with the cell's source network, collapse signals from
+    pdiff.evaluate.family_stats (through pdiff.pipeline.assess). Its val accuracy is then raised above every
+    other trial's of the cell, so that it is the val-selected one. Returns the assessment's summary."""
+    import torch
+
+    from orchestrator.sources import load_source_model
+    from pdiff import ParameterSubset, load_dataset
+    from pdiff.evaluate import BatchedEvaluator, iou_matrix
+    from pdiff.pipeline import assess
+
+    src = store.read_pandas("sources", cell_id).iloc[0]
+    data = load_dataset(src.dataset, seed=int(src.seed))
+    model = load_source_model(store, src.arch, src.model_path, data)
+    evaluator = BatchedEvaluator(model, ParameterSubset.select(model, list(src.subset)))
+    snaps = store.read_pandas("checkpoints", cell_id).sort_values("index")
+    snapshots = torch.tensor(np.stack(snaps.params.to_numpy()), dtype=torch.float32)
+    a = assess(evaluator, data, vectors, snapshots, evaluator.score(snapshots, data))
+    s = a.scores
+    trials = store.read_pandas("trials", cell_id)
+    old = next(r for r in store.read("trials", cell_id).to_pylist() if r["trial_id"] == trial_id)
+    writer = Store(store.storage, store.sweep, old["spec_hash"])
+    writer.write("generated", cell_id, trial_id, [
+        {"trial_id": trial_id, "index": i, "val_acc": float(s.val_acc[i]), "test_acc": float(s.test_acc[i]),
+         "max_iou_to_train": float(a.max_iou[i]), "nearest_l2": float(a.nearest_l2[i]),
+         "params": vectors[i].tolist()} for i in range(len(vectors))])
+    best_other = trials[(trials.trial_id != trial_id) & (trials.status == "completed")].val_acc.max()
+    val_novelty = float(iou_matrix(s.val_wrong, evaluator.score(snapshots, data).val_wrong).max(1).values.mean())
+    row = old | a.summary | {
+        "val_acc": max(100 * float(s.val_acc.max()), float(best_other) + 0.01),
+        "novelty": a.summary["mean_max_iou"], "val_novelty": val_novelty}
+    writer.write("trials", cell_id, trial_id, [row])
+    return a.summary
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text[text.index(start):text.index(end, text.index(start))]
+
+
+def test_a_collapsed_best_trial_is_flagged_everywhere(finished_sweep, tmp_path, capsys):
+    """One cell's val-selected trial made collapsed (its N generated vectors one vector), another's made
+    diverse (N different snapshots): the summary, the sweep's console summary, summary.md, index.html and
+    the figures' data flag the first and only the first."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from orchestrator.sweep import _print_summary
+
+    from orchestrator.report import collapse_warnings
+    from pdiff.evaluate import COLLAPSE_IOU, COLLAPSE_SPREAD
+
+    copy = _copy_sweep(finished_sweep, tmp_path / "results")
+    before, _, _ = summary_table(copy)
+    forced, other = before.cell_id.iloc[0], before.cell_id.iloc[1]
+    trials = dict(zip(before.cell_id, before.best_trial))
+
+    gen = copy.read_pandas("generated", forced)
+    gen = gen[gen.trial_id == trials[forced]].sort_values("index")
+    one = torch.tensor(np.asarray(gen.params.iloc[0]), dtype=torch.float32)
+    copies = one.repeat(len(gen), 1)  # N identical vectors: one model
+    stats = _rewrite_trial(copy, forced, trials[forced], copies)
+    assert stats["collapsed"] and stats["pairwise_iou"] >= COLLAPSE_IOU and stats["distinct_sets"] == 1
+    assert stats["spread_ratio"] < COLLAPSE_SPREAD
+
+    snaps = copy.read_pandas("checkpoints", other).sort_values("index")
+    pick = np.linspace(0, len(snaps) - 1, len(gen)).round().astype(int)  # N different snapshots, spread out
+    spread_out = torch.tensor(np.stack(snaps.params.to_numpy()[pick]), dtype=torch.float32)
+    stats = _rewrite_trial(copy, other, trials[other], spread_out)
+    assert not stats["collapsed"], stats  # the precondition: a family of different models
+
+    df, _, _ = summary_table(copy)
+    assert list(df.best_trial) == list(before.best_trial)  # the rewritten trials are the val-selected ones
+    flags = dict(zip(df.cell_id, df.pdiff_collapsed))
+    assert flags[forced] and not flags[other], flags
+    row = df.set_index("cell_id").loc[forced]
+    assert row.pdiff_pairwise_iou == 1.0 and row.pdiff_distinct_sets == 1 and row.pdiff_spread_ratio < 0.05
+    base = summary(copy).set_index("cell_id")  # SUMMARY_SQL, what the sweep prints, says the same
+    assert bool(base.pdiff_collapsed[forced]) and not bool(base.pdiff_collapsed[other])
+    assert base.collapsed_trials[forced] >= 1
+    warnings = collapse_warnings(df)
+    labels = {r.cell_id: f"{r.arch} / {r.dataset} / seed {r.seed}" for r in df.itertuples()}
+    assert len(warnings) == 1 and warnings[0].startswith(labels[forced]) and "COLLAPSED" in warnings[0]
+
+    # The console summary the sweep prints (make demo): p-diff's pairwise IoU and novelty beside the snapshots'
+    # pairwise IoU, a COLLAPSED marker on the forced cell's row and a line saying so, for that cell only.
+    _print_summary(SimpleNamespace(cells=[SimpleNamespace(cell_id=c) for c in df.cell_id]), copy)
+    out = capsys.readouterr().out
+    assert "original_best" in out and "pdiff_selected" in out
+    header = next(line for line in out.splitlines() if "pdiff_pair_iou" in line).split()
+    assert {"snap_pair_iou", "pdiff_max_iou", "collapse"} <= set(header)
+    rows = {" / ".join(line.split()[:2]) + f" / seed {line.split()[2]}": line.split()
+            for line in out.splitlines() if line.split()[:1] in ([a] for a in df.arch) and "of" in line.split()}
+    assert rows[labels[forced]][header.index("collapse")] == "COLLAPSED"
+    assert rows[labels[other]][header.index("collapse")] == "-"
+    assert rows[labels[forced]][header.index("pdiff_pair_iou")] == "1.000"
+    assert f"cell {labels[forced]}: best trial COLLAPSED (pairwise IoU 1.000, 1 distinct" in out
+    assert f"cell {labels[other]}: best trial COLLAPSED" not in out
+
+    index = write_report(copy, tmp_path / "report")
+    md = (index.parent / "summary.md").read_text()
+    assert f"> **COLLAPSED**: {labels[forced]}: the val-selected trial {trials[forced]} is COLLAPSED" in md
+    assert f"**COLLAPSED**: {labels[other]}" not in md
+    table = [line.split(" | ") for line in _section(md, "## Collapse", "## Winning").splitlines()
+             if line.startswith("| ")]
+    column = [c.strip(" |") for c in table[0]].index("pdiff collapse")
+    shown = {f"{r[0].strip('| ')} / {r[1]} / seed {r[2]}": r[column].strip(" |") for r in table[1:]}
+    assert shown == {labels[forced]: "COLLAPSED", labels[other]: "ok"}, shown
+
+    html = index.read_text()
+    warned = re.findall(r'<p class="warning">(.*?)</p>', html, flags=re.S)
+    assert len(warned) == 1 and labels[forced] in warned[0] and labels[other] not in warned[0]
+    body = _section(html, "<h3>Collapse</h3>", "</table>")
+    rows = re.findall(r"<tr><td>(.*?)</tr>", body, flags=re.S)
+    assert len(rows) == 2
+    for cell_id, tr in zip(df.cell_id, rows):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", "<td>" + tr)
+        # arch, dataset, seed | snapshots: IoU, sets, flag | p-diff: IoU, sets, spread, flag
+        pdiff_flag = cells[3 + 3 + 3]
+        assert pdiff_flag == ("COLLAPSED" if cell_id == forced else "ok"), (cell_id, cells)
+    forced_row = rows[list(df.cell_id).index(forced)]
+    assert '<td class="collapsed">COLLAPSED</td>' in forced_row  # shown in red
+    assert pd.read_csv(index.parent / "summary.csv").set_index("cell_id").pdiff_collapsed.to_dict() == {
+        forced: True, other: False}
+
+    # The figures are drawn from the same flags.
+    cells = {c.cell_id: c for c in load_cells(copy, trials, predictions=False)}
+    assert cells[forced].collapsed("p-diff") and not cells[other].collapsed("p-diff")
+    assert trials[forced] in cells[forced].collapsed_trials and trials[other] not in cells[other].collapsed_trials
+
+
+def test_accuracy_novelty_figure_moves_no_point_and_labels_collapse(tmp_path, monkeypatch):
+    """Every drawn point is a model's own (max IoU, accuracy): no jitter, nothing past IoU 1.0; a collapsed
+    family (8 identical models at IoU 1.0) is labelled 'collapsed' and a healthy one is not."""
+    import orchestrator.figures as figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path, title: (drawn.append(fig), save(fig, path, title))[1])
+    rng = np.random.default_rng(0)
+    snap_iou, snap_acc = rng.uniform(0.6, 0.9, 12), rng.uniform(0.9, 0.95, 12)
+    generated = pd.DataFrame({"trial_id": "t", "index": range(8), "val_acc": 0.9, "test_acc": 0.93,
+                              "max_iou_to_train": 1.0, "params": [np.zeros(3)] * 8})
+    baselines = pd.DataFrame({"method": "noise", "index": range(8), "val_acc": 0.9,
+                              "test_acc": rng.uniform(0.9, 0.95, 8), "max_iou_to_train": rng.uniform(0.7, 1.0, 8),
+                              "params": [np.zeros(3)] * 8})
+    cell = figures.CellData(cell_id="c", arch="mlp", dataset="digits", seed=0, best_trial="t",
+                            snapshots=np.zeros((12, 3), np.float32),
+                            snapshot_rows=pd.DataFrame({"index": range(12), "test_acc": snap_acc}),
+                            generated=generated, baselines=baselines, snapshot_max_iou=snap_iou,
+                            families={"p-diff": {"pairwise_iou": 1.0, "distinct_sets": 1, "spread_ratio": 0.0,
+                                                 "collapsed": True},
+                                      "noise": {"pairwise_iou": 0.6, "distinct_sets": 8, "spread_ratio": 1.5,
+                                                "collapsed": False}})
+    figures.accuracy_novelty_figure([cell], tmp_path / "accuracy_novelty.png")
+    ax = drawn[0].axes[0]
+    truth = {(round(x, 9), round(100 * y, 9)) for x, y in zip(snap_iou, snap_acc)}
+    truth |= {(1.0, 93.0)} | {(round(x, 9), round(100 * y, 9))
+                              for x, y in zip(baselines.max_iou_to_train, baselines.test_acc)}
+    means = set()
+    for coll in ax.collections:
+        for x, y in coll.get_offsets():
+            assert x <= 1.0, f"a point past IoU 1.0: {x}"
+            means.add((round(float(x), 9), round(float(y), 9)))
+    assert truth <= means  # every model is drawn at its own place
+    extra = means - truth  # the rest are the families' means
+    assert len(extra) <= 3, extra
+    texts = [t.get_text() for t in ax.texts]
+    assert "p-diff collapsed" in texts and not any(t.startswith("noise") for t in texts), texts
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "p-diff (8 models at 1 point): COLLAPSED" in legend and "noise" in legend, legend
+
+
+def test_old_tables_without_collapse_columns_still_summarise(finished_sweep, tmp_path):
+    """A sweep written before the collapse columns: its signals read as NULL (shown n/a), not an error."""
+    import pyarrow.parquet as pq
+
+    from orchestrator.report import summary_text
+    from orchestrator.summary import COLLAPSE_COLUMNS
+
+    copy = _copy_sweep(finished_sweep, tmp_path / "results")
+    for table, columns in COLLAPSE_COLUMNS.items():
+        for f in copy.files(table):
+            t = pq.read_table(f)
+            pq.write_table(t.drop_columns([c for c in columns if c in t.column_names]), f)
+    df = summary(copy)
+    assert len(df) == 2 and df.pdiff_selected.notna().all()
+    assert df.pdiff_pairwise_iou.isna().all() and df.pdiff_collapsed.isna().all()
+    ours, _, shown = summary_table(copy)
+    text = summary_text(ours, shown)
+    assert "Collapse" in text and "COLLAPSED" not in text and "n/a" in text
+    cells = load_cells(copy, dict(zip(ours.cell_id, ours.best_trial)), predictions=False)
+    assert all(not c.families and not c.collapsed("p-diff") for c in cells)
+    trials, how = trial_history(copy)
+    from orchestrator.figures import accuracy_novelty_figure, history_figure
+
+    labels = {c.cell_id: c.label for c in cells}
+    assert history_figure(trials, how, labels, tmp_path / "search_history.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert accuracy_novelty_figure(cells, tmp_path / "accuracy_novelty.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
 def test_tsne_skips_non_finite_vectors(tmp_path):
     import matplotlib.image
 
@@ -371,7 +599,7 @@ def test_report_renders_in_a_headless_browser(reported, tmp_path):
     dom = _headless(chromium, "--dump-dom", "--window-size=1400,3000", page).stdout
     n_cells = store.read("sources", columns=["cell_id"]).num_rows
     tables = re.findall(r"<table\b.*?</table>", dom, flags=re.S)
-    assert len(tables) == 3, "the summary's three tables"
+    assert len(tables) == 4, "the summary's four tables"
     for table in tables:
         body = re.search(r"<tbody>(.*?)</tbody>", table, flags=re.S).group(1)
         assert len(re.findall(r"<tr\b", body)) == n_cells

@@ -506,3 +506,54 @@ def test_lease_on_an_object_store_is_best_effort_but_works():
 def test_load_spec_still_reads_the_shipped_sweeps():
     for path in sorted((ROOT / "sweeps").glob("*.yaml")):
         assert load_spec(path).name
+
+
+# -- the same on an object store (moto's S3 server on loopback) -----------------------------------
+
+@pytest.fixture
+def s3_storage(monkeypatch):
+    from moto.server import ThreadedMotoServer
+    import pyarrow.fs as pafs
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://pdiff-results/x?{options}&allow_bucket_creation=true")
+    fs.create_dir("pdiff-results")
+    yield lambda bucket="pdiff-results": f"s3://{bucket}/sweeps?{options}"
+    server.stop()
+
+
+def test_object_store_probe_lease_and_restart(tmp_path, capsys, s3_storage):
+    import pyarrow.fs as pafs
+    from orchestrator.cluster import probe_storage
+
+    spec = spec_file(tmp_path)
+    code, _, err = run(capsys, spec, "--storage", s3_storage("nosuchbucket"))
+    assert code == 2 and f"{spec}: storage: cannot write in s3://nosuchbucket/sweeps/smoke" in err
+    assert "Bucket 'nosuchbucket' not found" in err
+
+    uri = s3_storage()
+    store = Store(uri, "smoke", "h")
+    assert probe_storage(load_spec(spec, storage=uri), store) == []
+    keys = lambda: sorted(i.base_name for i in store.fs.get_file_info(  # noqa: E731
+        pafs.FileSelector(store.root, recursive=True, allow_not_found=True)) if i.type == pafs.FileType.File)
+    assert keys() == []  # the probe file is gone
+
+    with Lease(store, settle_s=0.05) as held:
+        code, _, err = run(capsys, spec, "--storage", uri)
+        assert code == 2 and f"is in use by another run of this sweep: host {socket.gethostname()}, " \
+                              f"pid {os.getpid()}" in err
+        assert json.loads(store.read_bytes(LEASE))["token"] == held.token
+
+    store.write_bytes("trials/c/t.parquet", b"rows")
+    code, _, err = run(capsys, spec, "--storage", uri, "--restart")
+    assert code == 2 and f"has no {MARKER} marker" in err and "Nothing deleted" in err
+    assert keys() == ["t.parquet"]
+    store.write_marker()
+    store.delete_all(keep=(MARKER,))
+    assert keys() == [MARKER]

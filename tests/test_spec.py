@@ -417,3 +417,100 @@ def test_pdiff_config_combines_fixed_and_searched_knobs():
     knobs = cfg.knobs()
     assert knobs["latent_dim"] == 64 and knobs["latent_noise"] == 0.05
     assert knobs["ae_steps"] == 200 and knobs["sampler"] == "ddim"
+
+
+# -- safety (issue 10): names that stay one folder, documented maxima, finite numbers, files --------------
+
+@pytest.mark.parametrize("name", [".", "..", "../x", "a/b", "a\\b", "/abs", "", "-lead", ".hidden", "_x", "a b",
+                                  "a\nb", "caf\u00e9", "x" * 129])
+def test_names_that_are_not_a_slug(name):
+    err = spec_error(edited({"name": name}))
+    assert err.path == "name" and "expected a slug" in err.message
+
+
+@pytest.mark.parametrize("name", ["a", "smoke", "resnet18.v2", "A_b-c.d", "9", "x" * 128, "a..b", "a."])
+def test_names_that_are_a_slug(name):
+    assert parse_spec(edited({"name": name}), SOURCE).name == name
+
+
+@pytest.mark.parametrize("field, maximum", [
+    ("sources.collect.k", 100_000), ("sources.train.epochs", 10_000), ("pdiff.knobs.n_generated", 100_000),
+    ("pdiff.knobs.ae_steps", 1_000_000), ("pdiff.knobs.ldm_steps", 1_000_000), ("pdiff.num_samples", 10_000),
+    ("pdiff.knobs.latent_dim", 65_536), ("pdiff.max_concurrent", 10_000), ("resources.sources.workers", 10_000),
+    ("seed", 2**31 - 1),
+])
+def test_sizes_have_a_documented_maximum(field, maximum):
+    import orchestrator.spec as spec_module
+
+    assert str(maximum) in spec_module.__doc__.replace("_", "")  # documented beside the format
+    changes = {field: maximum}
+    if field == "pdiff.num_samples":
+        changes["pdiff.knobs.latent_dim"] = {"type": "int", "low": 8, "high": 64}
+    parse_spec(edited(changes), SOURCE)  # the maximum itself is allowed
+    for too_big in (maximum + 1, 10**30, 10**5000):
+        err = spec_error(edited(changes | {field: too_big}))
+        assert err.path == field and f"above the maximum of {maximum}" in err.message
+        assert len(str(err)) < 200
+
+
+@pytest.mark.parametrize("field, value", [
+    ("sources.train.lr", float("inf")), ("sources.train.lr", float("nan")), ("sources.collect.lr", 10**400),
+    ("resources.sources.gpus", float("inf")), ("pdiff.noise_sigma", float("inf")),
+    ("pdiff.knobs.latent_noise", float("inf")), ("pdiff.knobs.ae_lr", 10**400),
+    ("pdiff.knobs.latent_noise", {"type": "uniform", "low": 0.1, "high": float("inf")}),
+])
+def test_numbers_must_be_finite(field, value):
+    err = spec_error(edited({field: value}))
+    assert err.path.startswith(field)
+    assert "finite" in err.message or "too large" in err.message or "> 0" in err.message
+
+
+@pytest.mark.parametrize("field, value, where", [
+    ("pdiff.knobs.ae_channels", [], "pdiff.knobs.ae_channels"),
+    ("pdiff.knobs.ae_channels", [8, "16"], "pdiff.knobs.ae_channels[1]"),
+    ("pdiff.knobs.ldm_channels", [8, 0], "pdiff.knobs.ldm_channels[1]"),
+    ("pdiff.knobs.ldm_channels", [8, True], "pdiff.knobs.ldm_channels[1]"),
+    ("pdiff.knobs.ae_channels", [[8, 8], [8, 8]], "pdiff.knobs.ae_channels[0]"),
+    ("pdiff.knobs.ae_channels", [8] * 17, "pdiff.knobs.ae_channels"),
+])
+def test_channel_lists_are_checked_entry_by_entry(field, value, where):
+    assert spec_error(edited({field: value})).path == where
+
+
+def test_unknown_keys_with_odd_characters_stay_on_one_line():
+    err = spec_error(edited({"bad\nkey": 1}))
+    assert "\n" not in str(err) and err.path == "'bad\\nkey'"
+    err = spec_error(edited({"k" * 500: 1}))
+    assert len(err.path) < 80
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("name: x\nsources: &s {archs: [mlp]}\npdiff: *s\n", "pdiff: YAML aliases are not allowed (*s at line 3"),
+    ("name: x\nbase: &b {k: 1}\nsources:\n  collect:\n    <<: *b\n", "sources.collect.<<: YAML aliases"),
+    ("name: x\nseed: 2024-02-30\n", "<file>: not valid YAML (day is out of range"),
+    ("name: x\nseed: " + "9" * 5000 + "\n", "<file>: not valid YAML"),
+    ("name: x\nseed: !!python/object:os.system x\n", "<file>: not valid YAML"),
+    ("[" * 5000 + "]" * 5000 + "\n", "<file>: "),
+])
+def test_yaml_that_is_refused(tmp_path, text, fragment):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert f"{path}: {fragment}" in str(info.value)
+
+
+def test_files_that_are_not_specs(tmp_path):
+    with pytest.raises(SpecError, match="is a directory"):
+        load_spec(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"<file>: not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load_spec(tmp_path / "latin1.yaml")
+    (tmp_path / "huge.yaml").write_bytes(b"#" * (1 << 20 | 1))
+    with pytest.raises(SpecError, match="at most 1048576 bytes"):
+        load_spec(tmp_path / "huge.yaml")
+    with pytest.raises(SpecError, match="not a regular file"):
+        load_spec("/dev/null")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "afile" / "spec.yaml")

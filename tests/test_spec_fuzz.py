@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import math
 import io
 import os
 import tempfile
@@ -47,6 +49,11 @@ KEYS = sorted({"name", "storage", "seed", "sources", "pdiff", "resources", "arch
 WORDS = ["", ".", "..", "../..", "a/b", "/", "s3://", "nosuch://x", "\x00", "\n", " ", "true", "null", "1e400",
          "choice", "int", "uniform", "loguniform", "grid", "tpe", "random", "ddim", "ddpm", "accuracy", "novelty",
          "sgd", "adamw", "cosine", "step", "epoch", *ARCHS, *DATASETS, "x" * 300]
+# YAML that parsers trip over: aliases, merges, tags, tabs, directives, impossible dates, huge ints.
+NASTY = [b"&a ", b"*a", b"<<: *a\n", b"!!python/object:os.system ", b"!!binary x", b"\t", b"? ", b"- ", b"{", b"[",
+         b"%YAML 1.1\n", b"---\n", b"...\n", b"\xff\xfe", b"2024-02-30", b"9" * 5000, b"1e400", b".nan", b"-.inf",
+         b": ", b"\n  ", b"\"\\x", b"!!set {a}", b"!!omap [a: 1]", b"~", b"\x00"]
+EXTREMES = [float("inf"), float("-inf"), float("nan"), 10**400, -(10**400), 10**9, -1, 0, 1e-320]
 NUMBERS = [0, 1, -1, 2, 0.5, -0.5, 1e-12, 2**31 - 1, 2**31, 2**32, 2**63, 10**30, -(10**30), 10**400,
            float("inf"), float("-inf"), float("nan"), 1e308]
 
@@ -75,6 +82,10 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+def _leaves(node: Any, prefix: tuple = ()) -> list[tuple]:
+    return [p for p in _paths(node, prefix) if p and not isinstance(_get(node, p), (dict, list))]
+
+
 def _get(node: Any, path: tuple) -> Any:
     for part in path:
         node = node[part]
@@ -85,8 +96,9 @@ def _get(node: Any, path: tuple) -> Any:
 def mutated_specs(draw, max_mutations: int = 4) -> dict:
     raw = copy.deepcopy(SPECS[draw(st.sampled_from(sorted(SPECS)))])
     for _ in range(draw(st.integers(1, max_mutations))):
-        path = draw(st.sampled_from(_paths(raw)))
-        op = draw(st.sampled_from(["delete", "replace", "replace", "add", "nest", "number", "duplicate"]))
+        leaves = _leaves(raw)
+        path = draw(st.sampled_from(leaves if leaves and draw(st.integers(0, 3)) else _paths(raw)))
+        op = draw(st.sampled_from(["delete", "replace", "replace", "add", "nest", "number", "extreme", "extreme", "duplicate"]))
         if not path:  # the root
             if op == "replace":
                 raw = draw(values)
@@ -113,6 +125,8 @@ def mutated_specs(draw, max_mutations: int = 4) -> dict:
                                                  {draw(st.sampled_from(KEYS)): parent[last]}]))
         elif op == "number":
             parent[last] = draw(st.sampled_from(NUMBERS))
+        elif op == "extreme":
+            parent[last] = draw(st.sampled_from(EXTREMES))
         elif op == "duplicate" and isinstance(parent, list):
             parent.append(copy.deepcopy(parent[last]))
         elif op == "duplicate" and isinstance(parent[last], list) and parent[last]:
@@ -149,6 +163,12 @@ def exercise(spec: SweepSpec) -> None:
     assert len({c.cell_id for c in spec.cells}) == len(spec.cells)
     for dist in spec.search.values():
         dist.to_optuna()
+    numbers = [v for cfg in (spec.cells[0].train, spec.cells[0].collect, spec.source_resources, spec.trial_resources)
+               for v in dataclasses.asdict(cfg).values()]
+    numbers += [spec.seed, spec.noise_sigma, *spec.fixed.values()]
+    numbers += [v for d in spec.search.values() for v in (d.low, d.high, *d.values)]
+    for value in numbers:  # a spec that parses holds finite numbers only
+        assert not isinstance(value, float) or math.isfinite(value), (value, spec.raw)
     probe = {k: (d.values[0] if d.type == "choice" else d.low) for k, d in spec.search.items()}
     spec.pdiff_config(probe)
 
@@ -169,12 +189,21 @@ def test_mutated_specs_parse_or_name_a_field(raw):
 
 
 @settings(max_examples=100, **FUZZ)
-@given(st.sampled_from(sorted(TEXTS)), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 8), st.binary(max_size=8)),
+@given(st.sampled_from(sorted(TEXTS)), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 8),
+                                                           st.binary(max_size=8) | st.sampled_from(NASTY)),
                                                  min_size=1, max_size=3))
 def test_spliced_yaml_files_load_or_name_a_field(name, splices):
-    """Bytes cut from and spliced into the YAML text: bad UTF-8, tabs, tags, aliases, broken syntax."""
+    """Bytes cut from and spliced into the YAML text (bad UTF-8, tabs, tags, aliases, broken
+    syntax), or a value of one `key: value` line replaced by one of the nasty snippets."""
     data = TEXTS[name].encode()
     for where, cut, insert in splices:
+        lines = data.split(b"\n")
+        at_line = int(where * (len(lines) - 1))
+        if cut % 2 and b": " in lines[at_line] and not lines[at_line].lstrip().startswith(b"#"):
+            key = lines[at_line].split(b": ", 1)[0]
+            lines[at_line] = key + b": " + NASTY[(cut + len(insert)) % len(NASTY)]
+            data = b"\n".join(lines)
+            continue
         at = int(where * len(data))
         data = data[:at] + insert + data[at + cut:]
     with tempfile.TemporaryDirectory() as folder:

@@ -198,3 +198,42 @@ def test_fixed_knob_spec_runs_repeats_with_distinct_ids(tmp_path):
     knobs = {"latent_dim": 16}
     assert trial_id_of("c", knobs, 0) != trial_id_of("c", knobs, 1)
     assert trial_id_of("c", knobs, 0) == trial_id_of("c", dict(knobs), 0)
+
+
+def test_kill_during_stage_one_then_resume(tiny_spec, finished, tmp_path):
+    """SIGKILL the sweep's process group while its sources train; the re-run ends as a clean run."""
+    import threading
+
+    store = Store(str(tmp_path), "tiny")
+    proc = subprocess.Popen(sweep_command(tiny_spec, tmp_path), cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    training = threading.Event()  # a source's training loop has logged an epoch
+
+    def watch() -> None:
+        for line in proc.stdout:
+            if "] source epoch" in line:
+                training.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 400
+        while not training.wait(0.2):
+            assert proc.poll() is None, "the sweep ended before a source trained"
+            assert time.monotonic() < deadline, "no source ever started training"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    assert len(store.files("sources")) < CELLS, "stage 1 finished before the kill: nothing was tested"
+    assert not store.files("trials")
+
+    out = run_sweep(tiny_spec, tmp_path).stdout
+
+    uninterrupted, _ = finished
+    assert _keys(store) == _keys(uninterrupted)
+    assert f"sources {CELLS}/{CELLS}" in out
+    sources, trials = store.read_pandas("sources"), store.read_pandas("trials")
+    checkpoints = store.read_pandas("checkpoints", columns=["cell_id", "index"])
+    generated = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
+    assert sources.cell_id.is_unique and not checkpoints.duplicated().any()
+    assert trials.trial_id.is_unique and not generated.duplicated().any()
+    assert set(generated.trial_id) == set(trials.trial_id)
