@@ -93,7 +93,6 @@ CASES: dict[str, Callable[[Path], list]] = {
     # Storage that is a file: refused by the probe before Ray starts (a regression would start Ray: slow).
     "storage-is-a-file": lambda d: [smoke_with(d, {}), "--storage", write(d / "store", "a file")],
     # A real run: it must stop at the table check, before Ray (a regression would run the sweep: time out).
-    "corrupt-table": lambda d: [SWEEPS / "smoke.yaml", "--storage", with_corrupt_table(d)],
 }
 
 
@@ -199,14 +198,8 @@ def test_storage_that_is_a_file_exits_2_before_ray(runs):
     assert tree(run.folder) == {"spec.yaml": run.spec.read_bytes(), "store": b"a file"}
 
 
-def test_corrupt_table_exits_2_before_anything_starts(runs):
-    run = runs["corrupt-table"]
-    bad = run.folder / "smoke" / "trials" / "somecell" / "x.parquet"
-    assert run.proc.returncode == 2, run.log
-    assert f"{bad}: not a readable Parquet file" in run.proc.stderr
-    assert "Traceback" not in run.proc.stderr
-    assert "Ray instance" not in run.proc.stdout + run.proc.stderr
-    assert tree(run.folder) == {"smoke/trials/somecell/x.parquet": GARBAGE}
+# A corrupt table no longer stops a run: it is quarantined and its writer re-runs
+# (tests/test_healing.py); a dry run still leaves it untouched (above).
 
 
 @pytest.mark.slow
