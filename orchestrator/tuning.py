@@ -124,7 +124,7 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
             "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": "failed",
             "reason": reason, "seconds": time.perf_counter() - t0, "node_id": ray.get_runtime_context().get_node_id(),
         }])
-        tune.report({"phase": "failed", "reason": reason})  # no metric: FailedTrialsOptunaSearch tells Optuna FAIL
+        tune.report({"phase": "failed", "reason": reason})  # no metric: Optuna gets FAIL (see the searcher)
         return
     g = run.generated
     val_novelty = float(iou_matrix(g.scores.val_wrong, snap_scores.val_wrong).max(1).values.mean())
