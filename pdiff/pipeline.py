@@ -102,10 +102,17 @@ def _tail_mean(losses: list[float], n: int = 20) -> float:
     return float(sum(losses[-n:]) / max(1, len(losses[-n:])))
 
 
+DIVERGENCE_FACTOR = 1e3  # a final loss this many times the first step's (before any update) is divergence
+
+
 def _finite(losses: list[float], what: str) -> None:
+    """Raise `Diverged` when a loss is non-finite or ends `DIVERGENCE_FACTOR` times above where it started."""
     bad = next((i for i, x in enumerate(losses) if not math.isfinite(x)), None)
     if bad is not None:
         raise Diverged(f"{what} loss went non-finite at step {bad} ({losses[bad]})")
+    start, end = (losses[0] if losses else 0.0), _tail_mean(losses)
+    if losses and end > DIVERGENCE_FACTOR * max(start, 1e-12):
+        raise Diverged(f"{what} loss grew from {start:.3g} to {end:.3g} ({end / max(start, 1e-12):.2g}x)")
 
 
 def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset, snapshot_scores: Scores,

@@ -84,3 +84,22 @@ def test_a_diverging_run_raises_diverged(collected, evaluator):
     cfg = PdiffConfig.from_knobs(**(TINY_KNOBS | {"ae_lr": 1e6, "ae_steps": 100}))
     with pytest.raises(Diverged, match="non-finite"):
         run_pdiff(c.snapshots, evaluator, data, c.scores, cfg, seed=0)
+
+
+def test_a_finite_but_exploding_loss_is_divergence_too():
+    from pdiff.pipeline import DIVERGENCE_FACTOR, _finite
+
+    _finite([1.0, 0.5, 0.2, 0.1] * 10, "ae")  # a loss that falls is training
+    _finite([1.0] * 40 + [2.0] * 20, "ae")  # one that rises a little is not divergence
+    with pytest.raises(Diverged, match="grew from 1 to"):
+        _finite([1.0] * 20 + [DIVERGENCE_FACTOR * 2] * 20, "ae")
+    with pytest.raises(Diverged, match="non-finite at step 3"):
+        _finite([1.0, 1.0, 1.0, float("nan")], "ae")
+
+
+def test_a_large_learning_rate_is_a_diverged_run_not_a_number(collected, evaluator):
+    """ae_lr 1 keeps the loss finite (~1e29) on this subset: it must still fail, not be stored as a result."""
+    c, data = collected.collection, collected.data
+    cfg = PdiffConfig.from_knobs(**(TINY_KNOBS | {"ae_lr": 1.0, "ae_steps": 100}))
+    with pytest.raises(Diverged, match="grew from"):
+        run_pdiff(c.snapshots, evaluator, data, c.scores, cfg, seed=0)

@@ -230,7 +230,8 @@ def test_kill_during_stage_one_then_resume(tiny_spec, finished, tmp_path):
 
     uninterrupted, _ = finished
     assert _keys(store) == _keys(uninterrupted)
-    assert f"sources {CELLS}/{CELLS}" in out
+    # The killed run's workers may write a last sources file after the kill: then every source is already done.
+    assert re.search(rf"sources:? {CELLS}/{CELLS}", out), out
     sources, trials = store.read_pandas("sources"), store.read_pandas("trials")
     checkpoints = store.read_pandas("checkpoints", columns=["cell_id", "index"])
     generated = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
