@@ -33,6 +33,7 @@ KNOBS = {
     "ae_min_r2": ("ae", "min_r2"), "normalize": ("ae", "normalize"), "ae_token_size": ("ae", "token_size"),
     "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
     "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
+    "ldm_amp": ("ldm", "amp"),
     "ae_channels": ("ae", "channels"), "ldm_channels": ("ldm", "channels"),
     "n_generated": ("", "n_generated"), "sampler": ("", "sampler"), "sample_steps": ("", "sample_steps"),
 }
