@@ -26,8 +26,14 @@ HEAD_RESOURCE = "pdiff_head"
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS), else start an embedded local Ray."""
+def connect_ray(address: str | None, verbose: bool = False) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start an embedded local Ray.
+
+    Unless `verbose`, Ray's own output stays in its log files (`<temp dir>/session_latest/logs`,
+    /tmp/ray by default): its workers' output is not forwarded to this console and its driver
+    logs only warnings, so the console holds the sweep's lines alone."""
+    import logging
+
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -36,11 +42,17 @@ def connect_ray(address: str | None) -> None:
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # Train would echo every worker print a second time
         "RAY_USAGE_STATS_ENABLED": "0",
     }}
+    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
+    if not verbose:  # The raylet's warnings ("N PYTHON worker processes have been started") reach the
+        # console through this private function even without log_to_driver; they are in raylet.out too.
+        import ray._private.worker
+
+        ray._private.worker.print_to_stdstream = lambda data, ignore_prefix: None
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, **quiet)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # one local node: no token to share
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
+        ray.init(runtime_env=runtime_env, **quiet)
 
 
 def _live_nodes() -> list[dict[str, float]]:

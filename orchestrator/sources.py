@@ -4,15 +4,25 @@ Each cell's run is launched from a small Ray task (no CPU of its own), so the
 cells run concurrently as far as the cluster's resources allow. Rank 0 writes
 the cell's `checkpoints` rows, its model weights, and last its `sources` row:
 the sources row is the commit marker of a finished cell.
+
+Every epoch of the source training and of the collection reports its training
+state to Ray Train as a checkpoint (`<sweep>/_ray/source-<cell_id>/`): a worker
+group restarted after a lost (spot) node, a retried driver, or a re-run sweep
+continues the cell from its last epoch, with the snapshots of an uninterrupted
+run. The run folder is deleted once the cell's rows are written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import math
+import os
+import tempfile
 import time
-import uuid
+from typing import Callable
 
+import pyarrow.fs as pafs
 import ray
 import torch
 
@@ -22,7 +32,7 @@ from pdiff.collect import collect_snapshots, train_source
 from pdiff.evaluate import BatchedEvaluator, Scores, family_stats, spread
 
 from .cluster import driver_options
-from .progress import Progress
+from .progress import Progress, worker_log
 from .spec import Cell, SweepSpec
 from .tables import Store
 
@@ -89,8 +99,71 @@ def load_snapshot_scores(store: Store, cell_id: str) -> Scores:
     return Scores(**_load(store, scores_relpath(cell_id)))
 
 
+def run_name(cell_id: str) -> str:
+    """The cell's Ray Train run (its folder under `<sweep>/_ray/`): one per cell, so that
+    Train V2, which resumes a run whose name exists, continues it after any restart."""
+    return f"source-{cell_id}"
+
+
+def drop_run(store: Store, cell_id: str) -> None:
+    """Delete a finished cell's run folder, its checkpoints with it (only inside `<sweep>/_ray/`).
+    A cell trained again later (healing) then starts afresh instead of resuming a finished run."""
+    path = store.path("_ray", run_name(cell_id))
+    if store.fs.get_file_info(path).type == pafs.FileType.Directory:
+        store.fs.delete_dir(path)
+
+
+def _state_file(rank: int, world: int) -> str:
+    # Each rank keeps its own state (its augmentation RNG differs); a checkpoint of another
+    # world size has no file for this one, and every rank then starts afresh.
+    return f"state-{rank}-of-{world}.pt"
+
+
+# Train's controller takes one report per poll (every 2 s): reporting more often only blocks
+# the loop, so epochs shorter than this are checkpointed together.
+CHECKPOINT_EVERY_S = 2.0
+
+
+def _checkpointer(rank: int, world: int) -> Callable[[dict], None]:
+    """save(progress) after every epoch: reports the training state to Ray Train, which copies it
+    into the sweep's storage, at most every CHECKPOINT_EVERY_S (rank 0's clock decides for all)."""
+    import ray.train
+    import ray.train.collective
+
+    last = -math.inf
+
+    def save(progress: dict) -> None:
+        nonlocal last
+        due = time.monotonic() - last >= CHECKPOINT_EVERY_S
+        if world > 1:
+            due = ray.train.collective.broadcast_from_rank_zero(due)  # every rank reports, or none
+        if not due:
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(progress, os.path.join(folder, _state_file(rank, world)))
+            ray.train.report({"epochs": progress["epochs"]}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        last = time.monotonic()
+
+    return save
+
+
+def _load_checkpoint(rank: int, world: int) -> dict | None:
+    """The progress this rank reported last, when Ray Train restarts the cell; else None."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = os.path.join(folder, _state_file(rank, world))
+        return torch.load(path, map_location="cpu") if os.path.exists(path) else None  # RNG states stay on the CPU
+
+
 def _train_cell(config: dict) -> None:
-    """Ray Train worker loop: train, collect, and (rank 0) write the cell's tables."""
+    """Ray Train worker loop: train, collect, and (rank 0) write the cell's tables.
+
+    Progress is {"stage": "train" | "collect", "epochs": source epochs + collection passes
+    done, "state": the pdiff loop's state, "test_acc": the source's, once trained}."""
     import ray.train
     import ray.train.torch
 
@@ -100,9 +173,14 @@ def _train_cell(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     device = ray.train.torch.get_device()
-    log = (lambda msg: print(f"[{cell.cell_id}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
+    log = worker_log(config.get("progress"), cell.cell_id, cell.cell_id) if rank == 0 else (lambda msg: None)
 
     t0 = time.perf_counter()
+    save = _checkpointer(rank, world)
+    resumed = _load_checkpoint(rank, world)
+    resumed_from = resumed["epochs"] if resumed else 0
+    if resumed:
+        log(f"resumed from epoch {resumed_from}")
     data = load_dataset(cell.dataset, seed=cell.seed)
     model = build_model(cell.arch, channels=data.channels, classes=data.classes, image_size=data.image_size,
                         seed=cell.seed).to(device)
@@ -110,10 +188,18 @@ def _train_cell(config: dict) -> None:
     # DDP only when the spec asks for several workers; the wrapper is rebuilt
     # after freezing so that it tracks only the subset during collection.
     wrap = (lambda m: ray.train.torch.prepare_model(m, move_to_device=False)) if world > 1 else None
-    test_acc = train_source(model, data, cell.train, seed=cell.seed, log=log, log_every=max(1, cell.train.epochs // 3),
-                            wrap=wrap, rank=rank, world_size=world)
-    snapshots = collect_snapshots(model, subset, data, cell.collect, seed=cell.seed,
-                                  batch_size=cell.train.batch_size, log=log, wrap=wrap, rank=rank, world_size=world)
+    if resumed and resumed["stage"] == "collect":
+        test_acc = resumed["test_acc"]
+    else:
+        test_acc = train_source(
+            model, data, cell.train, seed=cell.seed, log=log, log_every=max(1, cell.train.epochs // 3), wrap=wrap,
+            rank=rank, world_size=world, resume=resumed and resumed["state"],
+            save_state=lambda state: save({"stage": "train", "epochs": state["epoch"], "state": state}))
+    snapshots = collect_snapshots(
+        model, subset, data, cell.collect, seed=cell.seed, batch_size=cell.train.batch_size, log=log, wrap=wrap,
+        rank=rank, world_size=world, resume=resumed["state"] if resumed and resumed["stage"] == "collect" else None,
+        save_state=lambda state: save({"stage": "collect", "epochs": cell.train.epochs + state["epoch"],
+                                       "state": state, "test_acc": test_acc}))
     if rank == 0:
         scores = BatchedEvaluator(model, subset).score(snapshots, data)
         family = family_stats(snapshots, scores.test_wrong, snapshots)  # the reference for collapse
@@ -128,6 +214,7 @@ def _train_cell(config: dict) -> None:
             "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),
             "k": len(snapshots), "test_acc": test_acc, "seconds": time.perf_counter() - t0,
             "node_id": ray.get_runtime_context().get_node_id(), "model_path": model_relpath(cell.cell_id),
+            "resumed_from_epoch": resumed_from,
         } | {f"snapshot_{k}": v for k, v in family.items() if k in ("pairwise_iou", "distinct_sets")}
           | {"snapshot_spread": spread(snapshots)}])
         log(f"source test acc {100 * test_acc:.2f}%, {len(snapshots)} snapshots, "
@@ -136,24 +223,26 @@ def _train_cell(config: dict) -> None:
 
 
 @ray.remote(num_cpus=0, max_retries=2)
-def _cell_run(cell: Cell, store: Store, spec: SweepSpec) -> str:
+def _cell_run(cell: Cell, store: Store, spec: SweepSpec, sink=None) -> str:
     """Drive one cell's TorchTrainer from inside the cluster (it holds no CPU itself)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     res = spec.source_resources
     per_worker = {"CPU": res.cpus} | ({"GPU": res.gpus} if res.gpus else {})
     trainer = TorchTrainer(
         _train_cell,
-        train_loop_config={"cell": cell, "store": store, "threads": max(1, int(res.cpus))},
+        train_loop_config={"cell": cell, "store": store, "threads": max(1, int(res.cpus)), "progress": sink},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0, resources_per_worker=per_worker),
-        # A fresh run name per attempt: Train V2 silently resumes a run whose
-        # name exists. Results are identified by cell id in the tables instead.
-        run_config=RunConfig(name=f"source-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
-                             **store.ray_storage(),
-                             failure_config=FailureConfig(max_failures=2)),
+        # The cell's own run name: a retried driver or a re-run sweep resumes the cell's
+        # last checkpoint. Safe because a cell id is its training content, and drop_run
+        # deletes the run once the rows exist (a later retraining starts afresh).
+        run_config=RunConfig(name=run_name(cell.cell_id), **store.ray_storage(),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=spec.source_max_failures)),
     )
     trainer.fit()
+    drop_run(store, cell.cell_id)
     return cell.cell_id
 
 
@@ -161,12 +250,21 @@ def run_sources(spec: SweepSpec, store: Store, progress: Progress) -> None:
     """Train and collect every cell that has no `sources` row yet, concurrently."""
     todo = pending_cells(spec, store)
     progress.stage("sources", total=len(spec.cells), done=len(spec.cells) - len(todo))
+    for cell in set(spec.cells) - set(todo):  # checkpoints left by a driver lost after its cell's rows
+        drop_run(store, cell.cell_id)
     driver = _cell_run.options(**driver_options())
-    running = {driver.remote(cell, store, spec): cell for cell in todo}
+    running = {driver.remote(cell, store, spec, progress.sink): cell for cell in todo}
+    for cell in todo:
+        progress.update(cell.cell_id, cell.cell_id, "waiting for its Ray Train worker group")
     while running:
-        ready, _ = ray.wait(list(running), num_returns=1)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=2.0)
+        progress.poll()  # the workers' lines, and the heartbeat
+        if not ready:
+            continue
         cell = running.pop(ready[0])
+        progress.finish(cell.cell_id)
         ray.get(ready[0])  # re-raises a cell's failure after Ray's retries
         row = store.read_pandas("sources", cell.cell_id).iloc[0]
+        resumed = f", resumed from epoch {row.resumed_from_epoch}" if row.resumed_from_epoch else ""
         progress.advance("sources", f"{cell.cell_id}: source {100 * row.test_acc:.2f}% test acc, "
-                                    f"{row.k} snapshots of {row.n_subset} params ({row.seconds:.0f}s)")
+                                    f"{row.k} snapshots of {row.n_subset} params ({row.seconds:.0f}s{resumed})")

@@ -10,6 +10,7 @@
       train: {epochs: 15, batch_size: 64, lr: 0.05}
       subset: {cnn_small: ["bn2.*", "fc.*"]}     # optional; default pdiff.DEFAULT_SUBSET
       collect: {k: 50, interval: 2, unit: step, lr: 0.01}
+      max_failures: 5                 # restarts of a cell's Ray Train run (a lost spot node); it resumes
     pdiff:
       knobs:                          # a value is fixed; a mapping with `type` is searched
         latent_dim: {type: choice, values: [32, 64]}
@@ -41,6 +42,7 @@ Rules beyond the types:
 
       sources.train.epochs <= 10000        sources.train.batch_size <= 1000000
       sources.collect.k <= 100000          sources.collect.interval <= 1000000
+      sources.max_failures <= 1000
       seed, sources.seeds[i] <= 2147483647  (at most 10000 seeds)
       pdiff.knobs.n_generated <= 100000    pdiff.knobs.latent_dim <= 65536
       pdiff.knobs.ae_steps, ldm_steps <= 1000000
@@ -81,7 +83,7 @@ MAX_SEED = 2**31 - 1  # seeds are summed with trial counters and must stay below
 # The documented maxima of sizes (see the module docstring), by field path or knob name.
 MAXIMA: dict[str, int] = {
     "sources.train.epochs": 10_000, "sources.train.batch_size": 1_000_000,
-    "sources.collect.k": 100_000, "sources.collect.interval": 1_000_000,
+    "sources.collect.k": 100_000, "sources.collect.interval": 1_000_000, "sources.max_failures": 1_000,
     "n_generated": 100_000, "latent_dim": 65_536, "ae_steps": 1_000_000, "ldm_steps": 1_000_000,
     "ae_batch_size": 1_000_000, "ldm_batch_size": 1_000_000, "sample_steps": 100_000,
     "channels": 65_536, "channel_stages": 16,
@@ -165,13 +167,16 @@ class SweepSpec:
     noise_sigma: float
     source_resources: Resources
     trial_resources: Resources
+    source_max_failures: int = 5  # Ray Train restarts per cell; each resumes from the last epoch
     source_file: str = "<spec>"
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
     def spec_hash(self) -> str:
-        """Hash of everything that defines the results (not where they are stored)."""
+        """Hash of everything that defines the results (not where they are stored, nor how often cells restart)."""
         content = {k: v for k, v in self.raw.items() if k not in ("storage", "resources")}
+        if isinstance(content.get("sources"), dict):
+            content["sources"] = {k: v for k, v in content["sources"].items() if k != "max_failures"}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property
@@ -442,8 +447,8 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
         r.fail("storage", f"expected a folder or a URI such as s3://bucket/prefix, got {_short(storage)}")
     seed = r.typed(top.get("seed", 0), "seed", int, "an integer", minimum=0, maximum=MAX_SEED)
 
-    src = r.mapping(top["sources"], "sources", ("archs", "datasets", "seeds", "train", "subset", "collect"),
-                    ("archs", "datasets"))
+    src = r.mapping(top["sources"], "sources",
+                    ("archs", "datasets", "seeds", "train", "subset", "collect", "max_failures"), ("archs", "datasets"))
     archs = r.names(src["archs"], "sources.archs", tuple(ARCHS), "architectures")
     datasets = r.names(src["datasets"], "sources.datasets", DATASETS, "datasets")
     seeds = src.get("seeds", [0])
@@ -462,6 +467,8 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     subsets = r.mapping(src.get("subset") or {}, "sources.subset", tuple(ARCHS))
     for arch, patterns in subsets.items():
         r.names(patterns, f"sources.subset.{arch}", None, "patterns")
+    max_failures = r.typed(src.get("max_failures", 5), "sources.max_failures", int, "an integer", minimum=0,
+                           maximum=MAXIMA["sources.max_failures"])
     cells = tuple(
         Cell(arch, dataset, seed_, tuple(subsets.get(arch, DEFAULT_SUBSET[arch])), train, collect)
         for arch in archs for dataset in datasets for seed_ in seeds
@@ -518,6 +525,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     return SweepSpec(
         name=name, storage=storage, seed=seed, cells=cells, fixed=fixed, search=search, objective=objective,
         num_samples=num_samples, max_concurrent=max_concurrent, search_alg=search_alg, grace_period=grace, baselines=baselines,
-        noise_sigma=noise_sigma, source_resources=source_res, trial_resources=trial_res, source_file=source,
+        noise_sigma=noise_sigma, source_resources=source_res, trial_resources=trial_res,
+        source_max_failures=max_failures, source_file=source,
         raw=raw,
     )

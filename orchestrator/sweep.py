@@ -8,12 +8,16 @@ Before Ray starts, a real run checks that `<storage>/<name>` is this sweep's own
 folder (tables.Store.check_own), writes and removes a small file there
 (cluster.probe_storage) and takes the sweep's lease (orchestrator.lease): one run
 per sweep at a time. `--restart` deletes only a folder carrying this sweep's marker.
+
+The console holds the sweep's own lines: Ray's output stays in Ray's log files unless
+`--verbose`, and no colour codes reach a console that is not a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from typing import Sequence
 
@@ -100,12 +104,36 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
 
 
 INTERRUPTED = "interrupted; re-run the same command to resume"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class _Plain:
+    """A stream that drops ANSI escape codes (Ray's colours), for output that is not a terminal."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(ANSI.sub("", text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _plain_console():
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if s.isatty() else _Plain(s) for s in streams)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status. Ctrl-C ends it with one line and 130."""
     try:
-        with contextlib.ExitStack() as cleanup:  # releases the lease however the run ends
+        with _plain_console(), contextlib.ExitStack() as cleanup:  # the lease is released however the run ends
             return _main(argv, cleanup)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr, flush=True)
@@ -121,6 +149,9 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     parser.add_argument("--restart", action="store_true", help="delete this sweep's results and start over")
     parser.add_argument("--shared-storage", action="store_true",
                         help="the local storage folder is a mount that every node of the cluster shares")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Ray's own output (by default it stays in Ray's log files, "
+                             "/tmp/ray/session_latest/logs on a local run)")
     args = parser.parse_args(argv)
 
     try:
@@ -159,7 +190,7 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     except OSError as err:
         return refuse(SpecError(spec.source_file, "storage", f"cannot take the sweep's lease in {store.uri} ({err})"))
     # Unreadable table files no longer stop the run: `reconcile` (below) quarantines and rebuilds them.
-    connect_ray(args.address)
+    connect_ray(args.address, args.verbose)
     try:
         check_resources(spec)
         check_storage(spec, store, args.shared_storage)
@@ -176,12 +207,15 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     from .sources import run_sources
     from .tuning import run_tuning
 
-    progress = Progress()
+    progress = Progress(sys.stdout)
     from .heal import reconcile
 
     reconcile(spec, store, progress.say)  # quarantines what is corrupt or stale, so the stages rebuild it
     run_sources(spec, store, progress)
     run_tuning(spec, store, progress)
+    import ray
+
+    ray.shutdown()  # the rest needs no Ray, and no line of Ray's may arrive after the sweep's last one
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
     _print_summary(spec, store)
     from .report import write_report

@@ -41,6 +41,7 @@ TABLES: dict[str, pa.Schema] = {
         ("arch", pa.string()), ("dataset", pa.string()), ("seed", pa.int64()), ("subset", pa.list_(pa.string())),
         ("n_subset", pa.int64()), ("n_total", pa.int64()), ("k", pa.int64()), ("test_acc", pa.float64()),
         ("seconds", pa.float64()), ("node_id", pa.string()), ("model_path", pa.string()),
+        ("resumed_from_epoch", pa.int64()),  # added: epochs done before the last restart (0: none)
     ]),
     "checkpoints": pa.schema(_COMMON + [
         ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),

@@ -29,7 +29,7 @@ from pdiff.evaluate import BatchedEvaluator, iou_matrix
 from pdiff.pipeline import Diverged, run_baselines, run_pdiff
 
 from .cluster import driver_options
-from .progress import Progress
+from .progress import Progress, step_reporter
 from .sources import load_snapshot_scores, load_source_model, model_relpath
 from .spec import Cell, SweepSpec
 from .tables import Store
@@ -98,8 +98,9 @@ def _hyper(cfg) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.knobs().items()}
 
 
-def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor) -> None:
-    """Ray Tune function trainable: one p-diff configuration on one cell."""
+def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor, sink=None) -> None:
+    """Ray Tune function trainable: one p-diff configuration on one cell; its steps go to `sink`
+    (the driver's `Progress.sink`)."""
     from ray import tune
 
     t0 = time.perf_counter()
@@ -110,6 +111,8 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     try:
         run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=spec.seed + int(trial_id[1:], 16) % 2**31,
                         device=device, probes=PROBES if early else 0,
+                        on_step=step_reporter(sink, trial_id, f"{cell.cell_id} trial {trial_id}",
+                                              {"ae": cfg.ae.steps, "ldm": cfg.ldm.steps}),
                         on_probe=lambda phase, step, acc: tune.report({"val_acc": 100 * acc, "phase": phase}))
         divergence = _divergence(run)
         if divergence:
@@ -248,7 +251,7 @@ def _next_index(finished: list[dict[str, Any]]) -> int:
 
 @ray.remote(num_cpus=0)
 def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor, remaining: int,
-                 finished: list[dict[str, Any]]) -> str:
+                 finished: list[dict[str, Any]], sink=None) -> str:
     """One cell's Tune + Optuna experiment, driven from a task that holds no CPU, so that
     the searches of all cells run side by side and share the cluster."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # progress comes from the tables, not Tune's console tables
@@ -308,7 +311,7 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
 
     cell_trial.__name__ = cell_trial.__qualname__ = f"pdiff_{cell.cell_id.replace('-', '_')}"
     trainable = tune.with_resources(
-        tune.with_parameters(cell_trial, spec=spec, cell=cell, store=store, snapshots=snapshots),
+        tune.with_parameters(cell_trial, spec=spec, cell=cell, store=store, snapshots=snapshots, sink=sink),
         {"cpu": res.cpus, "gpu": res.gpus},
     )
     tuner = tune.Tuner(
@@ -353,6 +356,7 @@ class _TrialWatcher:
             self.seen.add(f)
             row = pq.read_table(f, filesystem=self.store.fs).to_pylist()[0]
             cell = row["cell_id"]
+            self.progress.finish(row["trial_id"])
             if row["status"] == "failed":
                 self.progress.advance("trials", f"{cell}: trial {row['trial_id']} failed: {row.get('reason')}")
                 continue
@@ -398,12 +402,14 @@ def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:
     search = _search_cell.options(**driver_options())
     for cell, finished, remaining in plan:
         if remaining:
-            pending[search.remote(spec, cell, store, snapshots[cell.cell_id], remaining, finished)] = "search"
+            pending[search.remote(spec, cell, store, snapshots[cell.cell_id], remaining, finished,
+                                  progress.sink)] = "search"
 
     watcher = _TrialWatcher(store, progress)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
         watcher.poll()
+        progress.poll()
         for ref in ready:
             kind = pending.pop(ref)
             cell_id = ray.get(ref)  # re-raises a failure

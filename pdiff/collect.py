@@ -20,6 +20,8 @@ __all__ = ["TrainConfig", "CollectConfig", "Collection", "train_source", "collec
 
 Log = Callable[[str], None]
 Wrap = Callable[[nn.Module], nn.Module]
+State = dict  # everything a run needs to continue exactly where it stopped (see train_source)
+SaveState = Callable[[State], None]
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,23 @@ def _augment_generator(device: torch.device, seed: int, rank: int) -> torch.Gene
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + 7_919 * (rank + 1)) % 2**63)
 
 
+def _rng_state(device: torch.device, **gens: torch.Generator) -> dict:
+    """Every random state a loop draws from: its own generators and torch's global ones
+    (dropout, stochastic depth)."""
+    state = {name: g.get_state() for name, g in gens.items()} | {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device, **gens: torch.Generator) -> None:
+    for name, g in gens.items():
+        g.set_state(state[name])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
     """Indices shifted past an edge, mirrored back as F.pad(mode="reflect") does (-1 -> 1, size -> size - 2)."""
     i = i.abs()
@@ -149,7 +168,8 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
 
 def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int,
                  log: Log = print, log_every: int = 1, wrap: Wrap | None = None, rank: int = 0,
-                 world_size: int = 1, on_epoch: Callable[[int, float, float], None] | None = None) -> float:
+                 world_size: int = 1, on_epoch: Callable[[int, float, float], None] | None = None,
+                 save_state: SaveState | None = None, resume: State | None = None) -> float:
     """Train every parameter of `model` on data.train; returns its test accuracy.
 
     `wrap` (e.g. DistributedDataParallel) is applied to the model for the
@@ -161,18 +181,33 @@ def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int
     every epoch when `on_epoch(epoch, mean loss, seconds)` is given. On CUDA the
     forward pass runs under bf16 autocast with channels_last weights and inputs;
     elsewhere it is float32 and a seed gives the same model.
+
+    `save_state(state)` is called after every epoch with what continuing needs (the
+    epochs done, weights, optimiser, schedule and every RNG state, as live tensors:
+    write or copy them before returning); `resume=state` continues from such a state
+    into `model` as built for a fresh run. On CPU a resumed run ends with exactly the
+    model of an uninterrupted one; on CUDA only up to its nondeterministic kernels
+    (cuDNN autotuning, atomic adds), as two uninterrupted CUDA runs differ too.
     """
     device, cuda = _fast_path(model)
     x_train, y_train = _on_device(data.train, device, channels_last=cuda)
     gen = torch.Generator(device=device).manual_seed(seed)  # batch order: the same on every rank
     aug_gen = _augment_generator(device, seed, rank)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
     net = wrap(model) if wrap else model
     opt = _optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size / world_size)
     total = max(1, cfg.epochs * steps_per_epoch)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if cfg.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
-    for epoch in range(cfg.epochs):
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        _set_rng_state(resume["rng"], device, batches=gen, augment=aug_gen)
+        start = resume["epoch"]
+    for epoch in range(start, cfg.epochs):
         model.train()
         t0, loss_sum, n = time.perf_counter(), torch.zeros((), device=device), 0
         for x, y in _batches(x_train, y_train, cfg.batch_size, gen, rank, world_size):
@@ -195,12 +230,16 @@ def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int
             if logged:
                 log(f"source epoch {epoch + 1}/{cfg.epochs}: loss {mean_loss:.4f}, "
                     f"val acc {100 * accuracy(model, data.val):.2f}% ({seconds:.1f}s)")
+        if save_state:
+            save_state({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "rng": _rng_state(device, batches=gen, augment=aug_gen)})
     return accuracy(model, data.test)
 
 
 def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, cfg: CollectConfig, *,
                       seed: int, batch_size: int = 128, log: Log = print, wrap: Wrap | None = None,
-                      rank: int = 0, world_size: int = 1) -> torch.Tensor:
+                      rank: int = 0, world_size: int = 1, save_state: SaveState | None = None,
+                      resume: State | None = None) -> torch.Tensor:
     """Keep training only the subset and return K snapshots of it, (K, n_subset) float32.
 
     The network stays in eval mode while the subset trains: BatchNorm running
@@ -211,10 +250,15 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
     As in `train_source`, the split moves to the device once, the batch order is
     drawn there, and on CUDA the forward pass runs under bf16 autocast with
     channels_last. Snapshots stay on the device until all K are taken.
+
+    `save_state` / `resume` work as in `train_source`, per pass over the data (the
+    state holds the snapshots so far); `resume` loads the whole model.
     """
     device, cuda = _fast_path(model)
     x_train, y_train = _on_device(data.train, device, channels_last=cuda)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
     subset.freeze_others(model)
     net = wrap(model) if wrap else model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -223,6 +267,11 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
     opt = _optimizer(cfg.optimizer, params, cfg.lr, 0.0)
     snapshots: list[torch.Tensor] = []
     step = epoch = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        _set_rng_state(resume["rng"], device, batches=gen)
+        snapshots = [s.to(device) for s in resume["snapshots"]]
+        step, epoch = resume["step"], resume["epoch"]
     model.eval()
 
     def take(count: int) -> None:
@@ -246,6 +295,9 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
         epoch += 1
         if cfg.unit == "epoch":
             take(epoch)
+        if save_state and len(snapshots) < cfg.k:
+            save_state({"epoch": epoch, "step": step, "snapshots": list(snapshots), "model": model.state_dict(),
+                        "optimizer": opt.state_dict(), "rng": _rng_state(device, batches=gen)})
     return torch.stack(snapshots).cpu()
 
 

@@ -7,6 +7,8 @@ Validation is always carved out of the training set, so that model selection
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,25 +114,56 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[Split, Split, t
 
     cls_name, channels, classes, size, split_arg = _TORCHVISION[name]
     cls = getattr(torchvision.datasets, cls_name)
-    parts = []
-    for train in (True, False):
-        kwargs = {"train": train} if split_arg == "train" else {"split": "train" if train else "test"}
-        try:
-            ds = cls(root=str(root), download=download, **kwargs)
-        except Exception as err:  # network errors, missing files, corrupt archives
-            raise DatasetUnavailable(
-                f"dataset {name!r} is not in {root.resolve()} and could not be downloaded "
-                f"({type(err).__name__}: {err}). Download it on a machine with internet access "
-                f"and copy {_MANUAL_FILES[name]} into {root.resolve()}, or point PDIFF_DATA "
-                f"at a folder that has it."
-            ) from err
-        parts.append(_to_split(ds, channels))
-    train, test = parts
+
+    def both_splits(folder: Path, fetch: bool) -> list:
+        return [cls(root=str(folder), download=fetch,
+                    **({"train": train} if split_arg == "train" else {"split": "train" if train else "test"}))
+                for train in (True, False)]
+
+    try:
+        parts = _prepared(name, root, both_splits) if download else both_splits(root, False)
+    except Exception as err:  # network errors, missing files, corrupt archives
+        raise DatasetUnavailable(
+            f"dataset {name!r} is not in {root.resolve()} and could not be downloaded "
+            f"({type(err).__name__}: {err}). Download it on a machine with internet access "
+            f"and copy {_MANUAL_FILES[name]} into {root.resolve()}, or point PDIFF_DATA "
+            f"at a folder that has it."
+        ) from err
+    train, test = (_to_split(ds, channels) for ds in parts)
     # Normalise both splits with the training set's channel statistics.
     mean = train.x.mean(dim=(0, 2, 3), keepdim=True)
     std = train.x.std(dim=(0, 2, 3), keepdim=True)
     train, test = (Split(((s.x - mean) / std).contiguous(), s.y) for s in (train, test))
     return train, test, (channels, classes, size)
+
+
+def _prepared(name: str, root: Path, both_splits) -> list:
+    """`both_splits(root, False)`, downloading the dataset first where root's copy is missing or fails
+    torchvision's checks (md5 sums, loading). One process per data folder (per node, for a node-local
+    one) downloads, under a file lock, into a temporary folder beside the copy; torchvision verifies
+    the archive's md5 there, and only then are the files renamed into place, so no process ever sees
+    half a download."""
+    from filelock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{name}.lock")):
+        try:
+            return both_splits(root, False)  # an intact copy: no download
+        except Exception:  # missing, partial or corrupt: fetch it again
+            pass
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".tmp", dir=root))
+        try:
+            both_splits(tmp, True)
+            replaced = tmp / ".replaced"
+            replaced.mkdir()
+            for entry in [e for e in tmp.iterdir() if e != replaced]:
+                target = root / entry.name
+                if target.exists() or target.is_symlink():  # the corrupt copy: deleted with tmp
+                    target.rename(replaced / entry.name)
+                entry.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return both_splits(root, False)
 
 
 def _to_split(ds, channels: int) -> Split:

@@ -137,3 +137,76 @@ def test_losing_a_node_mid_sweep_retries_its_trials(cluster, tmp_path):
     errors = list(Path(store.path("_ray")).glob("pdiff-*/*/error.txt"))
     assert errors, "no trial failed: the node was removed without losing work"
     assert keep.node_id in set(trials.node_id)
+
+
+def _train_worker_node() -> str | None:
+    import ray._private.state as state
+
+    return next((a["Address"]["NodeID"] for a in state.actors().values()
+                 if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"), None)
+
+
+def _has_checkpoint(run: Path) -> bool:
+    """Ray Train registered a checkpoint of the run (a folder alone may be an upload in flight)."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return snapshot.get("latest_checkpoint_result") is not None
+
+
+@pytest.mark.slow
+def test_losing_the_train_workers_node_resumes_the_cell(cluster, tmp_path):
+    import numpy as np
+    import ray
+    import torch
+
+    from orchestrator.sources import run_name
+    from orchestrator.spec import load_spec
+    from pdiff import ParameterSubset, build_model, load_dataset
+    from pdiff.collect import collect_snapshots, train_source
+
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    raw = copy.deepcopy(TINY)
+    raw["sources"]["archs"] = ["cnn_small"]  # one cell
+    raw["sources"]["train"]["epochs"] = 100  # 10-30 s of training: the kill lands mid-way
+    raw["pdiff"].update(num_samples=1, baselines=False)  # stage 2 as short as it gets
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    [cell] = load_spec(path).cells
+    store = Store(str(tmp_path / "out"), "tiny")
+    run = Path(store.path("_ray", run_name(cell.cell_id)))
+    proc = subprocess.Popen(sweep_command(path, tmp_path / "out", "--address", cluster.address, "--shared-storage"),
+                            cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ray.init(address=cluster.address)
+    try:
+        deadline = time.monotonic() + 300
+        while not _has_checkpoint(run):  # at least one finished epoch is checkpointed
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the cell never checkpointed an epoch"
+            time.sleep(0.2)
+        [doomed] = [n for n in nodes if n.node_id == _train_worker_node()]
+        cluster.remove_node(doomed, allow_graceful=False)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        ray.shutdown()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+
+    source = store.read_pandas("sources").iloc[0]
+    assert 0 < source.resumed_from_epoch < cell.train.epochs, source.resumed_from_epoch
+    assert source.node_id != doomed.node_id
+    assert f"resumed from epoch {source.resumed_from_epoch}" in out
+    assert not run.exists()  # the finished cell's checkpoints are deleted
+    # The resumed cell's snapshots are those of an uninterrupted run (one thread, as the worker had).
+    torch.set_num_threads(1)
+    data = load_dataset(cell.dataset, seed=cell.seed)
+    model = build_model(cell.arch, channels=data.channels, classes=data.classes, image_size=data.image_size,
+                        seed=cell.seed)
+    subset = ParameterSubset.select(model, cell.subset)
+    train_source(model, data, cell.train, seed=cell.seed, log=lambda _: None)
+    expected = collect_snapshots(model, subset, data, cell.collect, seed=cell.seed, batch_size=cell.train.batch_size,
+                                 log=lambda _: None)
+    snapshots = store.read_pandas("checkpoints").sort_values("index")
+    torch.testing.assert_close(torch.from_numpy(np.stack(snapshots.params)), expected, rtol=0, atol=1e-6)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
 
 from pdiff import DEFAULT_SUBSET, CollectConfig, ParameterSubset, TrainConfig, build_model
-from pdiff.collect import Collection, accuracy, collect, collect_snapshots
+from pdiff.collect import Collection, accuracy, collect, collect_snapshots, train_source
+from pdiff.data import Dataset, Split
 
 from conftest import TINY_COLLECT, _quiet
 
@@ -140,3 +142,61 @@ def test_on_epoch_reports_every_epoch(digits):
                  on_epoch=lambda e, loss, s: seen.append((e, loss, s)))
     assert [e for e, _, _ in seen] == [0, 1, 2]
     assert all(loss > 0 and s > 0 for _, loss, s in seen) and seen[-1][1] < seen[0][1]
+
+
+class _LostWorker(Exception):
+    pass
+
+
+def _save_until(epoch: int, saved: list[bytes]):
+    """A save_state that serialises every state (as a checkpoint would) and dies after `epoch`."""
+    def save(state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        saved.append(buf.getvalue())
+        if state["epoch"] == epoch:
+            raise _LostWorker
+    return save
+
+
+def _colour_images(n: int = 256) -> Dataset:
+    """Random 32x32 colour images: big enough that training draws crops and flips from its augmentation RNG."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return Dataset("colour", 3, 10, 32, train=Split(x[:192], y[:192]), val=Split(x[192:224], y[192:224]),
+                   test=Split(x[224:], y[224:]))
+
+
+@pytest.mark.parametrize("images", ["digits", "colour"])
+def test_a_resumed_run_equals_an_uninterrupted_one(digits, images):
+    data = digits if images == "digits" else _colour_images()
+    train = TrainConfig(epochs=4, batch_size=64 if images == "digits" else 32, lr=0.05)
+    steps = -(-len(data.train) // train.batch_size)
+    collect_cfg = CollectConfig(k=steps + 4, interval=1, lr=0.05)  # two passes over the data
+
+    def fresh():
+        model = build_model("cnn_small", channels=data.channels, classes=data.classes, image_size=data.image_size,
+                            seed=0)
+        return model, ParameterSubset.select(model, DEFAULT_SUBSET["cnn_small"])
+
+    model, subset = fresh()
+    acc = train_source(model, data, train, seed=0, log=_quiet)
+    snapshots = collect_snapshots(model, subset, data, collect_cfg, seed=0, batch_size=train.batch_size, log=_quiet)
+
+    saved: list[bytes] = []
+    model, subset = fresh()
+    with pytest.raises(_LostWorker):  # the worker is lost after source epoch 2
+        train_source(model, data, train, seed=0, log=_quiet, save_state=_save_until(2, saved))
+    model, subset = fresh()  # a new worker: fresh model, unrelated global RNG
+    torch.manual_seed(12345)
+    resumed_acc = train_source(model, data, train, seed=0, log=_quiet, resume=torch.load(io.BytesIO(saved[-1])))
+    assert resumed_acc == acc
+    with pytest.raises(_LostWorker):  # and again after the first pass of the collection
+        collect_snapshots(model, subset, data, collect_cfg, seed=0, batch_size=train.batch_size, log=_quiet,
+                          save_state=_save_until(1, saved))
+    model, subset = fresh()
+    torch.manual_seed(54321)
+    resumed = collect_snapshots(model, subset, data, collect_cfg, seed=0, batch_size=train.batch_size, log=_quiet,
+                                resume=torch.load(io.BytesIO(saved[-1])))
+    assert len(torch.load(io.BytesIO(saved[-1]))["snapshots"]) == steps  # it resumed mid-collection
+    assert torch.equal(resumed, snapshots)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,101 @@ def test_data_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("PDIFF_DATA")
     assert str(data_root()) == "data"
     assert pdiff.DatasetUnavailable is DatasetUnavailable
+
+
+# A CIFAR-10 stand-in for two processes: its download is a slow local copy from a mirror folder
+# (ten chunks, 0.1 s apart), checked with torchvision's md5 as the real classes check theirs.
+_PREPARE = r'''
+import sys, time
+from pathlib import Path
+import numpy as np
+import torchvision
+from torchvision.datasets.utils import check_integrity
+
+mirror, root, ready, go, downloads = map(Path, sys.argv[1:])
+
+
+class SlowCIFAR10:
+    def __init__(self, root, train=True, download=False):
+        archive, md5 = Path(root) / "fake-cifar" / "data.npz", (mirror / "md5").read_text()
+        if download and not check_integrity(str(archive), md5):
+            with open(downloads, "a") as log:
+                log.write(f"{root}\n")
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            payload = (mirror / "data.npz").read_bytes()
+            chunk = len(payload) // 10 + 1
+            with open(archive, "wb") as out:
+                for i in range(0, len(payload), chunk):
+                    out.write(payload[i:i + chunk])
+                    out.flush()
+                    time.sleep(0.1)
+        if not check_integrity(str(archive), md5):
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        with np.load(archive) as z:
+            part = "train" if train else "test"
+            self.data, self.targets = z[f"x_{part}"], z[f"y_{part}"].tolist()
+
+
+torchvision.datasets.CIFAR10 = SlowCIFAR10
+from pdiff import load_dataset
+
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+data = load_dataset("cifar10", root=root, seed=0)
+print(len(data.train), len(data.val), len(data.test), float(data.train.x.double().sum()))
+'''
+
+
+def test_two_processes_download_a_dataset_once(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    from torchvision.datasets.utils import calculate_md5
+
+    mirror, root = tmp_path / "mirror", tmp_path / "data"
+    mirror.mkdir()
+    g = np.random.default_rng(0)
+    np.savez(mirror / "data.npz", x_train=g.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+             y_train=g.integers(0, 10, 100), x_test=g.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+             y_test=g.integers(0, 10, 20))
+    (mirror / "md5").write_text(calculate_md5(str(mirror / "data.npz")))
+    payload = (mirror / "data.npz").read_bytes()
+    (root / "fake-cifar").mkdir(parents=True)
+    (root / "fake-cifar" / "data.npz").write_bytes(payload[:len(payload) // 2])  # a download cut short earlier
+
+    downloads = tmp_path / "downloads.log"
+    procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(mirror), str(root), str(tmp_path / f"ready{i}"),
+                               str(tmp_path / "go"), str(downloads)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, procs[0].communicate()
+        time.sleep(0.05)
+    (tmp_path / "go").touch()  # both start preparing the dataset at the same moment
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[0][0] == outs[1][0] and outs[0][0].split()[:3] == ["90", "10", "20"]
+    assert len(downloads.read_text().splitlines()) == 1  # one download, by whichever took the lock first
+    assert sorted(p.name for p in root.iterdir()) == [".cifar10.lock", "fake-cifar"]  # no temporary folder left
+    assert (root / "fake-cifar" / "data.npz").read_bytes() == payload  # the partial copy was fetched again
+
+
+def test_a_download_cut_short_leaves_nothing_in_place(tmp_path, monkeypatch):
+    import torchvision
+
+    class CutShort:
+        def __init__(self, root, download, **kwargs):
+            archive = Path(root) / "cifar-10-batches-py" / "data_batch_1"
+            if download:
+                archive.parent.mkdir(parents=True, exist_ok=True)
+                archive.write_bytes(b"half an archive")
+                raise urllib.error.URLError("connection reset")
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", CutShort)
+    with pytest.raises(DatasetUnavailable, match="connection reset"):
+        load_dataset("cifar10", root=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [".cifar10.lock"]  # the partial files stayed in the temporary folder

@@ -437,7 +437,7 @@ def test_names_that_are_a_slug(name):
     ("sources.collect.k", 100_000), ("sources.train.epochs", 10_000), ("pdiff.knobs.n_generated", 100_000),
     ("pdiff.knobs.ae_steps", 1_000_000), ("pdiff.knobs.ldm_steps", 1_000_000), ("pdiff.num_samples", 10_000),
     ("pdiff.knobs.latent_dim", 65_536), ("pdiff.max_concurrent", 10_000), ("resources.sources.workers", 10_000),
-    ("seed", 2**31 - 1),
+    ("seed", 2**31 - 1), ("sources.max_failures", 1_000),
 ])
 def test_sizes_have_a_documented_maximum(field, maximum):
     import orchestrator.spec as spec_module
@@ -514,3 +514,13 @@ def test_files_that_are_not_specs(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SpecError, match="no such file"):
         load_spec(tmp_path / "afile" / "spec.yaml")
+
+
+def test_max_failures_defaults_to_five_and_leaves_the_hashes_alone():
+    base = parse_spec(edited({}), SOURCE)
+    assert base.source_max_failures == 5
+    spot = parse_spec(edited({"sources.max_failures": 0}), SOURCE)
+    assert spot.source_max_failures == 0 and spot.spec_hash == base.spec_hash
+    assert [c.cell_id for c in spot.cells] == [c.cell_id for c in base.cells]
+    for bad in (-1, 2.5, True, "5"):
+        assert spec_error(edited({"sources.max_failures": bad})).path == "sources.max_failures"
