@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-launcher bench report clean
+.PHONY: demo test test-launcher bench report docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.eval_speed
 	$(PY) -m benchmarks.smoke_sweep
+
+# docs/reference.md: every spec key, knob and table column, generated from the code (a test checks it).
+docs: $(STAMP)
+	$(PY) -m orchestrator.explain --write
 
 clean:
 	rm -rf $(VENV) results

@@ -142,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("spec", help="sweep YAML file, e.g. sweeps/smoke.yaml")
+    parser.add_argument("spec", nargs="?", help="sweep YAML file, e.g. sweeps/smoke.yaml")
+    parser.add_argument("--explain", action="store_true",
+                        help="print every spec key, p-diff knob and table column (docs/reference.md) and exit")
     parser.add_argument("--address", help="Ray cluster address (default: a running cluster, else a local Ray)")
     parser.add_argument("--storage", help="results root: a folder or a URI such as s3://bucket/prefix")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -153,6 +155,13 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
                         help="also print Ray's own output (by default it stays in Ray's log files, "
                              "/tmp/ray/session_latest/logs on a local run)")
     args = parser.parse_args(argv)
+    if args.explain:
+        from .explain import reference
+
+        sys.stdout.write(reference())
+        return 0
+    if args.spec is None:
+        parser.error("the following arguments are required: spec (or --explain)")
 
     try:
         spec = load_spec(args.spec, storage=args.storage)

@@ -70,7 +70,7 @@ MARKER = "_sweep.json"  # the sweep's own marker: {"tool", "sweep", "spec_hash",
 LEASE = "_lease.json"  # who runs the sweep now (orchestrator.lease)
 # What a sweep writes at the top of its folder. A folder without a marker is
 # adopted (given one) only if it holds nothing else: an older sweep's folder.
-OWN_ENTRIES = frozenset(TABLES) | {"_ray", "models", "report", "quarantine", MARKER, LEASE}
+OWN_ENTRIES = frozenset(TABLES) | {"_ray", "models", "report", "quarantine", "generated_more", MARKER, LEASE}
 _TOOL = "pdiff-sweep"
 
 

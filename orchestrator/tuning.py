@@ -29,6 +29,7 @@ from pdiff.evaluate import BatchedEvaluator, iou_matrix
 from pdiff.pipeline import Diverged, run_baselines, run_pdiff
 
 from .cluster import driver_options
+from .generate import save_trial_model
 from .progress import Progress, step_reporter
 from .sources import load_snapshot_scores, load_source_model, model_relpath
 from .spec import Cell, SweepSpec
@@ -109,7 +110,8 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     data, evaluator, snap_scores, device = _setup(store, cell, max(1, int(spec.trial_resources.cpus)))
     early = spec.grace_period is not None
     try:
-        run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=spec.seed + int(trial_id[1:], 16) % 2**31,
+        seed = spec.seed + int(trial_id[1:], 16) % 2**31
+        run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=seed,
                         device=device, probes=PROBES if early else 0,
                         on_step=step_reporter(sink, trial_id, f"{cell.cell_id} trial {trial_id}",
                                               {"ae": cfg.ae.steps, "ldm": cfg.ldm.steps}),
@@ -133,6 +135,7 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     val_novelty = float(iou_matrix(g.scores.val_wrong, snap_scores.val_wrong).max(1).values.mean())
     result = {"val_acc": 100 * float(g.scores.val_acc.max()), "novelty": val_novelty}
     store.write("generated", cell.cell_id, trial_id, [{"trial_id": trial_id} | r for r in _vector_rows(g)])
+    save_trial_model(store, cell.cell_id, trial_id, run, cfg, seed)  # before the row: the row is the commit marker
     # Every knob is a column, defaults included, so trials of different specs compare.
     hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.knobs().items()}
     store.write("trials", cell.cell_id, trial_id, [hyper | g.summary | result | {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -9,14 +10,14 @@ from typing import Any, Callable
 
 import torch
 
-from .autoencoder import AEConfig, train_autoencoder
+from .autoencoder import AEConfig, Normalizer, ParameterAutoencoder, TrainedAutoencoder, train_autoencoder
 from .baselines import BASELINES
 from .data import Dataset
-from .diffusion import SAMPLERS, LDMConfig, train_diffusion
+from .diffusion import SAMPLERS, LatentDiffusion, LDMConfig, train_diffusion
 from .evaluate import BatchedEvaluator, Scores, family_stats, novelty, summarize
 
 __all__ = ["PdiffConfig", "Assessment", "PdiffRun", "Diverged", "assess", "run_pdiff", "run_baselines",
-           "replace_knobs", "KNOBS"]
+           "replace_knobs", "KNOBS", "KNOB_DOCS", "sample_vectors", "generator_state", "restore_generator"]
 
 
 class Diverged(RuntimeError):
@@ -36,6 +37,29 @@ KNOBS = {
     "ldm_amp": ("ldm", "amp"),
     "ae_channels": ("ae", "channels"), "ldm_channels": ("ldm", "channels"),
     "n_generated": ("", "n_generated"), "sampler": ("", "sampler"), "sample_steps": ("", "sample_steps"),
+}
+
+# What each knob means: the one source of `--explain` and docs/reference.md (a knob without one fails a test).
+KNOB_DOCS = {
+    "latent_dim": "length of the autoencoder's latent vector per model (what the diffusion model learns)",
+    "input_noise": "std of the Gaussian noise added to the normalised parameters while the AE trains (paper: 0.001)",
+    "latent_noise": "std of the Gaussian noise added to the latent codes while the AE trains (paper: 0.1)",
+    "ae_steps": "upper bound on AE training steps; it stops earlier once ae_min_r2 is reached",
+    "ae_lr": "AdamW learning rate of the autoencoder",
+    "ae_min_r2": "share of the snapshots' variance the AE reconstructions must explain before it stops, in (0, 1]",
+    "normalize": "global (per-coordinate centre, one scale) | tensor (per-tensor standardisation, as the official code)",
+    "ae_token_size": "numbers per token: the input channels of the AE's first convolution",
+    "ae_batch_size": "snapshots per AE training step",
+    "ldm_steps": "training steps of the latent diffusion model (DDPM loss)",
+    "ldm_lr": "AdamW learning rate of the latent denoiser",
+    "ldm_batch_size": "latent codes per diffusion training step",
+    "ema_decay": "decay of the exponential moving average of the denoiser's weights used for sampling",
+    "ldm_amp": "bf16 autocast for the denoiser's training forward pass (CUDA only; ignored elsewhere)",
+    "ae_channels": "channels of the AE's convolution stages, one stride-2 stage each",
+    "ldm_channels": "channels of the denoiser's resolution levels, one level each",
+    "n_generated": "parameter vectors sampled, decoded and scored per trial",
+    "sampler": "ddpm (all T steps) | ddim (deterministic, sample_steps steps)",
+    "sample_steps": "DDIM steps (null: all T); DDPM always walks all T steps",
 }
 
 
@@ -88,6 +112,8 @@ class PdiffRun:
     ae_steps: int = 0  # steps the autoencoder took to reach its quality (or its bound)
     ae_r2: float = float("nan")  # reconstruction R2 it reached
     ae_converged: bool = False  # reached min_r2 and the accuracy check within ae_steps
+    ae: TrainedAutoencoder | None = None  # the trained models, to draw more vectors (`generator_state`)
+    ldm: LatentDiffusion | None = None
 
 
 def assess(evaluator: BatchedEvaluator, data: Dataset, vectors: torch.Tensor,
@@ -163,8 +189,7 @@ def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Datase
     seconds["ldm"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed + 2)
-    vectors = ae.decode(ldm.sample(cfg.n_generated, sampler=cfg.sampler, steps=cfg.sample_steps, generator=gen))
+    vectors = sample_vectors(ae, ldm, cfg.n_generated, sampler=cfg.sampler, steps=cfg.sample_steps, seed=seed)
     if not torch.isfinite(vectors).all():
         raise Diverged(f"{int((~torch.isfinite(vectors).all(1)).sum())} of {len(vectors)} generated vectors "
                        f"are non-finite")
@@ -174,7 +199,55 @@ def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Datase
     generated = assess(evaluator, data, vectors, snapshots, snapshot_scores)
     seconds["evaluate"] = time.perf_counter() - t0
     return PdiffRun(generated, _tail_mean(ae.losses), _tail_mean(ldm.losses), seconds,
-                    ae.steps, ae.r2, ae.converged)
+                    ae.steps, ae.r2, ae.converged, ae, ldm)
+
+
+def sample_vectors(ae: TrainedAutoencoder, ldm: LatentDiffusion, n: int, *, sampler: str = "ddpm",
+                   steps: int | None = None, seed: int = 0) -> torch.Tensor:
+    """n decoded parameter vectors (CPU) from the EMA denoiser; `seed` is the run's seed, so
+    `run_pdiff`'s own draw is `sample_vectors(..., cfg.n_generated, seed=seed)`."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    return ae.decode(ldm.sample(n, sampler=sampler, steps=steps, generator=gen))
+
+
+GENERATOR_FORMAT = 1
+
+
+def generator_state(run: PdiffRun, cfg: PdiffConfig, seed: int) -> dict[str, Any]:
+    """Everything needed to sample and decode more vectors from a finished run, as plain
+    CPU tensors and Python values (for `torch.save`): the autoencoder and its normaliser, the
+    latent standardisation, the schedule and the EMA denoiser (not the raw one), the configs
+    and the run's seed."""
+    cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
+    return {
+        "format": GENERATOR_FORMAT, "seed": int(seed),
+        "config": {"ae": dataclasses.asdict(cfg.ae), "ldm": dataclasses.asdict(cfg.ldm), "n_generated": cfg.n_generated,
+                   "sampler": cfg.sampler, "sample_steps": cfg.sample_steps}, "n_params": run.ae.model.n_params,
+        "latent_dim": int(run.ldm.mean.shape[0]),
+        "autoencoder": cpu(run.ae.model.state_dict()), "normalizer": cpu(run.ae.normalizer.state_dict()),
+        # The raw denoiser is left out: sampling uses the EMA copy only.
+        "diffusion": cpu({k: v for k, v in run.ldm.state_dict().items() if not k.startswith("denoiser.")}),
+    }
+
+
+def restore_generator(state: dict[str, Any], device: torch.device | str = "cpu"
+                      ) -> tuple[TrainedAutoencoder, LatentDiffusion, PdiffConfig]:
+    """The (autoencoder, latent diffusion, config) saved by `generator_state`, ready to sample."""
+    if state.get("format") != GENERATOR_FORMAT:
+        raise ValueError(f"unknown generator format {state.get('format')!r} (expected {GENERATOR_FORMAT})")
+    c = state["config"]
+    cfg = PdiffConfig(AEConfig(**c["ae"]), LDMConfig(**c["ldm"]), c["n_generated"], c["sampler"], c["sample_steps"])
+    model = ParameterAutoencoder(state["n_params"], cfg.ae)
+    model.load_state_dict(state["autoencoder"])
+    normalizer = Normalizer(torch.zeros(2, state["n_params"]))
+    normalizer.mean, normalizer.scale = state["normalizer"]["mean"], state["normalizer"]["scale"]
+    ae = TrainedAutoencoder(model.to(device).eval(), normalizer.to(device), [])
+    ldm = LatentDiffusion(torch.zeros(2, state["latent_dim"]), cfg.ldm)
+    missing, unexpected = ldm.load_state_dict(state["diffusion"], strict=False)
+    if unexpected or any(not k.startswith("denoiser.") for k in missing):
+        raise ValueError(f"generator state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    ldm.denoiser.load_state_dict(ldm.ema.module.state_dict())  # one set of weights, the EMA's
+    return ae, ldm.to(device).eval(), cfg
 
 
 def run_baselines(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset, snapshot_scores: Scores,
