@@ -74,3 +74,19 @@ def test_column_reference_matches_the_tables_of_a_finished_sweep(finished_sweep)
         assert present, f"the tiny sweep wrote no {table} rows"
         assert not present - documented, f"{table}: undocumented columns {sorted(present - documented)}"
         assert not documented - present, f"{table}: documented but never written {sorted(documented - present)}"
+
+
+def test_spec_reference_defaults_are_the_parsers():
+    spec = parse_spec(copy.deepcopy(MINIMAL))
+    parsed = {
+        "storage": spec.storage, "seed": str(spec.seed), "sources.seeds": str([c.seed for c in spec.cells]),
+        "sources.max_failures": str(spec.source_max_failures), "pdiff.objective": f"[{', '.join(spec.objective)}]",
+        "pdiff.num_samples": str(spec.num_samples), "pdiff.max_concurrent": str(spec.max_concurrent),
+        "pdiff.search": spec.search_alg, "pdiff.early_stopping.grace_period": str(spec.grace_period),
+        "pdiff.baselines": str(spec.baselines).lower(), "pdiff.noise_sigma": str(spec.noise_sigma),
+        "resources.sources.cpus": str(spec.source_resources.cpus), "resources.sources.gpus": str(spec.source_resources.gpus),
+        "resources.sources.workers": str(spec.source_resources.workers),
+        "resources.trials.cpus": str(spec.trial_resources.cpus), "resources.trials.gpus": str(spec.trial_resources.gpus),
+    }
+    defaults = {key: default for key, _, default, _ in spec_keys()}
+    assert {key: defaults[key] for key in parsed} == parsed
