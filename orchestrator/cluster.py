@@ -52,7 +52,9 @@ def connect_ray(address: str | None, verbose: bool = False) -> None:
         ray.init(address=address, runtime_env=runtime_env, **quiet)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # one local node: no token to share
-        ray.init(runtime_env=runtime_env, **quiet)
+        # "local", not None: None would join whatever /tmp/ray/ray_current_cluster names (another
+        # session's cluster, or a dead one it then waits on), which is not what "embedded" means.
+        ray.init(address="local", runtime_env=runtime_env, **quiet)
 
 
 def _live_nodes() -> list[dict[str, float]]:
