@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-launcher bench report docs clean
+.PHONY: demo test test-cluster test-launcher bench report docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 report: $(STAMP)
 	$(PY) -m orchestrator.report results/smoke
+
+# Multi-node sweeps on ray.cluster_utils.Cluster (node loss in stage 1 and 2, placement) and a sweep on S3 (moto), ~7 min.
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q -m cluster tests/test_cluster.py tests/test_storage_s3.py
 
 # `ray up cluster.yaml`'s commands for real, on a local-provider cluster (slow: ~5 min).
 test-launcher: $(STAMP)

@@ -69,6 +69,7 @@ def _spec(tmp_path: Path, **resources) -> Path:
     return path
 
 
+@pytest.mark.cluster
 def test_local_storage_is_refused_on_several_nodes(cluster, tmp_path):
     cluster.add_node(num_cpus=1)
     proc = subprocess.run(sweep_command(_spec(tmp_path), tmp_path / "out", "--address", cluster.address),
@@ -78,6 +79,7 @@ def test_local_storage_is_refused_on_several_nodes(cluster, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.cluster
 def test_sweep_spreads_over_nodes_and_trials_go_to_the_gpu_node(cluster, tmp_path):
     cpu_node = cluster.add_node(num_cpus=1)
     gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)  # logical GPU: placement without hardware
@@ -104,6 +106,7 @@ def _trial_actor_on(node_id: str) -> bool:
                for a in state.actors().values())
 
 
+@pytest.mark.cluster
 def test_losing_a_node_mid_sweep_retries_its_trials(cluster, tmp_path):
     import ray
 
@@ -155,7 +158,7 @@ def _has_checkpoint(run: Path) -> bool:
     return snapshot.get("latest_checkpoint_result") is not None
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_losing_the_train_workers_node_resumes_the_cell(cluster, tmp_path):
     import numpy as np
     import ray

@@ -37,6 +37,7 @@ def bucket_uri(monkeypatch):
     server.stop()
 
 
+@pytest.mark.cluster
 def test_sweep_writes_and_reads_its_tables_on_s3(bucket_uri, tmp_path):
     spec = copy.deepcopy(TINY)
     spec["pdiff"]["num_samples"] = 1

@@ -154,31 +154,47 @@ def test_readme_duckdb_queries(finished):
     assert plane.set_index("method").loc["p-diff", "mean_acc"] == pytest.approx(100 * generated.test_acc.mean())
 
 
-def test_kill_during_stage_two_then_resume(tiny_spec, finished, tmp_path):
-    store = Store(str(tmp_path), "tiny")
-    proc = subprocess.Popen(sweep_command(tiny_spec, tmp_path), cwd=ROOT, env=sweep_env(), stdout=subprocess.DEVNULL,
+def _run_until(spec: Path, storage: Path, started) -> None:
+    """Start the sweep and SIGKILL its process group (the driver and the local Ray it started) once
+    `started()` holds."""
+    proc = subprocess.Popen(sweep_command(spec, storage), cwd=ROOT, env=sweep_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 400
-        while not store.files("trials"):  # stage 2 has begun writing
-            assert proc.poll() is None, "the sweep ended before stage 2 wrote anything"
-            assert time.monotonic() < deadline, "stage 2 never started"
-            time.sleep(0.5)
+        while not started():
+            assert proc.poll() is None, "the sweep ended before the moment of the kill"
+            assert time.monotonic() < deadline, "the moment of the kill never came"
+            time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_kills_in_stage_one_and_two_then_resume(tiny_spec, finished, tmp_path):
+    """SIGKILL while the sources train, re-run and SIGKILL again once trials are being written, re-run:
+    the sweep ends as an uninterrupted one, with no duplicate and no source trained twice after stage 1."""
+    store = Store(str(tmp_path), "tiny")
+    # Stage 1 has begun: a cell's Ray Train run exists (its rows come only after training and collection).
+    _run_until(tiny_spec, tmp_path, lambda: list(Path(store.path("_ray")).glob("source-*")))
+    assert len(store.files("sources")) < CELLS, "stage 1 finished before the kill: nothing was tested"
+    assert not store.files("trials")
+
+    _run_until(tiny_spec, tmp_path, lambda: store.files("trials"))  # stage 2 has begun writing
     sources_before = {f: os.path.getmtime(f) for f in store.files("sources")}
     assert len(sources_before) == CELLS
     assert len(store.files("trials")) < CELLS * TRIALS
 
-    run_sweep(tiny_spec, tmp_path)
+    out = run_sweep(tiny_spec, tmp_path).stdout
 
     uninterrupted, _ = finished
     assert _keys(store) == _keys(uninterrupted)
+    assert f"sources: {CELLS}/{CELLS} already done" in out
     assert {f: os.path.getmtime(f) for f in store.files("sources")} == sources_before  # not retrained
     assert not list(Path(store.path("_ray")).glob("source-*"))
-    trials = store.read_pandas("trials")
+    sources, trials = store.read_pandas("sources"), store.read_pandas("trials")
+    checkpoints = store.read_pandas("checkpoints", columns=["cell_id", "index"])
     generated = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
+    assert sources.cell_id.is_unique and not checkpoints.duplicated().any()
     assert trials.trial_id.is_unique and not generated.duplicated().any()
     assert set(generated.trial_id) == set(trials.trial_id)
 
@@ -218,43 +234,3 @@ def test_fixed_knob_spec_runs_repeats_with_distinct_ids(tmp_path):
     knobs = {"latent_dim": 16}
     assert trial_id_of("c", knobs, 0) != trial_id_of("c", knobs, 1)
     assert trial_id_of("c", knobs, 0) == trial_id_of("c", dict(knobs), 0)
-
-
-def test_kill_during_stage_one_then_resume(tiny_spec, finished, tmp_path):
-    """SIGKILL the sweep's process group while its sources train; the re-run ends as a clean run."""
-    import threading
-
-    store = Store(str(tmp_path), "tiny")
-    proc = subprocess.Popen(sweep_command(tiny_spec, tmp_path), cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    training = threading.Event()  # a source's training loop has logged an epoch
-
-    def watch() -> None:
-        for line in proc.stdout:
-            if "] source epoch" in line:
-                training.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 400
-        while not training.wait(0.2):
-            assert proc.poll() is None, "the sweep ended before a source trained"
-            assert time.monotonic() < deadline, "no source ever started training"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
-    assert len(store.files("sources")) < CELLS, "stage 1 finished before the kill: nothing was tested"
-    assert not store.files("trials")
-
-    out = run_sweep(tiny_spec, tmp_path).stdout
-
-    uninterrupted, _ = finished
-    assert _keys(store) == _keys(uninterrupted)
-    # The killed run's workers may write a last sources file after the kill: then every source is already done.
-    assert re.search(rf"sources:? {CELLS}/{CELLS}", out), out
-    sources, trials = store.read_pandas("sources"), store.read_pandas("trials")
-    checkpoints = store.read_pandas("checkpoints", columns=["cell_id", "index"])
-    generated = store.read_pandas("generated", columns=["cell_id", "trial_id", "index"])
-    assert sources.cell_id.is_unique and not checkpoints.duplicated().any()
-    assert trials.trial_id.is_unique and not generated.duplicated().any()
-    assert set(generated.trial_id) == set(trials.trial_id)
