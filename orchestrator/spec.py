@@ -506,7 +506,9 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
         size = 1
         for d in search.values():
             size *= len(d.values)
-        if num_samples > size:
+        # With every knob fixed there is no grid to exhaust: num_samples are repeats of the one
+        # configuration (each its own trial index and seed), as for any other search.
+        if search and num_samples > size:
             r.fail("pdiff.num_samples", f"the grid has {size} points, fewer than num_samples ({num_samples})")
     grace = None
     if pd.get("early_stopping") is not None:

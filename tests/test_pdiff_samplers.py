@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff.diffusion import LatentDiffusion, LDMConfig, Schedule, ddim_timesteps, sample_latents
+from pdiff.diffusion import (LatentDiffusion, LDMConfig, Schedule, ddim_step, ddim_timesteps, ddpm_step,
+                             sample_latents)
 
 MU = torch.tensor([0.5, -1.0, 2.0, 0.0, -0.3, 1.2])
 SIGMA = torch.tensor([0.3, 1.0, 1.5, 0.6, 1.2, 0.8])
@@ -78,6 +79,63 @@ def test_ddim_timesteps():
     assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 0
     assert all(a > b for a, b in zip(ts, ts[1:]))
     assert ddim_timesteps(10, 50) == list(range(9, -1, -1))  # more steps than T: no repeats
+
+
+# --- one step against its closed form ----------------------------------------------
+
+def linear_schedule_f64(timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    """betas, alpha_bar_t and alpha_bar_{t-1} (1 at t = 0), computed here in float64."""
+    betas = beta_start + (beta_end - beta_start) * torch.arange(timesteps, dtype=torch.float64) / (timesteps - 1)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    return betas, alpha_bar, torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+
+
+def step_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(2 * torch.randn(16, 6, generator=g) for _ in range(3))  # x_t, eps, noise
+
+
+# t = 1, 2, 10: the posterior variance beta-tilde_t is far from beta_t (about half of it at
+# t = 1); at t = 500 or 999 the two nearly coincide, so only the mean is tested there.
+@pytest.mark.parametrize("t", [0, 1, 2, 10, 500, 999])
+def test_ddpm_step_matches_closed_form(schedule, t):
+    betas, alpha_bar, alpha_bar_prev = linear_schedule_f64()
+    x_t, eps, noise = step_inputs(t)
+    beta, ab, ab_prev = betas[t], alpha_bar[t], alpha_bar_prev[t]
+    # Ho et al. 2020 eq. 11: mean = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t), alpha_t = 1 - beta_t.
+    mean = (x_t.double() - beta / (1 - ab).sqrt() * eps.double()) / (1 - beta).sqrt()
+    # eq. 7: beta-tilde_t = beta_t (1 - ab_{t-1}) / (1 - ab_t); 0 at t = 0 (ab_{-1} = 1), no noise there.
+    posterior_var = beta * (1 - ab_prev) / (1 - ab)
+    expected = mean + posterior_var.sqrt() * noise.double()
+    got = ddpm_step(schedule, x_t, t, eps, noise if t > 0 else None)
+    assert got.dtype == torch.float32 and got.shape == x_t.shape
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    if t == 0:
+        assert float(posterior_var) == 0.0
+        torch.testing.assert_close(got.double(), mean, rtol=1e-5, atol=1e-5)
+        # `noise` is ignored at t = 0: the last step returns the mean whatever is passed.
+        assert torch.equal(ddpm_step(schedule, x_t, 0, eps, noise), got)
+    if t in (1, 2, 10):
+        # The test can tell the variances apart: sigma_t^2 = beta_t would be well outside the tolerance.
+        with_beta = mean + beta.sqrt() * noise.double()
+        assert (with_beta - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("t, t_prev", [(999, 949), (500, 480), (10, 0), (1, 0), (0, -1), (20, -1)])
+def test_ddim_step_matches_closed_form(schedule, t, t_prev):
+    _, alpha_bar, _ = linear_schedule_f64()
+    x_t, eps, _ = step_inputs(t)
+    ab = alpha_bar[t]
+    ab_prev = alpha_bar[t_prev] if t_prev >= 0 else torch.tensor(1.0, dtype=torch.float64)  # t_prev < 0: x0
+    # Song et al. 2021 eq. 12, eta = 0: predict x0, then step deterministically to t_prev.
+    x0 = (x_t.double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()
+    expected = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps.double()
+    got = ddim_step(schedule, x_t, t, t_prev, eps)
+    assert got.dtype == torch.float32 and got.shape == x_t.shape
+    # x0 divides by sqrt(ab_t) (~0.006 at t = 999): the float32 error grows by as much.
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    if t_prev < 0:
+        torch.testing.assert_close(got.double(), x0, rtol=1e-4, atol=1e-4)
 
 
 # --- samplers with the exact denoiser ---------------------------------------------

@@ -161,6 +161,10 @@ ERRORS = [
     ("grid-smaller-than-num-samples", {"pdiff.search": "grid", "pdiff.num_samples": 3,
                                        "pdiff.knobs.latent_noise": 0.1},
      "pdiff.num_samples", "2 points"),
+    ("one-point-grid-smaller-than-num-samples", {"pdiff.search": "grid", "pdiff.num_samples": 2,
+                                                 "pdiff.knobs.latent_noise": 0.1,
+                                                 "pdiff.knobs.latent_dim": {"type": "choice", "values": [32]}},
+     "pdiff.num_samples", "1 points"),
     ("negative-gpus", {"resources.trials.gpus": -1}, "resources.trials.gpus", ">= 0"),
     ("fractional-gpus-above-one", {"resources.sources.gpus": 1.5}, "resources.sources.gpus", "fractional"),
     ("zero-cpus", {"resources.trials.cpus": 0}, "resources.trials.cpus", "> 0"),
@@ -223,6 +227,8 @@ def test_spec_error_is_a_value_error():
     {"resources.trials.gpus": 0.25},
     {"resources.sources.gpus": 2},  # whole GPUs above one are fine
     {"pdiff.search": "grid", "pdiff.num_samples": 2, "pdiff.knobs.latent_noise": 0.1},  # exactly the grid
+    # every knob fixed: num_samples are repeats of the one configuration, not grid points
+    {"pdiff.search": "grid", "pdiff.num_samples": 3, "pdiff.knobs.latent_noise": 0.1, "pdiff.knobs.latent_dim": 32},
     {"pdiff.objective": ["accuracy", "novelty"]},
     {"pdiff.early_stopping": {"grace_period": 3}},
     {"pdiff.knobs.sample_steps": None},
@@ -243,6 +249,9 @@ def test_valid_edges_are_parsed_as_written():
     assert spec.grace_period == 3
     grid = parse_spec(edited({"pdiff.search": "grid", "pdiff.num_samples": 2, "pdiff.knobs.latent_noise": 0.1}))
     assert grid.search_alg == "grid" and set(grid.search) == {"latent_dim"} and grid.fixed["latent_noise"] == 0.1
+    repeats = parse_spec(edited({"pdiff.search": "grid", "pdiff.num_samples": 3, "pdiff.knobs.latent_noise": 0.1,
+                                 "pdiff.knobs.latent_dim": 32}))
+    assert repeats.search_alg == "grid" and not repeats.search and repeats.num_samples == 3
 
 
 # -- load_spec: files ----------------------------------------------------------

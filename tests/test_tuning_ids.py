@@ -1,0 +1,122 @@
+"""Trial ids and indexes through the Tune + Optuna path, without a Ray cluster.
+
+`_search_cell` builds the cell's searcher and hands it to `tune.Tuner`; here `Tuner` (and the
+`with_parameters` / `with_resources` wrappers, which would `ray.put`) are replaced by stubs that
+keep what they are given, so the test asks the real `NumberedOptunaSearch` for its suggestions
+and turns them into trial ids with the real `_identity`. Ray is never started.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import ray
+
+from orchestrator import tuning
+from orchestrator.spec import parse_spec
+from orchestrator.tuning import _identity, trial_id_of
+
+SPEC = {
+    "name": "ids",
+    "storage": "results",
+    "seed": 0,
+    "sources": {"archs": ["mlp"], "datasets": ["digits"], "seeds": [0]},
+    "pdiff": {
+        "knobs": {"latent_dim": {"type": "choice", "values": [32]}, "latent_noise": 0.1, "ae_steps": 200},
+        "objective": ["accuracy"],
+        "num_samples": 3,
+        "search": "tpe",
+    },
+}
+
+
+class FakeStore:
+    def ray_storage(self) -> dict:
+        return {}
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """What `_search_cell` passed to `tune.Tuner`; nothing is fitted and Ray is not started."""
+    from ray import tune
+
+    seen: dict = {}
+
+    class FakeTuner:
+        def __init__(self, trainable, *, param_space=None, tune_config=None, run_config=None):
+            seen.update(param_space=param_space, tune_config=tune_config)
+
+        def fit(self):
+            seen["fitted"] = True
+
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    monkeypatch.setattr(tune, "with_parameters", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(tune, "with_resources", lambda fn, resources: fn)
+    yield seen
+    assert not ray.is_initialized()
+
+
+def search_cell(spec, finished=()):
+    """Run `_search_cell`'s body (the undecorated function) up to the stubbed `Tuner`."""
+    cell = spec.cells[0]
+    fn = tuning._search_cell._function
+    assert fn(spec, cell, FakeStore(), None, spec.num_samples, list(finished)) == cell.cell_id
+    return cell
+
+
+def suggested_ids(spec, seen, cell, n):
+    searcher = seen["tune_config"].search_alg
+    assert type(searcher).__name__ == "NumberedOptunaSearch"
+    assert seen["tune_config"].num_samples == n and seen["fitted"]
+    configs = [searcher.suggest(f"trial_{i:05d}") for i in range(n)]
+    assert all(isinstance(c, dict) for c in configs), configs
+    return [_identity(spec, cell, c) for c in configs]
+
+
+def test_one_value_choice_gives_num_samples_distinct_trials(captured):
+    spec = parse_spec(copy.deepcopy(SPEC), "ids.yaml")
+    assert set(spec.search) == {"latent_dim"} and spec.search["latent_dim"].values == (32,)
+    cell = search_cell(spec)
+    identities = suggested_ids(spec, captured, cell, 3)
+    ids = [trial_id for trial_id, _, _ in identities]
+    assert [index for _, index, _ in identities] == [0, 1, 2]
+    assert len(set(ids)) == 3, ids
+    # Every suggestion has the same knob values: only the index tells the trials apart.
+    knobs = [k for _, _, k in identities]
+    assert all(k == knobs[0] for k in knobs) and knobs[0]["latent_dim"] == 32 and knobs[0]["latent_noise"] == 0.1
+    for trial_id, index, k in identities:
+        assert trial_id == trial_id_of(cell.cell_id, k, index)
+
+
+def test_resumed_search_numbers_after_the_finished_trials(captured):
+    spec = parse_spec(copy.deepcopy(SPEC), "ids.yaml")
+    cell = spec.cells[0]
+    knobs = spec.fixed | {"latent_dim": 32}
+    finished = [knobs | {"trial_id": trial_id_of(cell.cell_id, knobs, i), "trial_index": i,
+                         "status": "completed", "val_acc": 0.9} for i in range(2)]
+    search_cell(spec, finished)
+    identities = suggested_ids(spec, captured, cell, 3)
+    assert [index for _, index, _ in identities] == [2, 3, 4]
+    ids = {trial_id for trial_id, _, _ in identities}
+    assert len(ids) == 3 and not ids & {r["trial_id"] for r in finished}
+
+
+def test_fixed_knob_spec_numbers_its_repeats(captured):
+    raw = copy.deepcopy(SPEC)
+    raw["pdiff"]["knobs"]["latent_dim"] = 32
+    spec = parse_spec(raw, "ids.yaml")
+    assert not spec.search
+    cell = search_cell(spec)
+    assert captured["tune_config"].search_alg is None and captured["tune_config"].num_samples == 1
+    indexes = captured["param_space"]["trial_index"]["grid_search"]
+    assert indexes == [0, 1, 2]
+    ids = {_identity(spec, cell, {"trial_index": i})[0] for i in indexes}
+    assert len(ids) == 3
+
+
+def test_equal_knobs_different_index_are_different_trials():
+    knobs = {"latent_dim": 32, "latent_noise": 0.1}
+    assert trial_id_of("mlp-digits-0", knobs, 0) != trial_id_of("mlp-digits-0", knobs, 1)
+    assert trial_id_of("mlp-digits-0", knobs, 1) == trial_id_of("mlp-digits-0", dict(reversed(knobs.items())), 1)
+    assert trial_id_of("mlp-digits-0", knobs, 0) != trial_id_of("mlp-digits-1", knobs, 0)
