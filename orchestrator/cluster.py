@@ -18,7 +18,7 @@ import yaml
 from .spec import Resources, SpecError, SweepSpec
 from .tables import Store
 
-__all__ = ["HEAD_RESOURCE", "connect_ray", "driver_options", "check_resources", "check_storage", "probe_storage",
+__all__ = ["HEAD_RESOURCE", "VersionMismatch", "connect_ray", "check_versions", "driver_options", "check_resources", "check_storage", "probe_storage",
            "remove_created"]
 
 HEAD_RESOURCE = "pdiff_head"
@@ -49,12 +49,56 @@ def connect_ray(address: str | None, verbose: bool = False) -> None:
 
         ray._private.worker.print_to_stdstream = lambda data, ignore_prefix: None
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, runtime_env=runtime_env, **quiet)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **quiet)
+        except RuntimeError as err:  # Ray's own check: "Version mismatch: The cluster was started with ..."
+            if "version mismatch" in str(err).lower():
+                raise VersionMismatch(" ".join(str(err).split())) from None
+            raise
+        check_versions()
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # one local node: no token to share
         # "local", not None: None would join whatever /tmp/ray/ray_current_cluster names (another
         # session's cluster, or a dead one it then waits on), which is not what "embedded" means.
         ray.init(address="local", runtime_env=runtime_env, **quiet)
+
+
+class VersionMismatch(RuntimeError):
+    """The cluster runs another Ray or Python than this process: pickled tasks and Train / Tune
+    state would not travel between them. The sweep stops with exit 2 naming both."""
+
+
+def local_versions() -> tuple[str, str]:
+    """(Ray version, Python major.minor): what must match across the driver and every node
+    (Ray's own rule: a Python patch release may differ)."""
+    import sys
+
+    import ray
+
+    return ray.__version__, "%d.%d" % sys.version_info[:2]
+
+
+def _node_versions() -> dict[str, tuple[str, str]]:
+    """Each live node's (Ray, Python), from a zero-CPU task pinned to it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(local_versions)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    return {n.get("NodeManagerAddress") or n["NodeID"]: tuple(v) for n, v in zip(nodes, ray.get(refs, timeout=120))}
+
+
+def check_versions() -> None:
+    """Every node of a joined cluster must run this process's Ray and Python (cluster.yaml
+    installs them from constraints.txt with python3.11): raise VersionMismatch naming both."""
+    ours = local_versions()
+    theirs = {node: v for node, v in _node_versions().items() if v != ours}
+    if theirs:
+        listed = "; ".join(f"{node}: Ray {ray_v}, Python {py}" for node, (ray_v, py) in sorted(theirs.items()))
+        raise VersionMismatch(f"this process runs Ray {ours[0]}, Python {ours[1]}, but the cluster's nodes run "
+                              f"{listed}; install the versions of constraints.txt on both sides")
 
 
 def _live_nodes() -> list[dict[str, float]]:

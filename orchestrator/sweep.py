@@ -21,7 +21,7 @@ import re
 import sys
 from typing import Sequence
 
-from .cluster import check_resources, check_storage, connect_ray, probe_storage, remove_created
+from .cluster import VersionMismatch, check_resources, check_storage, connect_ray, probe_storage, remove_created
 from .lease import Lease, LeaseHeld
 from .progress import Progress
 from .spec import SpecError, SweepSpec, load_spec
@@ -199,7 +199,10 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     except OSError as err:
         return refuse(SpecError(spec.source_file, "storage", f"cannot take the sweep's lease in {store.uri} ({err})"))
     # Unreadable table files no longer stop the run: `reconcile` (below) quarantines and rebuilds them.
-    connect_ray(args.address, args.verbose)
+    try:
+        connect_ray(args.address, args.verbose)
+    except VersionMismatch as err:
+        return refuse(err)
     try:
         check_resources(spec)
         check_storage(spec, store, args.shared_storage)

@@ -48,6 +48,17 @@ def test_cluster_yaml_passes_rays_schema_and_makes_our_choices():
     assert synced and any(f"pip install" in c and synced[0].replace("/home/ubuntu", "~") in c
                           for c in raw["setup_commands"])
     assert "0.0.0.0/0" not in (ROOT / "cluster.yaml").read_text()
+    # The interpreter and the Ray are chosen, not inherited from the image: the venv is built from
+    # python3.11 and installed under constraints.txt, whose Ray is the one these tests run.
+    setup = " ".join(raw["setup_commands"])
+    assert "python3.11 -m venv ~/pdiff-venv" in setup and "python3 -m venv" not in setup
+    assert "-c ~/pdiff-sweep/constraints.txt" in setup
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split()
+                if "==" in line and not line.startswith("#"))
+    assert pins["ray"] == ray.__version__
+    # Datasets go to one folder per node, shared by all jobs there (pdiff.data locks it per download).
+    assert all("PDIFF_DATA=" in c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]
+               if " ray start" in c)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import configparser
 import copy
+import json
 import os
 import re
 import shutil
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 HEAD_IP, WORKER_IP = "10.213.0.1", "10.213.0.2"
 PROXY_PORT = 3128
+DASHBOARD_PORT = 8266  # `ray dashboard`'s local end; the head's own dashboard holds 8265
 REMOTE_HOME = "/root"  # ssh_user root
 TRIALS = 1  # trials per cell: the tiny sweep with one Optuna trial per cell
 # Ray's processes, as seen inside a machine's PID namespace (which holds only this test's processes).
@@ -345,13 +347,39 @@ def test_ray_up_runs_the_sweep_and_ray_down_leaves_nothing(cluster_machines, tmp
     assert f"{REMOTE_HOME}/pdiff-venv/bin/ray" in out
     assert "pdiff_head" in out
 
-    # 3. The tiny sweep, started on the head with `ray exec`; the spec goes up with `ray rsync-up`.
+    # 3. The tiny sweep, submitted as the README says: `ray dashboard` forwards the dashboard over SSH,
+    #    `ray job submit --working-dir .` uploads this checkout (as .gitignore filters it), `ray job logs`.
+    #    Local port 8266: the CLI runs on the head, where the dashboard itself holds 8265.
     ray("sweep", "rsync-up", str(config), str(work / "tiny.yaml"), f"{REMOTE_HOME}/tiny.yaml")
-    out = ray("sweep", "exec", "--no-config-cache", str(config),
-              f"cd ~/pdiff-sweep && python -m orchestrator.sweep ~/tiny.yaml --storage {storage} --shared-storage",
-              timeout=600)
-    assert "sources 2/2" in out and f"trials {CELLS * TRIALS}/{CELLS * TRIALS}" in out
-    assert f"ip={WORKER_IP}" in out  # training ran on the worker (the head advertises no CPU)
+    forward = subprocess.Popen(head.nsenter([str(RAY), "dashboard", "-p", str(DASHBOARD_PORT), "--no-config-cache",
+                                             str(config)], cwd=ROOT), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    dashboard = f"http://localhost:{DASHBOARD_PORT}"
+    try:
+        deadline = time.monotonic() + 60
+        while "ALIVE" not in ray("dashboard", "list", "nodes", "--address", dashboard, check=False, timeout=60):
+            assert time.monotonic() < deadline, "the forwarded dashboard never answered"
+            time.sleep(2)
+        job = f"tiny-{os.getpid()}"
+        out = ray("sweep", "job", "submit", "--address", dashboard, "--submission-id", job, "--working-dir", ".",
+                  "--", "python", "-m", "orchestrator.sweep", f"{REMOTE_HOME}/tiny.yaml", "--storage", str(storage),
+                  "--shared-storage", timeout=600)
+        logs_out = ray("sweep", "job", "logs", "--address", dashboard, job, timeout=60)
+        status = ray("sweep", "job", "status", "--address", dashboard, job, timeout=60)
+        nodes = ray("sweep", "list", "nodes", "--address", dashboard, "--format", "json", timeout=60)
+    finally:
+        os.killpg(forward.pid, signal.SIGTERM)
+        forward.wait(timeout=30)
+    assert f"Job '{job}' succeeded" in status, status
+    for text in (out, logs_out):
+        assert "sources 2/2" in text and f"trials {CELLS * TRIALS}/{CELLS * TRIALS}" in text
+    # What went up: the checkout without .venv/ and results/ (ignored by .gitignore), unpacked on the head.
+    uploaded = head.check(["find", "/tmp/ray/session_latest/runtime_resources/working_dir_files",
+                           "-mindepth", "2", "-maxdepth", "2"]).split()
+    names = {Path(p).name for p in uploaded}
+    assert {"orchestrator", "pdiff", "pyproject.toml"} <= names, uploaded
+    assert not names & {".venv", "results"}, uploaded
+    worker_node = [n["node_id"] for n in json.loads(nodes[nodes.index("["):]) if n["node_ip"] == WORKER_IP]
 
     # 4. ray down: `ray stop` on the head through the login shell's PATH.
     ray("down", "down", "-y", str(config), timeout=300)
@@ -376,7 +404,8 @@ def test_ray_up_runs_the_sweep_and_ray_down_leaves_nothing(cluster_machines, tmp
     assert len(store.read_pandas("generated")) == CELLS * TRIALS * N
     baselines = store.read_pandas("baselines")
     assert len(baselines) == CELLS * 3 * N and set(baselines.method) == {"noise", "average", "gaussian"}
-    assert len(set(sources.node_id) | set(trials.node_id)) == 1  # the one worker
+    # Training and trials ran on the worker (the head advertises no CPU).
+    assert set(sources.node_id) | set(trials.node_id) == set(worker_node), (worker_node, set(sources.node_id))
 
     print("ray up test timings (s):", {k: round(v) for k, v in timings.items()},
           "| left on the worker by ray down:", len(left_on_worker), "Ray processes")
