@@ -21,6 +21,7 @@ explain `min_r2` of the snapshot-to-snapshot variance (and pass the caller's
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -49,6 +50,7 @@ class AEConfig:
     weight_decay: float = 2e-6
     batch_size: int = 64
     normalize: str = "global"  # "global": per-coordinate centre, one scale; "tensor": per-tensor standardisation
+    amp: bool = False  # bf16 autocast for the training steps' forward pass (CUDA only; ignored elsewhere)
 
     def __post_init__(self):
         if self.normalize not in NORMALIZATIONS:
@@ -194,6 +196,9 @@ def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, se
     noise = lambda shape: torch.randn(shape, generator=gen, device=device)  # noqa: E731
     batch = min(cfg.batch_size, len(data))
     losses = torch.empty(cfg.steps, device=device)
+    # The loss and the quality checks stay in float32: autocast covers only the forward pass.
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.amp and device.type == "cuda"
+                else contextlib.nullcontext)
 
     def check(step: int) -> bool:
         recon = trained.reconstruct(snapshots)
@@ -209,7 +214,9 @@ def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, se
     while step < cfg.steps:
         idx = torch.randint(0, len(data), (batch,), generator=gen, device=device)
         x = data[idx]
-        loss = F.mse_loss(model(x, noise), x)
+        with autocast():
+            recon = model(x, noise)
+        loss = F.mse_loss(recon.float(), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
