@@ -1,6 +1,6 @@
 """One paper-sized p-diff cell on one GPU, timed phase by phase.
 
-    python -m benchmarks.gpu_cell [--epochs 100] [--k 300] [--n 200] [--images 10000] [--ldm-amp]
+    python -m benchmarks.gpu_cell [--epochs 100] [--k 300] [--n 200] [--images 10000] [--ae-amp] [--ldm-amp]
 
 ResNet-18 with the CIFAR stem (`pdiff.zoo.build_model`) on CIFAR-10 when it is on
 disk ($PDIFF_DATA or ./data; never downloaded here), else on synthetic
@@ -49,14 +49,15 @@ SCALED = dict(epochs=2, k=10, n=10, images=200, train_images=400, batch_size=32,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=None, help="source training epochs (GPU 100, CPU 2)")
-    p.add_argument("--k", type=int, default=None, help="snapshots collected (GPU 300, CPU 20)")
+    p.add_argument("--k", type=int, default=None, help="snapshots collected (GPU 300, CPU 10)")
     p.add_argument("--n", type=int, default=None, help="models generated, and drawn per baseline (GPU 200, CPU 10)")
     p.add_argument("--images", type=int, default=None, help="test images scored (GPU 10,000, CPU 200)")
     p.add_argument("--train-images", type=int, default=None,
                    help="training images incl. the 10%% validation split (GPU 50,000, CPU 400)")
-    p.add_argument("--ae-steps", type=int, default=None, help="AE step bound (GPU: AEConfig's default; CPU 200)")
-    p.add_argument("--ldm-steps", type=int, default=None, help="LDM steps (GPU: LDMConfig's default; CPU 100)")
+    p.add_argument("--ae-steps", type=int, default=None, help="AE step bound (GPU: AEConfig's default; CPU 100)")
+    p.add_argument("--ldm-steps", type=int, default=None, help="LDM steps (GPU: LDMConfig's default; CPU 50)")
     p.add_argument("--ldm-amp", action="store_true", help="bf16 autocast for the LDM's training steps")
+    p.add_argument("--ae-amp", action="store_true", help="bf16 autocast for the AE's training steps")
     p.add_argument("--batch-size", type=int, default=None, help="source and collection batch (GPU 128, CPU 32)")
     p.add_argument("--lr", type=float, default=None, help="source learning rate, SGD + cosine (GPU 0.1, CPU 0.02)")
     p.add_argument("--synthetic", action="store_true", help="synthetic data even when CIFAR-10 is on disk")
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     evaluator = BatchedEvaluator(model, subset, device=device)
     scores = timer("scoring", lambda: evaluator.score(snapshots, data))
 
-    ae, ldm = AEConfig(), LDMConfig(amp=args.ldm_amp)
+    ae, ldm = AEConfig(amp=args.ae_amp), LDMConfig(amp=args.ldm_amp)
     ae = ae if args.ae_steps is None else dataclasses.replace(ae, steps=args.ae_steps)
     ldm = ldm if args.ldm_steps is None else dataclasses.replace(ldm, steps=args.ldm_steps)
     cfg = PdiffConfig(ae=ae, ldm=ldm, n_generated=args.n, **({"sampler": "ddim", "sample_steps": 20} if scaled else {}))
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"source training ({args.epochs} epochs of {len(data.train):,} images)": timer.seconds["source"],
         f"collection (K={args.k} steps)": timer.seconds["collection"],
         f"scoring {args.k} snapshots (val + test)": timer.seconds["scoring"],
-        f"AE ({run.ae_steps} steps)" if hasattr(run, "ae_steps") else "AE": run.seconds["ae"],
+        f"AE ({run.ae_steps} steps{', bf16' if ae.amp and not scaled else ''})" if hasattr(run, "ae_steps") else "AE":
+            run.seconds["ae"],
         f"LDM ({ldm.steps} steps{', bf16' if ldm.amp and not scaled else ''})": run.seconds["ldm"],
         f"generate {args.n} ({cfg.sampler.upper()}-{ldm.timesteps if cfg.sampler == 'ddpm' else cfg.sample_steps})":
             run.seconds["generate"],
@@ -207,15 +209,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     snap_summary = summarize(scores) | family_stats(snapshots, scores.test_wrong, snapshots)
     print(f"\nsource model test acc {100 * source_acc:.2f}%. Accuracies in % on {len(data.test):,} test images; "
-          f"'selected' = best on validation; max_iou = mean over models of the max IoU of its wrong-prediction "
-          f"set to any snapshot's (1 = memorised); pairwise = mean IoU within the family; spread = RMS spread "
-          f"over the snapshots'")
+          f"'selected' = best on validation; max_iou = test_max_iou, the mean over models of the max IoU of its "
+          f"test wrong-prediction set to any snapshot's (1 = memorised); pairwise = mean IoU within the family; "
+          f"spread = RMS spread over the snapshots'")
     print(f"{'family':<10}{'selected':>9}{'best':>9}{'mean':>9}{'median':>9}{'max_iou':>9}{'pairwise':>9}"
           f"{'distinct':>9}{'spread':>9}{'collapsed':>10}")
     print(_row("snapshots", snap_summary, None))
-    print(_row("p-diff", run.generated.summary, run.generated.summary["mean_max_iou"]))
+    print(_row("p-diff", run.generated.summary, run.generated.summary["test_max_iou"]))
     for name, a in baselines.items():
-        print(_row(name, a.summary, a.summary["mean_max_iou"]))
+        print(_row(name, a.summary, a.summary["test_max_iou"]))
     return {"scaled": scaled, "device": gpu or "cpu", "seconds": phases, "epoch_seconds": epochs,
             "peak_gib": peak, "source_acc": source_acc, "pdiff": run.generated.summary,
             "snapshots": snap_summary, "baselines": {k: a.summary for k, a in baselines.items()}}

@@ -14,7 +14,7 @@ __all__ = ["COLUMNS", "KNOB_TABLE", "columns_of"]
 _COMMON = {
     "sweep": ("name", "the sweep's name"),
     "spec_hash": ("hash", "hash of the spec fields that define the results (not storage, resources)"),
-    "schema_version": ("int", "version of the table layout"),
+    "schema_version": ("int", "version of the table layout (orchestrator.tables.SCHEMA_VERSION; other versions are refused)"),
     "cell_id": ("id", "the source model: arch-dataset-seed-<hash of its training settings>"),
 }
 _FAMILY = {  # collapse signals of a family of models (pdiff.evaluate.family_stats)
@@ -23,16 +23,22 @@ _FAMILY = {  # collapse signals of a family of models (pdiff.evaluate.family_sta
     "spread_ratio": ("ratio", "the family's RMS distance to its centroid over the snapshots' (1 = as spread)"),
     "collapsed": ("bool", "pairwise_iou above the collapse threshold or spread_ratio below it; false is better"),
 }
+_WRONG = {  # a model's wrong-prediction sets, as pdiff.evaluate.pack_wrong stores them
+    "val_wrong": ("packed bits", "the validation examples the model gets wrong: bit i (most significant first) "
+                                 "is example i; sources.n_val bits (pdiff.evaluate.unpack_wrong)"),
+    "test_wrong": ("packed bits", "the test examples the model gets wrong, as val_wrong; sources.n_test bits"),
+}
 _VECTOR = {  # one row per parameter vector (a generated or baseline model)
     "index": ("int", "the vector's number within its family"),
     "val_acc": ("fraction 0..1", "accuracy on the validation split; higher is better"),
     "test_acc": ("fraction 0..1", "accuracy on the test split; higher is better"),
-    "max_iou_to_train": ("0..1", "test max IoU of its wrong-prediction set to any snapshot (1 = a copy); "
-                                 "lower is more novel"),
+    "test_max_iou": ("0..1", "max IoU of its test wrong-prediction set to any snapshot's (1 = a copy); "
+                             "lower is more novel"),
+    "val_max_iou": ("0..1", "the same on the validation split; lower is more novel"),
     "nearest_l2": ("L2 distance", "distance to the nearest training snapshot in parameter space; "
                                   "higher is more novel"),
     "params": ("float32 list", "the subset's parameter values, flattened"),
-}
+} | _WRONG
 
 COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     "sources": _COMMON | {
@@ -48,6 +54,8 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "node_id": ("Ray node id", "node that trained it"),
         "model_path": ("path", "the source model's weights, relative to the sweep folder"),
         "resumed_from_epoch": ("epochs", "epochs done before the last restart (0: none)"),
+        "n_val": ("count", "examples in the validation split (the bits of a packed val_wrong)"),
+        "n_test": ("count", "examples in the test split (the bits of a packed test_wrong)"),
         "snapshot_pairwise_iou": ("0..1", "mean pairwise IoU of the snapshots' wrong-prediction sets (test)"),
         "snapshot_distinct_sets": ("count", "different wrong-prediction sets among the snapshots (test)"),
         "snapshot_spread": ("L2 distance", "RMS distance of the snapshots to their centroid"),
@@ -57,7 +65,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "val_acc": ("fraction 0..1", "validation accuracy of the snapshot; higher is better"),
         "test_acc": ("fraction 0..1", "test accuracy of the snapshot; higher is better"),
         "params": ("float32 list", "the subset's parameter values, flattened"),
-    },
+    } | _WRONG,
     "trials": _COMMON | _FAMILY | {
         "trial_id": ("id", "the trial: a hash of its cell, search and configuration"),
         "trial_index": ("int", "the trial's number within its cell's search"),
@@ -69,9 +77,10 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "best_test_acc": ("% 0..100", "best test accuracy among the generated models (chosen on test); higher is better"),
         "mean_acc": ("% 0..100", "mean test accuracy of the generated models; higher is better"),
         "median_acc": ("% 0..100", "median test accuracy of the generated models; higher is better"),
-        "mean_max_iou": ("0..1", "mean over generated models of the test max IoU to any snapshot; lower is more novel"),
-        "novelty": ("0..1", "the same as mean_max_iou (test split); lower is more novel (1 = copies)"),
-        "val_novelty": ("0..1", "as novelty, on the validation split (the second Tune objective); lower is more novel"),
+        "test_max_iou": ("0..1", "mean over the generated models of each one's test max IoU to any snapshot "
+                                 "(1 = copies); lower is more novel"),
+        "val_max_iou": ("0..1", "the same on the validation split: the Tune metric of the spec's `novelty` "
+                                "objective (minimised); lower is more novel"),
         "ae_loss": ("MSE", "last training loss of the autoencoder (normalised units); lower is better"),
         "ae_r2": ("0..1", "share of the snapshots' variance the AE reconstructs; higher is better"),
         "ae_steps_taken": ("steps", "AE steps actually run (<= ae_steps)"),
@@ -83,6 +92,34 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     "generated": _COMMON | {"trial_id": ("id", "the trial that generated it")} | _VECTOR,
     "baselines": _COMMON | {"method": ("name", "the baseline (pdiff.baselines)")} | _VECTOR
                  | {f"family_{k}": (u, f"the method's family: {m}") for k, (u, m) in _FAMILY.items()},
+    "curves": _COMMON | {  # orchestrator.feedback
+        "trial_id": ("id", "the trial whose training it is (written before its trials row)"),
+        "phase": ("ae|ldm", "the autoencoder's training or the latent diffusion model's"),
+        "step": ("step", "the last training step (0-based) of the point"),
+        "loss": ("MSE", "mean training loss of the steps since the previous point (at most 200 points per phase "
+                        "and trial; each step's own loss where the phase has no more steps; for a failed trial, of "
+                        "the steps reported before it failed); lower is better"),
+    },
+    "runs": _COMMON | {  # orchestrator.feedback.RunRecord
+        "cell_id": ("null", "a run covers the whole sweep (the file is runs/<run_id>.parquet)"),
+        "run_id": ("id", "the run: r<UTC start time>-<random>"),
+        "command": ("text", "the command line it ran"),
+        "started_at": ("UTC time", "when it started (after the checks, once the folder is the sweep's)"),
+        "ended_at": ("UTC time", "when the stages and the summary finished, or it failed (null: still running, "
+                                 "or killed)"),
+        "seconds": ("s", "ended_at - started_at"),
+        "outcome": ("running|done|failed|interrupted", "how the run ended (running: not ended, or killed)"),
+        "exit_status": ("int", "the command's exit status (0 done, 1 failed, 130 interrupted; null while running)"),
+        "error": ("text", "the error a failed run raised (null otherwise)"),
+        "git_commit": ("hash", "git commit of orchestrator's source (null: not a git checkout)"),
+        "git_dirty": ("bool", "whether tracked files differed from that commit (null: not a git checkout)"),
+        "driver_host": ("name", "host name of the machine that ran the command"),
+        "hosts": ("count", "alive Ray nodes (at the end; at the start while it runs)"),
+        "cluster_cpus": ("count", "CPUs of the Ray cluster, as hosts"),
+        "cluster_gpus": ("count", "GPUs of the Ray cluster, as hosts"),
+        "python_version": ("version", "Python of the driver"),
+    } | {f"{p}_version": ("version", f"{p} installed on the driver") for p in ("torch", "ray", "optuna", "pyarrow",
+                                                                               "duckdb")},
 }
 KNOB_TABLE = "trials"  # the table that also has one column per p-diff knob
 

@@ -42,7 +42,8 @@ SPEC_KEYS: list[tuple[str, str, str, str]] = [
     ("pdiff.knobs", "knob -> value or distribution", "{}",
      "a value is fixed; a mapping {type: " + " | ".join(DISTRIBUTIONS) + ", low, high | values, log} is searched"),
     ("pdiff.objective", "list", "[accuracy]", "objectives: " + ", ".join(OBJECTIVES) +
-     " (accuracy first; with novelty a multi-objective search)"),
+     " (accuracy first: maximise trials.val_acc; novelty: minimise trials.val_max_iou, a multi-objective "
+     "search)"),
     ("pdiff.num_samples", "int", "4", "trials per cell (with no searched knob: repeats of the fixed configuration)"),
     ("pdiff.max_concurrent", "int", "2", "trials of a cell running at once"),
     ("pdiff.search", "name", "tpe", " | ".join(SEARCHES) + " (grid: all searched knobs choices; "

@@ -13,10 +13,12 @@ completion order, with the best so far), `parallel_coordinates.png` (the searche
 knobs, coloured by val accuracy) and `importance.png` (fANOVA importance of
 the knobs for val accuracy, from an Optuna study rebuilt in memory).
 
-The tables hold parameters but no per-example predictions, so the wrong-prediction
-sets are recomputed: the cell's source network is rebuilt from its saved weights
-and every vector is scored with `pdiff.evaluate.BatchedEvaluator`. The p-diff
-vectors are those of the cell's val-selected trial.
+Everything is drawn from the tables alone: each model's wrong-prediction set on the
+test split is stored with it (`test_wrong`, packed bits, `pdiff.evaluate.pack_wrong`),
+so similarity, IoU matrices, the snapshots' max IoU to each other and their
+accuracies are computed from the tables (`pdiff.evaluate.iou_matrix`). No network is
+built and no stage module (`orchestrator.sources`, `orchestrator.tuning`, Ray) is
+imported. The p-diff vectors are those of the cell's val-selected trial.
 """
 
 from __future__ import annotations
@@ -47,15 +49,15 @@ FIGURES: dict[str, tuple[str, str]] = {
         "Similarity of wrong predictions",
         "Mean IoU of the sets of test examples two models get wrong: between two snapshots (original-original, "
         "self-pairs excluded), between two p-diff models of the val-selected trial (generated-generated), and "
-        "between a p-diff model and a snapshot (original-generated). Predictions recomputed from the stored "
-        "parameters with the cell's source network. 'COLLAPSED' over generated-generated: the trial is flagged "
+        "between a p-diff model and a snapshot (original-generated). Computed from each model's wrong-prediction "
+        "set as stored in the tables (test_wrong). 'COLLAPSED' over generated-generated: the trial is flagged "
         "collapsed in the tables (its models are (nearly) one model).",
     ),
     "accuracy_novelty.png": (
         "Accuracy against novelty",
-        "Test accuracy of every model against its max IoU to the snapshots (1 = the same mistakes as some "
-        "snapshot, a copy). Snapshots: max IoU to the other snapshots. p-diff: the val-selected trial (other "
-        "trials faint; x: a collapsed trial). Large outlined markers: each method's mean. Up and to the left is "
+        "Test accuracy of every model against its test max IoU to the snapshots (test_max_iou; 1 = the same "
+        "mistakes as some snapshot, a copy). Snapshots: max IoU to the other snapshots. p-diff: the val-selected "
+        "trial (other trials faint; x: a collapsed trial). Large outlined markers: each method's mean. Up and to the left is "
         "better. No jitter: each point is drawn at its model's values, so identical models overlap, and the "
         "legend gives the number of models and of distinct points where they differ. A collapsed family "
         "(pairwise IoU of its wrong-prediction sets >= 0.99 or spread < 0.05x the snapshots', from the tables) "
@@ -98,7 +100,7 @@ METHOD_STYLE = {  # label, colour, marker
 
 @dataclass
 class CellData:
-    """One cell's vectors and, where they could be recomputed, its wrong-prediction sets."""
+    """One cell's vectors and the similarity numbers computed from its stored wrong-prediction sets."""
 
     cell_id: str
     arch: str
@@ -107,12 +109,15 @@ class CellData:
     best_trial: str | None
     snapshots: np.ndarray  # (K, n) float32
     snapshot_rows: pd.DataFrame  # index, val_acc, test_acc
-    generated: pd.DataFrame  # every trial's generated rows (trial_id, index, test_acc, max_iou_to_train, params)
-    baselines: pd.DataFrame  # method, index, test_acc, max_iou_to_train, params
+    # every trial's generated rows: trial_id, index, val_acc, test_acc, test_max_iou, test_wrong, params
+    generated: pd.DataFrame
+    baselines: pd.DataFrame  # method, index, test_acc, test_max_iou, test_wrong, params
     similarity: dict[str, float] | None = None  # original-original, generated-generated, original-generated
     snapshot_max_iou: np.ndarray | None = None  # (K,) max IoU of each snapshot to the other snapshots
-    recomputed: dict[str, np.ndarray] = field(default_factory=dict)  # test accuracy recomputed, per group
-    why_not: str | None = None  # why predictions could not be recomputed
+    # Test accuracy per model recomputed from its stored wrong-prediction set, per group ("original",
+    # "p-diff": the best trial, each baseline): the report checks it against the stored test_acc.
+    recomputed: dict[str, np.ndarray] = field(default_factory=dict)
+    why_not: str | None = None  # why the similarity numbers could not be computed
     # Collapse signals from the tables, per family ("original", "p-diff": the best trial, each baseline):
     # pairwise_iou, distinct_sets, spread_ratio, collapsed (absent where the tables predate them).
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -152,35 +157,38 @@ def _read_by_writer(store: Store, table: str, cell_id: str, columns: list[str]) 
 
 
 def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions: bool = True) -> list[CellData]:
-    """Every cell's snapshots, generated and baseline vectors; with `predictions`, their wrong-prediction sets."""
+    """Every cell's snapshots, generated and baseline vectors; with `predictions`, the similarity numbers
+    computed from their stored wrong-prediction sets (CellData.similarity, snapshot_max_iou, recomputed)."""
     sources = store.read_pandas("sources").sort_values(["arch", "dataset", "seed"])
     trials = store.read_pandas("trials")  # every column: those a sweep wrote before some existed may lack them
     # Only completed trials' generated models are drawn: a failed trial's vectors may be NaN.
     completed = {(c, t) for c, t, s in zip(trials.cell_id, trials.trial_id, trials.status) if s == "completed"}
     trial_rows = {(r["cell_id"], r["trial_id"]): r for r in trials.to_dict("records") if r["status"] == "completed"}
-    cells, datasets = [], {}
+    cells = []
     for row in sources.itertuples():
-        snaps = store.read_pandas("checkpoints", row.cell_id, columns=["index", "val_acc", "test_acc", "params"])
+        snaps = store.read_pandas("checkpoints", row.cell_id,
+                                  columns=["index", "val_acc", "test_acc", "test_wrong", "params"])
         snaps = snaps.sort_values("index").reset_index(drop=True)
         cell = CellData(
             cell_id=row.cell_id, arch=row.arch, dataset=row.dataset, seed=int(row.seed),
             best_trial=best_trials.get(row.cell_id),
             snapshots=np.stack(snaps.params.to_numpy()).astype(np.float32) if len(snaps) else np.zeros((0, 0)),
-            snapshot_rows=snaps.drop(columns=["params"]),
+            snapshot_rows=snaps.drop(columns=["params", "test_wrong"]),
             generated=_read_by_writer(store, "generated", row.cell_id,
-                                      ["trial_id", "index", "val_acc", "test_acc", "max_iou_to_train", "params"]),
+                                      ["trial_id", "index", "val_acc", "test_acc", "test_max_iou", "test_wrong",
+                                       "params"]),
             baselines=store.read_pandas("baselines", row.cell_id),
         )
         _families(cell, row._asdict(), trial_rows)
-        cell.baselines = cell.baselines[[c for c in ("method", "index", "val_acc", "test_acc", "max_iou_to_train",
-                                                     "params") if c in cell.baselines]]
-        keep = [(row.cell_id, t) in completed for t in cell.generated.trial_id]
-        cell.generated = cell.generated[keep].reset_index(drop=True)
+        cell.baselines = cell.baselines[[c for c in ("method", "index", "val_acc", "test_acc", "test_max_iou",
+                                                     "test_wrong", "params") if c in cell.baselines]]
+        keep = np.array([(row.cell_id, t) in completed for t in cell.generated.trial_id], dtype=bool)
+        cell.generated = cell.generated[keep].reset_index(drop=True)  # an array: `df[[]]` would drop the columns
         if predictions:
             try:
-                _recompute(store, row, cell, datasets)
-            except Exception as err:  # a dataset not on this machine, a missing model file: say so in the figure
-                cell.why_not = f"predictions not recomputed: {type(err).__name__}: {err}"
+                _recompute(row._asdict(), snaps.test_wrong, cell)
+            except Exception as err:  # a set missing from the tables: say so in the figure
+                cell.why_not = f"similarity not computed: {type(err).__name__}: {err}"
         cells.append(cell)
     return cells
 
@@ -213,42 +221,49 @@ def _families(cell: CellData, source: dict[str, Any], trials: dict[tuple[str, st
                 cell.families[method] = {k: first.get(f"family_{k}") for k in SIGNALS}
 
 
-def _recompute(store: Store, source, cell: CellData, datasets: dict) -> None:
+def _recompute(source, test_wrong: pd.Series, cell: CellData) -> None:
+    """The cell's similarity numbers from the wrong-prediction sets stored in the tables (packed bits,
+    pdiff.evaluate.pack_wrong): no network is built and nothing is scored again."""
     import torch
 
-    from pdiff import ParameterSubset, load_dataset
+    from pdiff.evaluate import iou_matrix, max_iou, unpack_wrong_rows
 
-    from .sources import load_source_model
-    from pdiff.evaluate import BatchedEvaluator, iou_matrix
-
-    key = (source.dataset, int(source.seed))
-    if key not in datasets:
-        datasets[key] = load_dataset(source.dataset, seed=int(source.seed))
-    data = datasets[key]
-    model = load_source_model(store, source.arch, source.model_path, data)
-    evaluator = BatchedEvaluator(model, ParameterSubset.select(model, list(source.subset)))
+    n = source.get("n_test")
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        raise ValueError("the sources row has no n_test (tables of an older schema)")
+    n = int(n)
     if not len(cell.snapshots):
         raise ValueError("the cell has no snapshots")
-    snap = evaluator.score(torch.from_numpy(cell.snapshots), data)
-    oo = iou_matrix(snap.test_wrong, snap.test_wrong)
+
+    def unpack(blobs: pd.Series) -> torch.Tensor:
+        if blobs.isna().any():
+            raise ValueError("a model's wrong-prediction set is missing from the tables")
+        return unpack_wrong_rows(blobs, n)
+
+    def accuracy(wrong: torch.Tensor) -> np.ndarray:
+        return 1.0 - wrong.sum(1).numpy().astype(np.float64) / n
+
+    snap = unpack(test_wrong)
+    cell.recomputed["original"] = accuracy(snap)
+    oo = iou_matrix(snap, snap)
     k = len(oo)
-    cell.recomputed["original"] = snap.test_acc.numpy()
     if k > 1:
         off = ~torch.eye(k, dtype=torch.bool)
-        cell.snapshot_max_iou = oo.masked_fill(~off, -1.0).max(1).values.numpy()
+        cell.snapshot_max_iou = max_iou(snap).numpy()
         similarity = {"original-original": float(oo[off].mean())}
     else:
         similarity = {"original-original": float("nan")}
+    for method, rows in cell.baselines.groupby("method") if "test_wrong" in cell.baselines else ():
+        cell.recomputed[method] = accuracy(unpack(rows.sort_values("index").test_wrong))
     best = cell.best_generated
     if len(best):
-        gen_vectors = torch.tensor(np.stack(best.params.to_numpy()), dtype=torch.float32)
-        gen = evaluator.score(gen_vectors, data)
-        cell.recomputed["p-diff"] = gen.test_acc.numpy()
-        gg = iou_matrix(gen.test_wrong, gen.test_wrong)
-        n = len(gg)
-        similarity["generated-generated"] = (float(gg[~torch.eye(n, dtype=torch.bool)].mean()) if n > 1
+        gen = unpack(best.test_wrong)
+        cell.recomputed["p-diff"] = accuracy(gen)
+        gg = iou_matrix(gen, gen)
+        n_gen = len(gg)
+        similarity["generated-generated"] = (float(gg[~torch.eye(n_gen, dtype=torch.bool)].mean()) if n_gen > 1
                                              else float("nan"))
-        similarity["original-generated"] = float(iou_matrix(gen.test_wrong, snap.test_wrong).mean())
+        similarity["original-generated"] = float(iou_matrix(gen, snap).mean())
     cell.similarity = similarity
 
 
@@ -368,16 +383,16 @@ def accuracy_novelty_figure(cells: list[CellData], path: Path) -> Path:
         for part, marker, label in ((others[~flagged], "o", "p-diff, other trials"),
                                     (others[flagged], "x", "p-diff, other trials, collapsed")):
             if len(part):
-                ax.scatter(part.max_iou_to_train, 100 * part.test_acc, s=14, alpha=0.25,
+                ax.scatter(part.test_max_iou, 100 * part.test_acc, s=14, alpha=0.25,
                            color=METHOD_STYLE["p-diff"][1], marker=marker, linewidths=0 if marker == "o" else 1,
                            label=label)
         best = cell.best_generated
         if len(best):
-            groups.append(("p-diff", best.max_iou_to_train.to_numpy(), 100 * best.test_acc.to_numpy()))
+            groups.append(("p-diff", best.test_max_iou.to_numpy(), 100 * best.test_acc.to_numpy()))
         for method in ("noise", "average", "gaussian"):
             b = cell.baselines[cell.baselines.method == method]
             if len(b):
-                groups.append((method, b.max_iou_to_train.to_numpy(), 100 * b.test_acc.to_numpy()))
+                groups.append((method, b.test_max_iou.to_numpy(), 100 * b.test_acc.to_numpy()))
         if not groups:
             _message(ax, "no models to plot", cell.label)
             continue
@@ -402,7 +417,7 @@ def accuracy_novelty_figure(cells: list[CellData], path: Path) -> Path:
                 ax.annotate(f"{METHOD_STYLE[method][0]} collapsed", (x.mean(), y.mean()),
                             xytext=(8, 6), textcoords="offset points", fontsize=8, fontweight="bold",
                             color=colour, zorder=8)
-        ax.set_xlabel("max IoU to the snapshots (lower = more novel)")
+        ax.set_xlabel("test max IoU to the snapshots (lower = more novel)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(cell.label, fontsize=10)
         if cell.snapshot_max_iou is None and cell.why_not:
@@ -530,7 +545,7 @@ def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, st
     scales = {}
     for k in knobs:
         values = done[k].map(_hashable)
-        if _is_number(values.dropna()):
+        if _is_number(values.dropna()) and values.notna().any():  # no completed trial (all failed): no range
             arr = values.dropna().to_numpy(dtype=float)
             log = _log_scale(arr)
             lo, hi = (np.log10(arr.min()), np.log10(arr.max())) if log else (arr.min(), arr.max())
@@ -666,7 +681,7 @@ def draw_all(store: Store, out: Path, best_trials: dict[str, str | None], knobs:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cells = load_cells(store, best_trials)
-    log(f"predictions recomputed for {len(cells)} cell(s) ({time.perf_counter() - t0:.1f}s)")
+    log(f"similarity from the stored wrong-prediction sets of {len(cells)} cell(s) ({time.perf_counter() - t0:.1f}s)")
     labels = {c.cell_id: c.label for c in cells}
     trials, how = trial_history(store)
     if knobs is None:

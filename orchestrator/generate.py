@@ -65,7 +65,7 @@ def _find_trial(store: Store, trial_id: str) -> dict[str, Any]:
 
 def _score(store: Store, cell_id: str, vectors: torch.Tensor, device: str) -> str:
     from pdiff import ParameterSubset, load_dataset
-    from pdiff.evaluate import BatchedEvaluator, family_stats, iou_matrix
+    from pdiff.evaluate import BatchedEvaluator, family_stats, novelty
 
     from .sources import load_snapshot_scores, load_source_model, model_relpath
 
@@ -78,11 +78,12 @@ def _score(store: Store, cell_id: str, vectors: torch.Tensor, device: str) -> st
     snaps = store.read("checkpoints", cell_id, columns=["index", "params"]).sort_by("index")
     snapshots = torch.tensor(snaps.column("params").to_pylist(), dtype=torch.float32)
     snap_scores = load_snapshot_scores(store, cell_id)
-    max_iou = iou_matrix(scores.test_wrong, snap_scores.test_wrong).max(1).values
+    near = novelty(vectors, scores, snapshots, snap_scores)
     fam = family_stats(vectors, scores.test_wrong, snapshots)
     return (f"test accuracy: mean {100 * float(scores.test_acc.mean()):.2f}%, "
-            f"best {100 * float(scores.test_acc.max()):.2f}% | test max IoU to the snapshots: mean "
-            f"{float(max_iou.mean()):.3f} (lower = more novel) | family: "
+            f"best {100 * float(scores.test_acc.max()):.2f}% | max IoU to the snapshots (lower = more novel): "
+            f"test_max_iou mean {float(near.test_max_iou.mean()):.3f}, val_max_iou mean "
+            f"{float(near.val_max_iou.mean()):.3f} | family: "
             + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fam.items()))
 
 

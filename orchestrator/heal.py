@@ -34,7 +34,7 @@ from .tables import TABLES, Store
 
 __all__ = ["reconcile"]
 
-_DEPENDENTS = ("trials", "generated", "baselines")  # built from a cell's snapshots
+_DEPENDENTS = ("trials", "generated", "baselines", "curves")  # built from a cell's snapshots
 
 
 def _rows(store: Store, path: str) -> int | None:
@@ -142,7 +142,7 @@ def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print)
             stale = [p for t in _DEPENDENTS for p in cell_files(t, cid)]
             if stale:
                 tell(f"heal: cell {cid}: stage 1 will train it again, so its {len(stale)} trials / generated / "
-                     f"baselines files (built from the old snapshots) go to quarantine and are rebuilt")
+                     f"baselines / curves files (built from the old snapshots) go to quarantine and are rebuilt")
                 for path in stale:
                     move(path, "built from the snapshots of a source that is being rebuilt")
             continue

@@ -3,11 +3,12 @@
 Each table is a view by its name: `sources`, `checkpoints`, `trials`, `generated`,
 `baselines` (see `orchestrator.tables` for their columns). For example:
 
-    python -m orchestrator.query results/smoke "SELECT cell_id, trial_id, val_acc, novelty FROM trials ORDER BY val_acc DESC"
+    python -m orchestrator.query results/smoke "SELECT cell_id, trial_id, val_acc, val_max_iou FROM trials ORDER BY val_acc DESC"
 
 `table` (the default) prints a readable table; `csv` and `json` (a list of
 objects) are for scripts. Exit status: 0 done, 2 an error in the SQL (DuckDB's
-message on stderr) or no sweep tables at RESULTS_DIR.
+message on stderr), no sweep tables at RESULTS_DIR, or tables of another schema
+version (one line naming the folder).
 
 Queries are read-only: exactly one SELECT statement (DESCRIBE, SUMMARIZE and SHOW
 too), checked by DuckDB's own parser; COPY, ATTACH, INSTALL, EXPORT, SET and
@@ -32,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .tables import TABLES, CorruptTable, Store
+from .tables import TABLES, CorruptTable, OldTables, Store
 
 __all__ = ["QueryRefused", "check_sql", "parse_results_dir", "run_query", "tables_read", "main"]
 
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except duckdb.Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, CorruptTable, OSError) as err:  # QueryRefused is a ValueError
+    except (ValueError, CorruptTable, OldTables, OSError) as err:  # QueryRefused is a ValueError
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     if args.format == "json":

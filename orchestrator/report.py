@@ -10,13 +10,14 @@ The summary table, one row per cell, is one DuckDB query over the tables
 (`report_sql`), built on `orchestrator.summary.SUMMARY_SQL` and adding columns:
 
 - originals: best and mean test accuracy of the snapshots;
-- p-diff, of the val-selected trial (best val accuracy; ties: lower val novelty,
+- p-diff, of the val-selected trial (best val accuracy; ties: lower `val_max_iou`,
   then smaller trial id): the test accuracy of the val-selected generated model,
   the best test accuracy (selected on the test set: the paper's protocol,
   optimistic by construction), mean and median (lower middle, as torch.median);
 - each baseline (noise, average of 16, Gaussian) likewise; its val-selected model
   is the one with the best val accuracy, ties to the lowest index (as torch.argmax);
-- novelty: mean max-IoU of the models' test mistakes to any snapshot's (lower = more novel);
+- novelty: mean `test_max_iou`, the max IoU of each model's test mistakes to any snapshot's
+  (lower = more novel);
 - whether p-diff dominates each baseline on the accuracy-novelty plane: its
   accuracy (selected, or mean) >= the baseline's and its mean max-IoU <=, at least
   one strictly, compared at the precision shown (0.01 points, 0.001 IoU);
@@ -29,8 +30,8 @@ The summary table, one row per cell, is one DuckDB query over the tables
   how many completed trials collapsed; whether the winning trial's autoencoder reached ae_min_r2.
   A collapsed val-selected trial is also named above the tables and marked in the figures.
 
-Exit status: 0 done, 2 no sweep tables at RESULTS_DIR or an unreadable table file (one line
-naming the file). Trials that did not complete (failed, stopped) are left out of every number and
+Exit status: 0 done, 2 no sweep tables at RESULTS_DIR, an unreadable table file (one line
+naming the file) or tables of another schema version (one line naming the folder). Trials that did not complete (failed, stopped) are left out of every number and
 figure; the summary counts the failed ones (`failed_trials`).
 """
 
@@ -51,7 +52,7 @@ import pandas as pd
 
 from .query import parse_results_dir
 from .summary import SUMMARY_SQL, connect, one_line
-from .tables import TABLES, CorruptTable, Store
+from .tables import TABLES, CorruptTable, OldTables, Store
 
 __all__ = ["BASELINES", "collapse_warnings", "parse_results_dir", "report_sql", "searched_knobs", "summary_table",
            "write_report", "main"]
@@ -100,7 +101,7 @@ def report_sql(knobs: Sequence[str]) -> str:
     return f"""
 WITH summary AS ({SUMMARY_SQL}
 ), best AS (
-    SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_novelty ASC, trial_id) AS trial_id
+    SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_max_iou ASC, trial_id) AS trial_id
     FROM trials WHERE status = 'completed' GROUP BY cell_id
 ), base AS (
     SELECT cell_id, method,
@@ -152,7 +153,7 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
     accuracy = [("original snapshots", [("original_best", "best", "orig best"), ("original_mean", "mean", "orig mean")]),
                 ("p-diff", acc("pdiff", "pdiff") + [("pdiff_collapsed", "collapsed?", "pdiff collapse")])]
     accuracy += [(label, acc(b, SHORT[b])) for b, label in BASELINES.items()]
-    novelty = [("mean max-IoU to the snapshots (lower = more novel)",
+    novelty = [("mean test max-IoU to the snapshots (lower = more novel)",
                 [("pdiff_max_iou", "p-diff", "pdiff IoU")]
                 + [(f"{b}_max_iou", label, f"{SHORT[b]} IoU") for b, label in BASELINES.items()])]
     novelty += [(f"p-diff dominates {label}?", [(f"pdiff_beats_{b}_selected", "on selected acc", f"beats {SHORT[b]} sel"),
@@ -197,7 +198,7 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
          "AE converged: the trial's autoencoder reached its R2 target (ae_min_r2) within ae_steps.",
          collapse),
         ("Winning hyperparameters",
-         "The trial with the best val accuracy (ties: the lower val novelty, then the smaller trial id); "
+         "The trial with the best val accuracy (ties: the lower val_max_iou, then the smaller trial id); "
          "the knobs that vary across the sweep's trials (every knob where none varies).",
          hyper),
     ]
@@ -316,8 +317,11 @@ code { background: #f3f3f3; padding: 0 3px; }
 
 
 def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, counts: dict[str, int],
-          notes: list[str]) -> str:
+          notes: list[str], extra=None) -> str:
+    from .feedback import FIGURES as FEEDBACK
     from .figures import FIGURES
+
+    titles = FIGURES | FEEDBACK  # the figures' and orchestrator.feedback's
 
     e = html.escape
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -333,30 +337,42 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
     for title, note, groups in _groups(shown):
         parts += [f"<h3>{e(title)}</h3>", f'<p class="note">{e(note)}</p>',
                   f'<div class="scroll">{_html_table(df, groups)}</div>']
+    if extra and extra.results_html:  # orchestrator.feedback: the noise ablation
+        parts.append(extra.results_html)
     parts.append("<h2>Figures</h2>")
     for name in figures:
-        title, caption = FIGURES[name]
+        title, caption = titles[name]
         if name == "search_history.png":
             caption += f" Order used here: {how}."
         parts += ["<figure>", f"<h3>{e(title)}</h3>", f'<img src="{e(name)}" alt="{e(title)}">',
                   f"<figcaption>{_code(caption)}</figcaption>", "</figure>"]
+    if extra and extra.runs_html:  # orchestrator.feedback: the runs table
+        parts.append(extra.runs_html)
     parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{_code(n)}</li>" for n in notes] + ["</ul>", "</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
 
-def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, notes: list[str]) -> str:
+def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, notes: list[str],
+              extra=None) -> str:
+    from .feedback import FIGURES as FEEDBACK
     from .figures import FIGURES
+
+    titles = FIGURES | FEEDBACK  # the figures' and orchestrator.feedback's
 
     parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
     parts += [line for w in collapse_warnings(df) for line in (f"> **COLLAPSED**: {w}", "")]
     for title, note, groups in _groups(shown):
         parts += [f"## {title}", "", note, "", _md_table(_flat(df, groups)), ""]
+    if extra and extra.results_md:
+        parts += [extra.results_md]
     parts += ["## Figures", ""]
     for name in figures:
-        title, caption = FIGURES[name]
+        title, caption = titles[name]
         if name == "search_history.png":
             caption += f" Order used here: {how}."
         parts += [f"### {title}", "", f"![{title}]({name})", "", caption, ""]
+    if extra and extra.runs_md:
+        parts += [extra.runs_md]
     parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(parts)
 
@@ -401,6 +417,10 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
     log(f"summary of {len(df)} cell(s) ({time.perf_counter() - t0:.1f}s)")
     best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
     figures, how, cells = draw_all(store, out, best, searched, log=log)
+    from .feedback import feedback_sections
+
+    extra = feedback_sections(store, con, df, out, log)  # loss curves, the noise ablation, the runs
+    figures = figures | extra.figures
 
     notes = [
         "All numbers are one DuckDB query over the Parquet tables (`orchestrator.report.report_sql`); ask your "
@@ -411,17 +431,19 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
     ]
     notes += [f"{c.label}: {c.why_not}" for c in cells if c.why_not]
     notes += _failed_notes(con, df)
-    for c in cells:  # the recomputed predictions must reproduce the stored accuracies
-        for group, stored in (("original", c.snapshot_rows.test_acc), ("p-diff", c.best_generated.test_acc)):
+    for c in cells:  # the stored wrong-prediction sets must reproduce the stored accuracies
+        groups = [("original", c.snapshot_rows.test_acc), ("p-diff", c.best_generated.test_acc)]
+        groups += [(m, rows.sort_values("index").test_acc) for m, rows in c.baselines.groupby("method")]
+        for group, stored in groups:
             if group in c.recomputed and len(stored) == len(c.recomputed[group]):
-                gap = float(abs(c.recomputed[group] - stored.to_numpy()).max())
+                gap = float(abs(c.recomputed[group] - stored.to_numpy()).max()) if len(stored) else 0.0
                 if gap > 1e-6:
-                    notes.append(f"{c.label}: recomputed {group} test accuracy differs from the tables by up to "
-                                 f"{100 * gap:.2f} points (figures use recomputed predictions)")
+                    notes.append(f"{c.label}: {group} test accuracy from the stored wrong-prediction sets differs "
+                                 f"from the stored test_acc by up to {100 * gap:.2f} points (the figures use the sets)")
     listy = [c for c in df.columns if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any()]
     df.assign(**{c: df[c].map(lambda v: _fmt(c, v)) for c in listy}).to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(_markdown(store, df, shown, figures, how, notes))
-    (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes))
+    (out / "summary.md").write_text(_markdown(store, df, shown, figures, how, notes, extra))
+    (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes, extra))
     if upload:
         for f in sorted(out.iterdir()):
             store.write_bytes(f"report/{f.name}", f.read_bytes())
@@ -453,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             df, _, shown = summary_table(store)
             with pd.option_context("display.width", 250, "display.max_columns", None):
                 print("\n" + summary_text(df, shown) + "\n")
-    except CorruptTable as err:  # one line naming the file, not a traceback
+    except (CorruptTable, OldTables) as err:  # one line naming the file (or folder), not a traceback
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     where = f"{store.uri}/report/index.html" if args.out is None and not store.is_local else str(index)

@@ -29,7 +29,7 @@ import torch
 from pdiff import ParameterSubset, build_model, load_dataset
 from pdiff.data import Dataset
 from pdiff.collect import collect_snapshots, train_source
-from pdiff.evaluate import BatchedEvaluator, Scores, family_stats, spread
+from pdiff.evaluate import BatchedEvaluator, Scores, family_stats, pack_wrong, spread
 
 from .cluster import driver_options
 from .progress import Progress, worker_log
@@ -205,6 +205,7 @@ def _train_cell(config: dict) -> None:
         family = family_stats(snapshots, scores.test_wrong, snapshots)  # the reference for collapse
         store.write("checkpoints", cell.cell_id, "snapshots", [
             {"index": i, "val_acc": float(scores.val_acc[i]), "test_acc": float(scores.test_acc[i]),
+             "val_wrong": pack_wrong(scores.val_wrong[i]), "test_wrong": pack_wrong(scores.test_wrong[i]),
              "params": snapshots[i].tolist()} for i in range(len(snapshots))
         ])
         _save(store, model_relpath(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
@@ -214,7 +215,7 @@ def _train_cell(config: dict) -> None:
             "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),
             "k": len(snapshots), "test_acc": test_acc, "seconds": time.perf_counter() - t0,
             "node_id": ray.get_runtime_context().get_node_id(), "model_path": model_relpath(cell.cell_id),
-            "resumed_from_epoch": resumed_from,
+            "resumed_from_epoch": resumed_from, "n_val": len(data.val), "n_test": len(data.test),
         } | {f"snapshot_{k}": v for k, v in family.items() if k in ("pairwise_iou", "distinct_sets")}
           | {"snapshot_spread": spread(snapshots)}])
         log(f"source test acc {100 * test_acc:.2f}%, {len(snapshots)} snapshots, "

@@ -16,8 +16,10 @@ def open_views(store: Store) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]
     Local tables are read lazily by DuckDB itself; tables on an object store are
     read through pyarrow (which holds the credentials and endpoint) and registered.
     A table with an unreadable file (e.g. truncated) gets no view: only queries
-    that read it fail, with the error naming the file.
+    that read it fail, with the error naming the file. Tables of another schema
+    version are not read at all: OldTables (one line naming the folder).
     """
+    store.check_schema()
     con = duckdb.connect()
     corrupt: dict[str, str] = {}
     for table in TABLES:
@@ -48,7 +50,7 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
 
     Columns the summary reads that a sweep written before them lacks (COLLAPSE_COLUMNS) are NULL
     (`fill_missing_columns`). Raises CorruptTable (one line, naming the file) if any table has an
-    unreadable file."""
+    unreadable file, OldTables if the tables are of another schema version."""
     con, corrupt = open_views(store)
     if corrupt:
         con.close()
@@ -106,7 +108,7 @@ WITH originals AS (
     SELECT cell_id, 100 * max(test_acc) AS original_best, 100 * avg(test_acc) AS original_mean
     FROM checkpoints GROUP BY cell_id
 ), best_trial AS (
-    SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_novelty ASC, trial_id) AS trial_id,
+    SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_max_iou ASC, trial_id) AS trial_id,
            count(*) AS trials,
            CASE WHEN count(collapsed) > 0 THEN count(*) FILTER (WHERE collapsed) END AS collapsed_trials
     FROM trials WHERE status = 'completed' GROUP BY cell_id
@@ -114,14 +116,14 @@ WITH originals AS (
     SELECT cell_id, count(*) AS failed_trials FROM trials WHERE status IN ('failed', 'error') GROUP BY cell_id
 ), pdiff AS (
     SELECT t.cell_id, b.trials, t.trial_id, t.selected_acc AS pdiff_selected, t.best_test_acc AS pdiff_best_test,
-           t.mean_acc AS pdiff_mean, t.median_acc AS pdiff_median, t.novelty AS pdiff_max_iou,
+           t.mean_acc AS pdiff_mean, t.median_acc AS pdiff_median, t.test_max_iou AS pdiff_max_iou,
            t.pairwise_iou AS pdiff_pairwise_iou, t.distinct_sets AS pdiff_distinct_sets,
            t.spread_ratio AS pdiff_spread_ratio, t.collapsed AS pdiff_collapsed, t.ae_converged, b.collapsed_trials
     FROM trials t JOIN best_trial b USING (cell_id, trial_id)
 ), baseline AS (
     SELECT cell_id, method,
            100 * first(test_acc ORDER BY val_acc DESC, "index") AS selected, 100 * avg(test_acc) AS mean,
-           avg(max_iou_to_train) AS max_iou, max(family_pairwise_iou) AS pairwise_iou
+           avg(test_max_iou) AS max_iou, max(family_pairwise_iou) AS pairwise_iou
     FROM baselines GROUP BY cell_id, method
 )
 SELECT s.arch, s.dataset, s.seed, s.cell_id,

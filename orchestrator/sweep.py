@@ -1,7 +1,8 @@
 """`python -m orchestrator.sweep SPEC`: validate, plan, run both stages on Ray, resume, summarise.
 
 Exit status: 0 done, 2 bad input (spec, storage, resources, unreadable tables, a
-folder that is not this sweep's, another run holding the sweep; nothing written),
+folder that is not this sweep's, tables of an older schema version, another run holding the
+sweep; nothing written),
 1 a failure while running, 130 interrupted (Ctrl-C: re-run the same command to resume).
 
 Before Ray starts, a real run checks that `<storage>/<name>` is this sweep's own
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import shlex
 import sys
 from typing import Sequence
 
@@ -25,7 +27,7 @@ from .cluster import VersionMismatch, check_resources, check_storage, connect_ra
 from .lease import Lease, LeaseHeld
 from .progress import Progress
 from .spec import SpecError, SweepSpec, load_spec
-from .tables import LEASE, CorruptTable, NotOurFolder, Store
+from .tables import LEASE, CorruptTable, NotOurFolder, OldTables, Store
 
 __all__ = ["main", "plan_text"]
 
@@ -87,7 +89,7 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
     with pd.option_context("display.max_columns", None, "display.width", 250):
         print(view[accuracy].to_string(index=False, na_rep="n/a"))
         print(f"\ncollapse (pairwise IoU: mean IoU of the test wrong-prediction sets inside a family, 1 = all alike; "
-              f"max_iou: novelty, mean max IoU to the snapshots; spread_ratio: L2 spread over the snapshots'; "
+              f"max_iou: novelty, mean test_max_iou to the snapshots; spread_ratio: L2 spread over the snapshots'; "
               f"COLLAPSED: pairwise IoU >= {COLLAPSE_IOU} or spread ratio < {COLLAPSE_SPREAD})")
         print(view[keys + list(collapse)].rename(columns=collapse).to_string(
             index=False, na_rep="n/a", float_format=lambda x: f"{x:.3f}"))
@@ -184,7 +186,9 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
 
     try:
         store.check_own(strict=args.restart)
-    except NotOurFolder as err:
+        if not args.restart:  # --restart deletes an older schema's tables; anything else would mix them
+            store.check_schema()
+    except (NotOurFolder, OldTables) as err:
         return refuse(err)
     except (OSError, ValueError) as err:  # an unreachable bucket, a bad URI
         return refuse(SpecError(spec.source_file, "storage", f"cannot read {store.uri} ({err})"))
@@ -215,6 +219,11 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
             return refuse(err)
         print(f"restart: deleted the results in {store.uri}", flush=True)
     store.write_marker()  # from now on the folder is this sweep's own (--restart may delete it)
+    from .feedback import RunRecord
+
+    command = ["python", "-m", "orchestrator.sweep", *(sys.argv[1:] if argv is None else argv)]
+    run = RunRecord(store, shlex.join(command)).start()  # the `runs` row: 'running' until it ends
+    cleanup.push(run.exit_hook)  # 'interrupted' (Ctrl-C) or 'failed' when what follows raises
 
     from .sources import run_sources
     from .tuning import run_tuning
@@ -227,9 +236,11 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     run_tuning(spec, store, progress)
     import ray
 
+    run.observe_cluster()  # the hosts the run ended with
     ray.shutdown()  # the rest needs no Ray, and no line of Ray's may arrive after the sweep's last one
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
     _print_summary(spec, store)
+    run.end("done", 0)  # before the report, which shows it
     from .report import write_report
 
     progress.say(f"report: {write_report(store)}")

@@ -28,9 +28,13 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "MARKER", "LEASE", "CorruptTable", "NotOurFolder", "Store"]
+__all__ = ["SCHEMA_VERSION", "TABLES", "MARKER", "LEASE", "CorruptTable", "NotOurFolder", "OldTables", "Store"]
 
-SCHEMA_VERSION = 1
+# 2: per-model wrong-prediction sets (`val_wrong`, `test_wrong`, packed bits, pdiff.evaluate.pack_wrong)
+#    in checkpoints / generated / baselines and the split sizes (`n_val`, `n_test`) in sources; the
+#    max-IoU columns say their split (`test_max_iou`, `val_max_iou`: were trials.novelty / val_novelty,
+#    generated / baselines max_iou_to_train). Folders of version 1 are refused (`Store.check_schema`).
+SCHEMA_VERSION = 2
 
 # Key columns of each table. Columns are only ever added, never retyped; the
 # trials table also carries every p-diff knob as a column of its own.
@@ -42,26 +46,43 @@ TABLES: dict[str, pa.Schema] = {
         ("n_subset", pa.int64()), ("n_total", pa.int64()), ("k", pa.int64()), ("test_acc", pa.float64()),
         ("seconds", pa.float64()), ("node_id", pa.string()), ("model_path", pa.string()),
         ("resumed_from_epoch", pa.int64()),  # added: epochs done before the last restart (0: none)
+        ("n_val", pa.int64()), ("n_test", pa.int64()),  # the splits' sizes: the bits of a packed wrong set
     ]),
     "checkpoints": pa.schema(_COMMON + [
         ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),
-        ("params", pa.list_(pa.float32())),
+        ("val_wrong", pa.binary()), ("test_wrong", pa.binary()), ("params", pa.list_(pa.float32())),
     ]),
     "trials": pa.schema(_COMMON + [
         ("trial_id", pa.string()), ("search_hash", pa.string()), ("status", pa.string()),
         ("val_acc", pa.float64()), ("selected_acc", pa.float64()), ("best_test_acc", pa.float64()),
-        ("mean_acc", pa.float64()), ("median_acc", pa.float64()), ("novelty", pa.float64()),
-        ("val_novelty", pa.float64()), ("ae_loss", pa.float64()), ("ldm_loss", pa.float64()),
+        ("mean_acc", pa.float64()), ("median_acc", pa.float64()), ("test_max_iou", pa.float64()),
+        ("val_max_iou", pa.float64()), ("ae_loss", pa.float64()), ("ldm_loss", pa.float64()),
         ("seconds", pa.float64()), ("node_id", pa.string()),
         ("reason", pa.string()),  # added: why a trial's status is 'failed' (null otherwise)
     ]),
     "generated": pa.schema(_COMMON + [
         ("trial_id", pa.string()), ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),
-        ("max_iou_to_train", pa.float64()), ("nearest_l2", pa.float64()), ("params", pa.list_(pa.float32())),
+        ("test_max_iou", pa.float64()), ("val_max_iou", pa.float64()), ("nearest_l2", pa.float64()),
+        ("val_wrong", pa.binary()), ("test_wrong", pa.binary()), ("params", pa.list_(pa.float32())),
     ]),
     "baselines": pa.schema(_COMMON + [
         ("method", pa.string()), ("index", pa.int64()), ("val_acc", pa.float64()), ("test_acc", pa.float64()),
-        ("max_iou_to_train", pa.float64()), ("nearest_l2", pa.float64()), ("params", pa.list_(pa.float32())),
+        ("test_max_iou", pa.float64()), ("val_max_iou", pa.float64()), ("nearest_l2", pa.float64()),
+        ("val_wrong", pa.binary()), ("test_wrong", pa.binary()), ("params", pa.list_(pa.float32())),
+    ]),
+    # Added (orchestrator.feedback): a trial's training losses, decimated; one row per run of the sweep
+    # command (no cell: `runs/<run_id>.parquet`, cell_id null).
+    "curves": pa.schema(_COMMON + [
+        ("trial_id", pa.string()), ("phase", pa.string()), ("step", pa.int64()), ("loss", pa.float64()),
+    ]),
+    "runs": pa.schema(_COMMON + [
+        ("run_id", pa.string()), ("command", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
+        ("ended_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()), ("outcome", pa.string()),
+        ("exit_status", pa.int64()), ("error", pa.string()), ("git_commit", pa.string()), ("git_dirty", pa.bool_()),
+        ("driver_host", pa.string()), ("hosts", pa.int64()), ("cluster_cpus", pa.float64()),
+        ("cluster_gpus", pa.float64()), ("python_version", pa.string()), ("torch_version", pa.string()),
+        ("ray_version", pa.string()), ("optuna_version", pa.string()), ("pyarrow_version", pa.string()),
+        ("duckdb_version", pa.string()),
     ]),
 }
 
@@ -70,7 +91,8 @@ MARKER = "_sweep.json"  # the sweep's own marker: {"tool", "sweep", "spec_hash",
 LEASE = "_lease.json"  # who runs the sweep now (orchestrator.lease)
 # What a sweep writes at the top of its folder. A folder without a marker is
 # adopted (given one) only if it holds nothing else: an older sweep's folder.
-OWN_ENTRIES = frozenset(TABLES) | {"_ray", "models", "report", "quarantine", "generated_more", MARKER, LEASE}
+OWN_ENTRIES = frozenset(TABLES) | {"_ray", "models", "report", "quarantine", "generated_more", "optuna", MARKER,
+                                   LEASE}
 _TOOL = "pdiff-sweep"
 
 
@@ -80,6 +102,10 @@ class CorruptTable(RuntimeError):
 
 class NotOurFolder(RuntimeError):
     """The folder at `<storage>/<name>` is not (provably) this sweep's own: nothing is deleted or adopted."""
+
+
+class OldTables(RuntimeError):
+    """The sweep's tables were written with another SCHEMA_VERSION: not read, not extended."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +161,9 @@ class Store:
 
     # -- writing -------------------------------------------------------------
 
-    def write(self, table: str, cell_id: str, writer_id: str, rows: list[dict[str, Any]]) -> str:
-        """Write one writer's rows as one immutable file, replacing that writer's previous file."""
+    def write(self, table: str, cell_id: str | None, writer_id: str, rows: list[dict[str, Any]]) -> str:
+        """Write one writer's rows as one immutable file, replacing that writer's previous file. A row of no
+        cell (cell_id None, the `runs` table) goes to `<table>/<writer_id>.parquet`."""
         common = {"sweep": self.sweep, "spec_hash": self.spec_hash, "schema_version": SCHEMA_VERSION,
                   "cell_id": cell_id}
         rows = [common | row for row in rows]
@@ -147,7 +174,7 @@ class Store:
             inferred = pa.Table.from_pylist([{k: row.get(k) for k in extra} for row in rows]).schema
             schema = pa.unify_schemas([core, inferred])
         data = pa.Table.from_pylist(rows, schema=schema)
-        final = self.path(table, cell_id, f"{writer_id}.parquet")
+        final = self.path(table, *([cell_id] if cell_id is not None else []), f"{writer_id}.parquet")
         self._put(final, lambda sink: pq.write_table(data, sink, compression="zstd"))
         return final
 
@@ -338,6 +365,36 @@ class Store:
 
     def read_pandas(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None):
         return self.read(table, cell_id, columns).to_pandas()
+
+    def schema_versions(self) -> set[int]:
+        """The schema versions found in the sweep's tables: one file of each table is read (a sweep
+        never mixes versions: `check_schema` refuses to extend another version's folder)."""
+        found = set()
+        for table in TABLES:
+            files = self.files(table)
+            if not files:
+                continue
+            try:
+                column = pq.read_table(files[0], columns=["schema_version"], filesystem=self.fs).column(0)
+            except (pa.ArrowException, OSError, KeyError):  # unreadable or no such column: not ours to judge
+                continue
+            found |= {int(v) for v in column.unique().to_pylist() if v is not None}
+        return found
+
+    def check_schema(self) -> None:
+        """Raise OldTables (one line naming the folder and what to do) when the sweep's tables were written
+        with another schema version than SCHEMA_VERSION."""
+        other = sorted(self.schema_versions() - {SCHEMA_VERSION})
+        if not other:
+            return
+        # --restart deletes only a folder carrying the sweep's marker (check_own); older folders have none.
+        fix = ("re-run the sweep with --restart to rebuild it (deletes only this sweep's folder)"
+               if self.marker() is not None else
+               f"delete {self.uri} yourself and re-run the sweep (it has no {MARKER} marker, so --restart will "
+               f"not delete it)")
+        raise OldTables(f"{self.uri} holds tables of schema version {', '.join(map(str, other))}; this pdiff-sweep "
+                        f"reads and writes version {SCHEMA_VERSION}: {fix}, or read it with the pdiff-sweep "
+                        f"release that wrote it")
 
     def check(self) -> dict[str, int]:
         """Read every table once; raises CorruptTable naming the first unreadable file. Returns row counts."""

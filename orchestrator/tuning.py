@@ -4,7 +4,9 @@ A trial trains the AE and the latent DDPM on the cell's snapshots, generates N
 vectors, scores them on val and test, and writes its `generated` rows and last
 its `trials` row (the commit marker). The objective is the val accuracy of the
 val-selected generated model (the test split is never used to search), with
-novelty (mean max-IoU to the snapshots, on val) as an optional second one.
+the spec's `novelty` as an optional second one: minimise `val_max_iou`, the mean
+over the generated models of the max IoU of each one's validation mistakes to any
+snapshot's (computed by pdiff; lower = more novel).
 
 Resume: the Optuna study is rebuilt from the `trials` table (Optuna's own
 `create_trial` / `add_trial`), so a re-run only launches the missing trials and
@@ -25,10 +27,11 @@ import ray
 import torch
 
 from pdiff import ParameterSubset, load_dataset
-from pdiff.evaluate import BatchedEvaluator, iou_matrix
+from pdiff.evaluate import BatchedEvaluator, pack_wrong
 from pdiff.pipeline import Diverged, run_baselines, run_pdiff
 
 from .cluster import driver_options
+from .feedback import Journal, LossRecorder, write_curves
 from .generate import save_trial_model
 from .progress import Progress, step_reporter
 from .sources import load_snapshot_scores, load_source_model, model_relpath
@@ -38,7 +41,8 @@ from .tables import Store
 __all__ = ["run_tuning", "trial_id_of", "PROBES"]
 
 PROBES = 3  # intermediate reports per training phase, when early stopping is on
-METRICS = {"accuracy": ("val_acc", "max"), "novelty": ("novelty", "min")}
+# The spec's objective name -> (the Tune metric, which is also the `trials` column, its mode).
+METRICS = {"accuracy": ("val_acc", "max"), "novelty": ("val_max_iou", "min")}
 
 
 def trial_id_of(cell_id: str, knobs: dict[str, Any], index: int) -> str:
@@ -76,10 +80,13 @@ def _setup(store: Store, cell: Cell, threads: int):
 
 
 def _vector_rows(assessment) -> list[dict[str, Any]]:
-    s = assessment.scores
+    """The rows of a `generated` or `baselines` family: one per model, its wrong-prediction sets packed."""
+    a, s = assessment, assessment.scores
     return [{"index": i, "val_acc": float(s.val_acc[i]), "test_acc": float(s.test_acc[i]),
-             "max_iou_to_train": float(assessment.max_iou[i]), "nearest_l2": float(assessment.nearest_l2[i]),
-             "params": assessment.vectors[i].tolist()} for i in range(len(assessment.vectors))]
+             "test_max_iou": float(a.test_max_iou[i]), "val_max_iou": float(a.val_max_iou[i]),
+             "nearest_l2": float(a.nearest_l2[i]),
+             "val_wrong": pack_wrong(s.val_wrong[i]), "test_wrong": pack_wrong(s.test_wrong[i]),
+             "params": a.vectors[i].tolist()} for i in range(len(a.vectors))]
 
 
 def _divergence(run) -> str | None:
@@ -109,12 +116,14 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     cfg = spec.pdiff_config(knobs)
     data, evaluator, snap_scores, device = _setup(store, cell, max(1, int(spec.trial_resources.cpus)))
     early = spec.grace_period is not None
+    # Keeps every loss it sees (the curve of a run that raises) and passes it on to the progress lines.
+    recorder = LossRecorder(step_reporter(sink, trial_id, f"{cell.cell_id} trial {trial_id}",
+                                          {"ae": cfg.ae.steps, "ldm": cfg.ldm.steps}))
     try:
         seed = spec.seed + int(trial_id[1:], 16) % 2**31
         run = run_pdiff(snapshots, evaluator, data, snap_scores, cfg, seed=seed,
                         device=device, probes=PROBES if early else 0,
-                        on_step=step_reporter(sink, trial_id, f"{cell.cell_id} trial {trial_id}",
-                                              {"ae": cfg.ae.steps, "ldm": cfg.ldm.steps}),
+                        on_step=recorder,
                         on_probe=lambda phase, step, acc: tune.report({"val_acc": 100 * acc, "phase": phase}))
         divergence = _divergence(run)
         if divergence:
@@ -125,6 +134,7 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
         reason = err.reason if isinstance(err, Diverged) else f"{type(err).__name__}: {err}"
         reason = " ".join(reason.split())[:500]
         store.delete("generated", cell.cell_id, trial_id)
+        write_curves(store, cell.cell_id, trial_id, recorder)  # the losses up to the failure, before the row
         store.write("trials", cell.cell_id, trial_id, [_hyper(cfg) | {
             "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": "failed",
             "reason": reason, "seconds": time.perf_counter() - t0, "node_id": ray.get_runtime_context().get_node_id(),
@@ -132,15 +142,14 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
         tune.report({"phase": "failed", "reason": reason})  # no metric: Optuna gets FAIL (see the searcher)
         return
     g = run.generated
-    val_novelty = float(iou_matrix(g.scores.val_wrong, snap_scores.val_wrong).max(1).values.mean())
-    result = {"val_acc": 100 * float(g.scores.val_acc.max()), "novelty": val_novelty}
+    result = {"val_acc": 100 * float(g.scores.val_acc.max()), "val_max_iou": g.summary["val_max_iou"]}
     store.write("generated", cell.cell_id, trial_id, [{"trial_id": trial_id} | r for r in _vector_rows(g)])
     save_trial_model(store, cell.cell_id, trial_id, run, cfg, seed)  # before the row: the row is the commit marker
+    write_curves(store, cell.cell_id, trial_id, recorder, run)  # every step's loss, decimated
     # Every knob is a column, defaults included, so trials of different specs compare.
     hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.knobs().items()}
     store.write("trials", cell.cell_id, trial_id, [hyper | g.summary | result | {
         "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": "completed",
-        "novelty": g.summary["mean_max_iou"], "val_novelty": val_novelty,
         "ae_loss": run.ae_loss, "ldm_loss": run.ldm_loss, "ae_steps_taken": run.ae_steps, "ae_r2": run.ae_r2,
         "ae_converged": run.ae_converged, "seconds": time.perf_counter() - t0,
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -197,13 +206,15 @@ def _study(spec: SweepSpec, cell: Cell, finished: list[dict[str, Any]]):
     dists = {k: d.to_optuna() for k, d in spec.search.items()}
     for row in finished:
         params = {k: row[k] for k in dists}
+        attrs = {k: row.get(k) for k in ("trial_id", "status")}  # the tables' names, for optuna-dashboard
         if row["status"] == "completed":
-            values = [row[METRICS[o][0]] if o == "accuracy" else row["val_novelty"] for o in spec.objective]
-            study.add_trial(create_trial(params=params, distributions=dists, values=values))
+            values = [row[METRICS[o][0]] for o in spec.objective]
+            study.add_trial(create_trial(params=params, distributions=dists, values=values, user_attrs=attrs))
         elif row["status"] == "failed":  # diverged or raised: no objective value, as Optuna records a failure
-            study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.FAIL))
+            study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.FAIL, user_attrs=attrs))
         else:
-            study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.PRUNED))
+            study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.PRUNED,
+                                         user_attrs=attrs))
     return storage, name, sampler, dists
 
 
@@ -266,9 +277,12 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
     from ray.tune.search.optuna import OptunaSearch
 
     first = _next_index(finished)
-    param_space, searcher = None, None
+    param_space, searcher, journal = None, None, None
     if spec.search:
         storage, name, sampler, dists = _study(spec, cell, finished)
+        # The study as a journal, <sweep>/optuna/<cell_id>.log, that the search then writes (optuna-dashboard)
+        journal = Journal(store, cell.cell_id)
+        storage = journal.adopt(storage, name)
         metrics = [METRICS[o][0] for o in spec.objective]
         modes = [METRICS[o][1] for o in spec.objective]
         single = len(metrics) == 1
@@ -283,6 +297,7 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
                 config = super().suggest(trial_id)
                 if isinstance(config, dict):
                     config, self.next_index = config | {"trial_index": self.next_index}, self.next_index + 1
+                    self._ot_trials[trial_id].set_user_attr("trial_id", _identity(spec, cell, config)[0])
                 return config
 
             # A failed trial reports {"phase": "failed"} and no metric. OptunaSearch would read the
@@ -292,10 +307,15 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
                 if result.get("phase") != "failed":
                     super().on_trial_result(trial_id, result)
 
+            # A trial stopped early (its last result a probe's, not "done") is PRUNED, as the study rebuilt
+            # from the tables has it, not COMPLETE with a probe's value (or left RUNNING: two objectives).
             def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
                 if result and result.get("phase") == "failed":
                     result, error = None, True
+                elif result and result.get("phase") != "done":
+                    result = None
                 super().on_trial_complete(trial_id, result=result, error=error)
+                journal.publish()
 
         searcher = NumberedOptunaSearch(space=dists, metric=metrics[0] if single else metrics,
                                         mode=modes[0] if single else modes, storage=storage, study_name=name,
@@ -330,14 +350,18 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
             callbacks=[_recorder(spec, cell, store)],
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        if journal is not None:
+            journal.close()
     return cell.cell_id
 
 
 def _drop_orphans(store: Store, cell: Cell) -> None:
     """`generated` files of trials that never wrote their `trials` row (interrupted mid-write)."""
     committed = {f.rsplit("/", 1)[1] for f in store.files("trials", cell.cell_id)}
-    for f in store.files("generated", cell.cell_id):
+    for f in store.files("generated", cell.cell_id) + store.files("curves", cell.cell_id):
         if f.rsplit("/", 1)[1] not in committed:
             store.fs.delete_file(f)
 
@@ -376,7 +400,7 @@ class _TrialWatcher:
                 warnings.append(f"autoencoder stopped at its bound ({row.get('ae_steps_taken')} steps) with R2 "
                                 f"{row.get('ae_r2', float('nan')):.3f} below ae_min_r2")
             self.progress.advance("trials", f"{cell}: val {row['val_acc']:.2f}%, test (val-selected) "
-                                            f"{row['selected_acc']:.2f}%, max IoU to snapshots {row['novelty']:.3f}, "
+                                            f"{row['selected_acc']:.2f}%, test max IoU to snapshots {row['test_max_iou']:.3f}, "
                                             f"pairwise IoU {row.get('pairwise_iou', float('nan')):.3f} "
                                             f"(best val so far {self.best[cell]:.2f}%)"
                                   + "".join(f"; {w}" for w in warnings))

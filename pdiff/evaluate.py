@@ -4,9 +4,12 @@ The network is cut into a frozen prefix (everything before the first module that
 holds a generated parameter) and a suffix. For each batch of images the prefix
 runs once; the suffix runs for all N vectors together under `torch.func.vmap`.
 
-Similarity between two models is the IoU of the sets of test examples each gets
-wrong (the paper's measure); novelty of a generated model is its maximum IoU to
-any training snapshot (lower = more novel) and its L2 distance to the nearest one.
+Similarity between two models is the IoU of the sets of examples each gets
+wrong (the paper's measure, on the test split; here on val too). The novelty of a
+generated model is its maximum IoU to any training snapshot, `test_max_iou` and
+`val_max_iou` (lower = more novel, 1 = the same mistakes as some snapshot), and its
+L2 distance to the nearest one. A wrong-prediction set is stored as packed bits
+(`pack_wrong` / `unpack_wrong`), so similarity can be recomputed without a network.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -21,8 +25,9 @@ from torch.func import functional_call, vmap
 from .data import Dataset, Split
 from .subset import ParameterSubset
 
-__all__ = ["BatchedEvaluator", "Scores", "COLLAPSE_IOU", "COLLAPSE_SPREAD", "family_stats", "iou_matrix",
-           "novelty", "spread", "summarize"]
+__all__ = ["BatchedEvaluator", "Scores", "Novelty", "COLLAPSE_IOU", "COLLAPSE_SPREAD", "family_stats",
+           "iou_matrix", "max_iou", "novelty", "pack_wrong", "unpack_wrong", "unpack_wrong_rows", "spread",
+           "summarize"]
 
 # A family of models is collapsed (N copies of one model) when its members make the
 # same mistakes or barely differ in parameter space compared with the snapshots.
@@ -47,6 +52,35 @@ class Scores:
     test_acc: torch.Tensor  # (N,)
     test_wrong: torch.Tensor  # (N, n_test) bool: the examples each vector gets wrong
     val_wrong: torch.Tensor | None = None  # (N, n_val) bool, for novelty measured without the test split
+
+
+# -- wrong-prediction sets as bytes --------------------------------------------------------------
+# Bit i of a packed set is example i of the split (in the split's fixed order), most significant bit
+# first within each byte (numpy.packbits' "big" order); the last byte is padded with zero bits.
+
+
+def pack_wrong(mask: torch.Tensor | np.ndarray) -> bytes:
+    """One model's wrong-prediction set over a split's n examples, (n,) bool, as ceil(n / 8) bytes."""
+    mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if mask.ndim != 1:
+        raise ValueError(f"pack_wrong takes one model's (n,) mask, got shape {tuple(mask.shape)}")
+    return np.packbits(mask.astype(bool), bitorder="big").tobytes()
+
+
+def unpack_wrong(blob: bytes, n: int) -> torch.Tensor:
+    """The (n,) bool wrong-prediction set packed by `pack_wrong`."""
+    if len(blob) != (n + 7) // 8:
+        raise ValueError(f"a packed set of {n} examples has {(n + 7) // 8} bytes, got {len(blob)}")
+    bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n, bitorder="big")
+    return torch.from_numpy(bits.astype(bool))
+
+
+def unpack_wrong_rows(blobs, n: int) -> torch.Tensor:
+    """(N, n) bool: the packed sets of N models over the same split."""
+    blobs = list(blobs)
+    if not blobs:
+        return torch.zeros(0, n, dtype=torch.bool)
+    return torch.stack([unpack_wrong(b, n) for b in blobs])
 
 
 class BatchedEvaluator:
@@ -126,15 +160,42 @@ def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
 
-def novelty(gen_vectors: torch.Tensor, gen: Scores, train_vectors: torch.Tensor, train: Scores
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per generated vector: max IoU to any training snapshot, and L2 distance to the nearest one."""
-    max_iou = iou_matrix(gen.test_wrong, train.test_wrong).max(dim=1).values
+def max_iou(wrong: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) the max IoU of each model's wrong-prediction set to any of `reference`'s (lower = more novel).
+
+    Without `reference`, to the *other* models of `wrong` itself (a snapshot's novelty among the
+    snapshots: to itself it is 1 by definition); NaN for a family of one.
+    """
+    if reference is not None:
+        return iou_matrix(wrong, reference).max(dim=1).values
+    iou = iou_matrix(wrong, wrong)
+    if len(iou) < 2:
+        return torch.full((len(iou),), float("nan"))
+    return iou.fill_diagonal_(-1.0).max(dim=1).values
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """Per generated vector: how far it is from the training snapshots."""
+
+    test_max_iou: torch.Tensor  # (N,) max IoU of its test wrong-prediction set to any snapshot's
+    val_max_iou: torch.Tensor  # (N,) the same on the validation split (what a search may optimise)
+    nearest_l2: torch.Tensor  # (N,) L2 distance to the nearest snapshot in parameter space
+
+
+def novelty(gen_vectors: torch.Tensor, gen: Scores, train_vectors: torch.Tensor, train: Scores) -> Novelty:
+    """Per generated vector: max IoU to any training snapshot on test and on val, and L2 distance to
+    the nearest one. The val column is NaN where either side has no val sets."""
+    test = max_iou(gen.test_wrong, train.test_wrong)
+    if gen.val_wrong is not None and train.val_wrong is not None:
+        val = max_iou(gen.val_wrong, train.val_wrong)
+    else:
+        val = torch.full_like(test, float("nan"))
     # The direct (non-matmul) distance: the matmul shortcut cdist takes for more than 25
     # rows puts an exact copy of a snapshot at ~1e-3 instead of 0.
     nearest_l2 = torch.cdist(gen_vectors.float(), train_vectors.float(),
                              compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
-    return max_iou, nearest_l2
+    return Novelty(test, val, nearest_l2)
 
 
 def summarize(scores: Scores) -> dict[str, float]:

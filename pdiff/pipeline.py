@@ -34,7 +34,7 @@ KNOBS = {
     "ae_min_r2": ("ae", "min_r2"), "normalize": ("ae", "normalize"), "ae_token_size": ("ae", "token_size"),
     "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
     "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
-    "ldm_amp": ("ldm", "amp"),
+    "ae_amp": ("ae", "amp"), "ldm_amp": ("ldm", "amp"),
     "ae_channels": ("ae", "channels"), "ldm_channels": ("ldm", "channels"),
     "n_generated": ("", "n_generated"), "sampler": ("", "sampler"), "sample_steps": ("", "sample_steps"),
 }
@@ -54,6 +54,7 @@ KNOB_DOCS = {
     "ldm_lr": "AdamW learning rate of the latent denoiser",
     "ldm_batch_size": "latent codes per diffusion training step",
     "ema_decay": "decay of the exponential moving average of the denoiser's weights used for sampling",
+    "ae_amp": "bf16 autocast for the autoencoder's training forward pass (CUDA only; ignored elsewhere)",
     "ldm_amp": "bf16 autocast for the denoiser's training forward pass (CUDA only; ignored elsewhere)",
     "ae_channels": "channels of the AE's convolution stages, one stride-2 stage each",
     "ldm_channels": "channels of the denoiser's resolution levels, one level each",
@@ -98,9 +99,12 @@ class Assessment:
 
     vectors: torch.Tensor
     scores: Scores
-    max_iou: torch.Tensor  # (N,) max IoU of wrong-prediction sets to any snapshot
+    test_max_iou: torch.Tensor  # (N,) max IoU of its test wrong-prediction set to any snapshot's
+    val_max_iou: torch.Tensor  # (N,) the same on the validation split
     nearest_l2: torch.Tensor  # (N,) distance to the nearest snapshot
-    summary: dict[str, float] = field(default_factory=dict)  # accuracies, novelty and collapse signals
+    # Accuracies (summarize), novelty (test_max_iou / val_max_iou: the means over the N models) and
+    # collapse signals (family_stats).
+    summary: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,11 +122,13 @@ class PdiffRun:
 
 def assess(evaluator: BatchedEvaluator, data: Dataset, vectors: torch.Tensor,
            snapshots: torch.Tensor, snapshot_scores: Scores) -> Assessment:
+    """Score a family of vectors on val and test and compare it with the snapshots (`Assessment`)."""
     scores = evaluator.score(vectors, data)
-    max_iou, nearest_l2 = novelty(vectors, scores, snapshots, snapshot_scores)
-    summary = (summarize(scores) | {"mean_max_iou": float(max_iou.mean())}
+    near = novelty(vectors, scores, snapshots, snapshot_scores)
+    summary = (summarize(scores)
+               | {"test_max_iou": float(near.test_max_iou.mean()), "val_max_iou": float(near.val_max_iou.mean())}
                | family_stats(vectors, scores.test_wrong, snapshots))
-    return Assessment(vectors, scores, max_iou, nearest_l2, summary)
+    return Assessment(vectors, scores, near.test_max_iou, near.val_max_iou, near.nearest_l2, summary)
 
 
 def _tail_mean(losses: list[float], n: int = 20) -> float:

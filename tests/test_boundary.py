@@ -9,3 +9,14 @@ def test_pdiff_imports_no_ray_optuna_or_parquet():
             "print(sorted(m for m in ('ray', 'optuna', 'pyarrow', 'duckdb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_report_and_readers_import_no_ray_and_no_stage_module():
+    """The report, its figures, the summary and the query read the tables alone: importing them loads no Ray
+    and none of the stage modules that build networks or start Ray (the report drawn end to end is checked
+    the same way in test_report.py)."""
+    code = ("import sys, orchestrator.report, orchestrator.figures, orchestrator.summary, orchestrator.query; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray' or m in "
+            "('orchestrator.sources', 'orchestrator.tuning', 'orchestrator.cluster', 'orchestrator.sweep')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -2,8 +2,9 @@
 
 The reconcile step is checked file kind by file kind on copies of the shared
 finished tiny sweep, without Ray (fast). Two real sweeps check the whole loop:
-a damaged copy re-run to the clean run's counts, and a sweep whose searched
-learning rate diverges, which completes, stores the failure and reports.
+a damaged copy re-run to the clean run's counts, and issue 10's diverging probe
+(ae_lr and ldm_lr fixed at 10), whose every trial fails: it completes, stores the
+failures and reports.
 """
 
 from __future__ import annotations
@@ -150,10 +151,10 @@ def test_study_records_failed_trials_as_failures(tiny_spec):
     from orchestrator.tuning import _study
 
     spec = load_spec(tiny_spec)
-    rows = [{"latent_noise": 0.05, "latent_dim": 16, "status": "completed", "val_acc": 90.0, "val_novelty": 0.5},
-            {"latent_noise": 0.2, "latent_dim": 32, "status": "failed", "val_acc": None, "val_novelty": None,
+    rows = [{"latent_noise": 0.05, "latent_dim": 16, "status": "completed", "val_acc": 90.0, "val_max_iou": 0.5},
+            {"latent_noise": 0.2, "latent_dim": 32, "status": "failed", "val_acc": None, "val_max_iou": None,
              "reason": "autoencoder loss went non-finite"},
-            {"latent_noise": 0.1, "latent_dim": 32, "status": "stopped", "val_acc": 50.0, "val_novelty": None}]
+            {"latent_noise": 0.1, "latent_dim": 32, "status": "stopped", "val_acc": 50.0, "val_max_iou": None}]
     storage, name, _, _ = _study(spec, spec.cells[0], rows)
     import optuna
 
@@ -207,10 +208,10 @@ def test_damaged_sweep_rebuilds_to_clean_counts(finished_sweep, tiny_spec, tmp_p
 DIVERGING = copy.deepcopy(TINY)
 DIVERGING["name"] = "diverging"
 DIVERGING["sources"]["archs"] = ["mlp"]
-DIVERGING["pdiff"]["knobs"] = {k: v for k, v in TINY["pdiff"]["knobs"].items()
-                               if k not in ("latent_noise", "latent_dim")} | {
-    "ae_lr": {"type": "choice", "values": [0.001, 1000]},  # 1000: the autoencoder loss is inf at step 1
-    "ldm_lr": 0.001,
+# Issue 10's probe: fixed `ae_lr: 10, ldm_lr: 10` in a spec that still searches its other knobs (as the
+# smoke spec does; here latent_dim, a two-point grid). Every trial diverges: none completes.
+DIVERGING["pdiff"]["knobs"] = {k: v for k, v in TINY["pdiff"]["knobs"].items() if k != "latent_noise"} | {
+    "ae_lr": 10, "ldm_lr": 10,
 }
 DIVERGING["pdiff"] |= {"search": "grid", "num_samples": 2, "objective": ["accuracy"],
                        "early_stopping": {"grace_period": 1}}
@@ -218,28 +219,45 @@ DIVERGING["pdiff"] |= {"search": "grid", "num_samples": 2, "objective": ["accura
 
 @pytest.mark.slow
 def test_diverging_trial_is_stored_failed_and_the_sweep_completes(tmp_path):
-    """A grid of one sound and one diverging learning rate, one objective, ASHA on: the failed trial
-    has a row with its reason and no generated rows, Optuna records it as FAIL (not a number),
-    Tune does not retry it, and the sweep exits 0 with a report."""
+    """Issue 10's probe, fixed ae_lr 10 and ldm_lr 10 (ASHA on), where no trial completes: each trial has a
+    'failed' row with its reason and no generated rows, Optuna records it as FAIL (not a number), Tune does
+    not retry it, the search still runs its other point, and the sweep exits 0 with a report; the printed
+    summary, the report and the summary query count the 2 failed trials."""
     spec_path = tmp_path / "diverging.yaml"
     spec_path.write_text(yaml.safe_dump(DIVERGING))
     out = run_sweep(spec_path, tmp_path).stdout  # asserts exit 0
     store = Store(str(tmp_path), "diverging")
 
-    trials = store.read_pandas("trials").set_index("ae_lr")
-    assert len(trials) == 2
-    failed, ok = trials.loc[1000], trials.loc[0.001]
-    assert failed.status == "failed" and "non-finite" in failed.reason
-    assert ok.status == "completed" and pd.isna(ok.reason) and ok.val_acc > 50
-    generated = store.read_pandas("generated", columns=["trial_id"])
-    assert set(generated.trial_id) == {ok.trial_id}
-    assert f"trial {failed.trial_id} failed: {failed.reason}" in out
-    assert Path(store.path("report", "index.html")).is_file()
+    trials = store.read_pandas("trials")
+    assert len(trials) == 2 and sorted(trials.latent_dim) == [16, 32]
+    assert (trials.status == "failed").all() and (trials.ae_lr == 10).all() and (trials.ldm_lr == 10).all()
+    assert all(isinstance(r, str) and r.strip() for r in trials.reason), trials.reason.tolist()
+    assert trials.val_acc.isna().all()
+    assert store.read_pandas("generated", columns=["trial_id"]).empty
+    for t in trials.itertuples():
+        assert f"trial {t.trial_id} failed: {t.reason}" in out
+    assert "trials 2/2: " in out
 
-    # Optuna saw a failure, not a value; Tune ran the trial once (no error, so no retry)
+    # the printed summary: no completed trial, 2 failed
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["arch", "dataset", "seed"])
+    printed = dict(zip(lines[header].split(), lines[header + 1].split()))
+    assert printed["failed_trials"] == "2" and printed["trials"] in ("<NA>", "n/a"), printed
+    assert printed["pdiff_selected"] == "n/a"
+    # the report (written, not crashed on a cell without completed trials) and the query layer
+    index = Path(store.path("report", "index.html"))
+    assert index.is_file() and f"report: {index}" in out
+    md = (index.parent / "summary.md").read_text()
+    assert "mlp / digits / seed 0: 2 failed trial(s), left out of the summary and the figures (reason: " in md
+    assert pd.read_csv(index.parent / "summary.csv").failed_trials.tolist() == [2]
+    from orchestrator.summary import summary
+    row = summary(store).iloc[0]
+    assert row.failed_trials == 2 and pd.isna(row.trials) and pd.isna(row.pdiff_selected)
+
+    # Optuna saw failures, not values; Tune ran each trial once (no error, so no retry)
     [state] = glob.glob(store.path("_ray", "pdiff-*", "searcher-state-*.pkl"))
     with open(state, "rb") as f:
         study = pickle.load(f)["_ot_study"]
-    states = {t.params["ae_lr"]: (t.state.name, t.values) for t in study.trials}
-    assert states == {1000: ("FAIL", None), 0.001: ("COMPLETE", [pytest.approx(ok.val_acc)])}
+    assert sorted((t.params["latent_dim"], t.state.name, t.values) for t in study.trials) == [
+        (16, "FAIL", None), (32, "FAIL", None)]
     assert not glob.glob(store.path("_ray", "pdiff-*", "*", "error.txt"))

@@ -58,11 +58,13 @@ def test_run_baselines(collected, evaluator):
     for name, a in out.items():
         assert a.vectors.shape == (6, c.subset.numel)
         assert a.scores.test_acc.shape == (6,)
-        assert a.max_iou.shape == (6,) and a.nearest_l2.shape == (6,)
-        assert set(a.summary) >= {"selected_acc", "best_test_acc", "mean_acc", "median_acc", "mean_max_iou"}
-        assert 0.0 <= a.summary["mean_max_iou"] <= 1.0
+        assert a.test_max_iou.shape == (6,) and a.val_max_iou.shape == (6,) and a.nearest_l2.shape == (6,)
+        assert set(a.summary) >= {"selected_acc", "best_test_acc", "mean_acc", "median_acc", "test_max_iou",
+                                  "val_max_iou"}
+        assert 0.0 <= a.summary["test_max_iou"] <= 1.0 and 0.0 <= a.summary["val_max_iou"] <= 1.0
         # Every baseline stays near the snapshots on digits: far above chance.
         assert a.summary["mean_acc"] > 50.0, (name, a.summary)
     zero = run_baselines(c.snapshots, evaluator, data, c.scores, 4, seed=0, noise_sigma=0.0)["noise"]
     assert float(zero.nearest_l2.max()) < 1e-5
-    torch.testing.assert_close(zero.max_iou, torch.ones(4))
+    torch.testing.assert_close(zero.test_max_iou, torch.ones(4))
+    torch.testing.assert_close(zero.val_max_iou, torch.ones(4))

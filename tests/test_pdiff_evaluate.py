@@ -1,4 +1,4 @@
-"""pdiff.evaluate: the batched evaluator agrees with plain forward passes; IoU, summary, novelty."""
+"""pdiff.evaluate: the batched evaluator agrees with plain forward passes; IoU, summary, novelty, packed sets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from torch import nn
 from pdiff import ARCHS, DEFAULT_SUBSET, ParameterSubset, build_model
 from pdiff.collect import accuracy
 from pdiff.data import Dataset, Split
-from pdiff.evaluate import BatchedEvaluator, Scores, iou_matrix, novelty, summarize
+from pdiff.evaluate import (BatchedEvaluator, Scores, iou_matrix, max_iou, novelty, pack_wrong, summarize, unpack_wrong,
+                            unpack_wrong_rows)
 
 
 def _calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
@@ -134,8 +135,42 @@ def test_novelty_of_a_copied_snapshot(collected, evaluator):
     far = c.snapshots[:1] + 0.5
     vectors = torch.cat([copies, far])
     scores = evaluator.score(vectors, data)
-    max_iou, nearest_l2 = novelty(vectors, scores, c.snapshots, c.scores)
-    assert max_iou.shape == (3,) and nearest_l2.shape == (3,)
-    torch.testing.assert_close(max_iou[:2], torch.ones(2))
-    assert float(nearest_l2[:2].max()) < 1e-5  # an exact copy is at distance 0
-    assert float(nearest_l2[2]) > 1.0
+    near = novelty(vectors, scores, c.snapshots, c.scores)
+    assert near.test_max_iou.shape == (3,) and near.val_max_iou.shape == (3,) and near.nearest_l2.shape == (3,)
+    torch.testing.assert_close(near.test_max_iou[:2], torch.ones(2))
+    torch.testing.assert_close(near.val_max_iou[:2], torch.ones(2))  # a copy makes the same val mistakes too
+    assert float(near.nearest_l2[:2].max()) < 1e-5  # an exact copy is at distance 0
+    assert float(near.nearest_l2[2]) > 1.0
+    # The val column is the val sets' own max IoU, not the test one's.
+    expected = iou_matrix(scores.val_wrong, c.scores.val_wrong).max(1).values
+    torch.testing.assert_close(near.val_max_iou, expected)
+
+
+def test_max_iou_to_the_others_excludes_self():
+    wrong = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    # 0 vs 1: 1/2; 0 vs 2: 0; 1 vs 2: 0. To itself every set has IoU 1, which must not count.
+    torch.testing.assert_close(max_iou(wrong), torch.tensor([0.5, 0.5, 0.0]))
+    torch.testing.assert_close(max_iou(wrong[:1], wrong), torch.tensor([1.0]))
+    assert max_iou(wrong[:1]).isnan().all()  # a family of one has no other member
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 100, 1797])
+def test_packed_wrong_sets_round_trip(n):
+    g = torch.Generator().manual_seed(n)
+    masks = torch.rand(5, n, generator=g) < 0.3
+    blobs = [pack_wrong(m) for m in masks]
+    assert all(isinstance(b, bytes) and len(b) == (n + 7) // 8 for b in blobs)
+    assert torch.equal(unpack_wrong_rows(blobs, n), masks)
+    assert torch.equal(unpack_wrong(blobs[0], n), masks[0])
+    assert pack_wrong(masks[0].numpy()) == blobs[0]  # numpy or torch: the same bytes
+
+
+def test_packed_bit_order_is_fixed():
+    # Example 0 is the most significant bit of byte 0; the last byte is padded with zeros.
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[0, 7, 9]] = True
+    assert pack_wrong(mask) == bytes([0b1000_0001, 0b0100_0000])
+    with pytest.raises(ValueError):
+        unpack_wrong(b"\x00", 10)  # 10 examples need 2 bytes
+    with pytest.raises(ValueError):
+        pack_wrong(torch.zeros(2, 3, dtype=torch.bool))

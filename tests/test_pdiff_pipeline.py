@@ -52,7 +52,8 @@ def test_run_pdiff_end_to_end(collected, evaluator):
     gen = run.generated
     n = cfg.n_generated
     assert gen.vectors.shape == (n, c.subset.numel) and torch.isfinite(gen.vectors).all()
-    assert gen.scores.test_acc.shape == (n,) and gen.max_iou.shape == (n,) and gen.nearest_l2.shape == (n,)
+    assert gen.scores.test_acc.shape == (n,) and gen.test_max_iou.shape == (n,) and gen.val_max_iou.shape == (n,) \
+        and gen.nearest_l2.shape == (n,)
     assert set(run.seconds) == {"ae", "ldm", "generate", "evaluate"}
     assert run.ae_loss > 0 and run.ldm_loss > 0
     # Far above chance (10%) on digits; the snapshots themselves are at ~96%.

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from orchestrator.feedback import FIGURES as FEEDBACK_FIGURES
+from orchestrator.feedback import ablation_tables
 from orchestrator.figures import (FIGURES, cell_importance, importance_figure, load_cells, parallel_figure,
                                   trial_history)
 from orchestrator.query import parse_results_dir
@@ -25,18 +27,32 @@ from orchestrator.tables import TABLES, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ALL_FIGURES = FIGURES | FEEDBACK_FIGURES  # the report's figures: orchestrator.figures' and orchestrator.feedback's
+
+
+# The report's command line (orchestrator.report.main, as `python -m orchestrator.report` runs it), then the
+# modules it loaded that a report must not need: Ray and the stage modules (which build networks).
+REPORT_CLI = """import sys
+from orchestrator.report import main
+status = main(sys.argv[1:])
+print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] == "ray"
+                        or m in ("orchestrator.sources", "orchestrator.tuning", "orchestrator.cluster")))
+sys.exit(status)
+"""
 
 
 @pytest.fixture(scope="module")
 def reported(finished_sweep, tmp_path_factory) -> tuple[Store, Path, subprocess.CompletedProcess, float]:
-    """The report of a copy of the finished sweep (the shared sweep stays untouched), by the command line,
-    written to its default place, RESULTS_DIR/report."""
+    """The report of a copy of the finished sweep's tables without its `models/` folder (the report needs
+    the tables alone; the shared sweep stays untouched), by the command line, written to its default place,
+    RESULTS_DIR/report."""
     copy = tmp_path_factory.mktemp("reported") / finished_sweep.sweep
-    for part in [*TABLES, "models"]:  # copy2 keeps modification times: the trials' completion order
+    for part in TABLES:  # copy2 keeps modification times: the trials' completion order
         if os.path.isdir(finished_sweep.path(part)):
             shutil.copytree(finished_sweep.path(part), copy / part)
+    assert not (copy / "models").exists()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.report", str(copy)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", REPORT_CLI, str(copy)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -52,7 +68,7 @@ def test_report_folder_and_console(reported):
     assert seconds < 120, f"the report took {seconds:.0f}s"
 
 
-@pytest.mark.parametrize("name", list(FIGURES))
+@pytest.mark.parametrize("name", list(ALL_FIGURES))
 def test_figure_is_a_real_png(reported, name):
     import matplotlib.image
 
@@ -75,11 +91,11 @@ def test_html_and_markdown_fetch_nothing_from_the_network(reported):
             assert needle not in lowered, f"{name} contains {needle!r}"
     html = (out / "index.html").read_text()
     refs = re.findall(r'(?:src|href)="([^"]*)"', html)
-    assert sorted(r for r in refs if r.endswith(".png")) == sorted(FIGURES)
+    assert sorted(r for r in refs if r.endswith(".png")) == sorted(ALL_FIGURES)
     for ref in refs:  # every reference is a file beside the page
         assert "/" not in ref and ":" not in ref and (out / ref).is_file(), ref
     md = (out / "summary.md").read_text()
-    assert all(f"]({name})" in md for name in FIGURES)
+    assert all(f"]({name})" in md for name in ALL_FIGURES)
 
 
 def _direct(con, sql: str, *params):
@@ -106,15 +122,16 @@ def test_summary_equals_direct_duckdb_queries(reported):
                              cell_id)
         assert _close(row.original_best, best, acc) and _close(row.original_mean, mean, acc)
 
-        trial = con.execute("""SELECT trial_id, val_acc, selected_acc, best_test_acc, mean_acc, median_acc, novelty
+        trial = con.execute("""SELECT trial_id, val_acc, selected_acc, best_test_acc, mean_acc, median_acc,
+                                      test_max_iou
                                FROM trials WHERE cell_id = ? AND status = 'completed'
-                               ORDER BY val_acc DESC, val_novelty ASC, trial_id LIMIT 1""", [cell_id]).fetchone()
+                               ORDER BY val_acc DESC, val_max_iou ASC, trial_id LIMIT 1""", [cell_id]).fetchone()
         n_trials = _direct(con, "SELECT count(*) FROM trials WHERE cell_id = ? AND status = 'completed'", cell_id)[0]
         assert row.best_trial == trial[0] and row.trials == n_trials
         assert _close(row.pdiff_val, trial[1], acc)
         # The trial's numbers, and the same numbers from its own generated rows.
         gen = _direct(con, """SELECT 100 * first(test_acc ORDER BY val_acc DESC, "index"), 100 * max(test_acc),
-                                     100 * avg(test_acc), 100 * quantile_disc(test_acc, 0.5), avg(max_iou_to_train)
+                                     100 * avg(test_acc), 100 * quantile_disc(test_acc, 0.5), avg(test_max_iou)
                               FROM generated WHERE cell_id = ? AND trial_id = ?""", cell_id, trial[0])
         for column, from_trial, from_generated in zip(
                 ["pdiff_selected", "pdiff_best_test_paper", "pdiff_mean", "pdiff_median", "pdiff_max_iou"],
@@ -126,7 +143,7 @@ def test_summary_equals_direct_duckdb_queries(reported):
         for b in BASELINES:
             sel, top, avg, med, max_iou = _direct(con, """
                 SELECT 100 * first(test_acc ORDER BY val_acc DESC, "index"), 100 * max(test_acc), 100 * avg(test_acc),
-                       100 * quantile_disc(test_acc, 0.5), avg(max_iou_to_train)
+                       100 * quantile_disc(test_acc, 0.5), avg(test_max_iou)
                 FROM baselines WHERE cell_id = ? AND method = ?""", cell_id, b)
             assert _close(getattr(row, f"{b}_selected"), sel, acc)
             assert _close(getattr(row, f"{b}_best_test_paper"), top, acc)
@@ -190,17 +207,69 @@ def test_summary_extends_summary_sql(finished_sweep):
     assert "latent_noise" in searched  # searched by the tiny sweep, on a continuous range
 
 
-def test_recomputed_predictions_reproduce_the_tables(finished_sweep):
-    ours, _, _ = summary_table(finished_sweep)
-    cells = load_cells(finished_sweep, dict(zip(ours.cell_id, ours.best_trial)))
-    assert len(cells) == len(ours)
+def test_report_needs_no_ray_and_no_stage_module(reported):
+    """The report was drawn in a process that never imported Ray or a stage module (orchestrator.sources and
+    orchestrator.tuning build networks; orchestrator.cluster starts Ray)."""
+    _, _, proc, _ = reported
+    assert "loaded: []" in proc.stdout.splitlines(), proc.stdout[-2000:]
+
+
+def _rescored(store: Store, cell_id: str, trial_id: str) -> dict:
+    """The figures' numbers as they were computed before the tables held the wrong-prediction sets: the
+    cell's source network rebuilt from `models/`, every snapshot and the best trial's models scored again."""
+    import torch
+
+    from orchestrator.sources import load_source_model
+    from pdiff import ParameterSubset, load_dataset
+    from pdiff.evaluate import BatchedEvaluator, iou_matrix
+
+    src = store.read_pandas("sources", cell_id).iloc[0]
+    data = load_dataset(src.dataset, seed=int(src.seed))
+    model = load_source_model(store, src.arch, src.model_path, data)
+    evaluator = BatchedEvaluator(model, ParameterSubset.select(model, list(src.subset)))
+    snaps = store.read_pandas("checkpoints", cell_id).sort_values("index")
+    gen = store.read_pandas("generated", cell_id)
+    gen = gen[gen.trial_id == trial_id].sort_values("index")
+    snap = evaluator.score(torch.tensor(np.stack(snaps.params.to_numpy())), data)
+    new = evaluator.score(torch.tensor(np.stack(gen.params.to_numpy())), data)
+    oo, gg = iou_matrix(snap.test_wrong, snap.test_wrong), iou_matrix(new.test_wrong, new.test_wrong)
+    off_k, off_n = ~torch.eye(len(oo), dtype=torch.bool), ~torch.eye(len(gg), dtype=torch.bool)
+    return {"similarity": {"original-original": float(oo[off_k].mean()), "generated-generated": float(gg[off_n].mean()),
+                           "original-generated": float(iou_matrix(new.test_wrong, snap.test_wrong).mean())},
+            "snapshot_max_iou": oo.masked_fill(~off_k, -1.0).max(1).values.numpy(),
+            "snapshot_wrong": snap.test_wrong, "generated_wrong": new.test_wrong}
+
+
+def test_figures_from_the_tables_alone_have_the_numbers_of_rescoring(finished_sweep, reported):
+    """With `models/` deleted, the figures' numbers (similarity bars, the snapshots' max IoU, the accuracies)
+    come from the stored wrong-prediction sets, and are identical to rescoring every model with the source
+    network (the original sweep, which still has its models)."""
+    from pdiff.evaluate import unpack_wrong_rows
+
+    copy, out, _, _ = reported
+    assert not os.path.exists(copy.path("models"))
+    ours, _, _ = summary_table(copy)
+    cells = load_cells(copy, dict(zip(ours.cell_id, ours.best_trial)))
+    assert len(cells) == len(ours) == 2
+    n_test = copy.read_pandas("sources").set_index("cell_id").n_test
     for cell in cells:
         assert cell.why_not is None, cell.why_not
+        expected = _rescored(finished_sweep, cell.cell_id, cell.best_trial)
+        assert cell.similarity == expected["similarity"]  # exactly: the same sets give the same floats
+        np.testing.assert_array_equal(cell.snapshot_max_iou, expected["snapshot_max_iou"])
+        stored = copy.read_pandas("checkpoints", cell.cell_id).sort_values("index").test_wrong
+        assert (unpack_wrong_rows(stored, int(n_test[cell.cell_id])) == expected["snapshot_wrong"]).all()
+        assert (unpack_wrong_rows(cell.best_generated.test_wrong, int(n_test[cell.cell_id]))
+                == expected["generated_wrong"]).all()
+        # The accuracies the sets imply are the stored ones, for every group drawn.
         np.testing.assert_allclose(cell.recomputed["original"], cell.snapshot_rows.test_acc, atol=1e-6)
         np.testing.assert_allclose(cell.recomputed["p-diff"], cell.best_generated.test_acc, atol=1e-6)
-        assert set(cell.similarity) == {"original-original", "generated-generated", "original-generated"}
-        assert all(0.0 <= v <= 1.0 for v in cell.similarity.values()), cell.similarity
+        for method in BASELINES:
+            rows = cell.baselines[cell.baselines.method == method].sort_values("index")
+            np.testing.assert_allclose(cell.recomputed[method], rows.test_acc, atol=1e-6)
         assert cell.snapshot_max_iou.shape == (len(cell.snapshots),)
+    md = (out / "summary.md").read_text()
+    assert "similarity not computed" not in md and "differs from the stored" not in md
 
 
 def test_trial_history_orders_every_trial(finished_sweep):
@@ -246,15 +315,137 @@ def test_report_of_a_sweep_on_an_object_store(finished_sweep):
     for table in TABLES:  # one cell is enough to take every branch
         for f in finished_sweep.files(table, cell):
             remote.write_bytes(f[len(finished_sweep.root) + 1:], Path(f).read_bytes())
-    model = finished_sweep.read_pandas("sources", cell).model_path.iloc[0]
-    remote.write_bytes(model, finished_sweep.read_bytes(model))
 
     index = write_report(remote)
     assert index.name == "index.html" and index.is_file()
     listing = remote.fs.get_file_info(pafs.FileSelector(remote.path("report")))
-    assert {i.base_name for i in listing} >= {"index.html", "summary.md", "summary.csv", *FIGURES}
+    assert {i.base_name for i in listing} >= {"index.html", "summary.md", "summary.csv", *ALL_FIGURES}
     assert remote.read_bytes("report/index.html") == index.read_bytes()
     shutil.rmtree(index.parent)
+
+
+def _as_schema(store: Store, version: int) -> None:
+    """Rewrite every table file of `store` as if an older release (schema `version`) had written it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for table in TABLES:
+        for f in store.files(table):
+            t = pq.read_table(f)
+            i = t.schema.get_field_index("schema_version")
+            pq.write_table(t.set_column(i, "schema_version", pa.array([version] * len(t), pa.int32())), f)
+
+
+def test_tables_of_an_older_schema_are_refused_in_one_line(finished_sweep, tiny_spec, tmp_path, capsys):
+    """A sweep folder of schema 1 (before the wrong-prediction sets and the max-IoU names): the report, the
+    query, the summary and the sweep command each refuse it with one line naming the folder and what to do;
+    the sweep command refuses before any work and writes nothing."""
+    import json
+
+    from orchestrator.query import main as query_main
+    from orchestrator.tables import MARKER, SCHEMA_VERSION, OldTables
+    from tiny_sweep import sweep_command, sweep_env
+
+    assert SCHEMA_VERSION == 2
+    copy = _copy_sweep(finished_sweep, tmp_path / "results")
+    _as_schema(copy, 1)
+    assert copy.schema_versions() == {1}
+
+    for run in (lambda: main([copy.root]), lambda: query_main([copy.root, "SELECT count(*) FROM trials"])):
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert copy.root in err and "schema version 1" in err and "version 2" in err, err
+        assert "delete" in err and "yourself" in err  # no marker: --restart would not delete this folder
+    with pytest.raises(OldTables):
+        summary(copy)
+
+    (Path(copy.root) / MARKER).write_text(json.dumps({"tool": "pdiff-sweep", "sweep": copy.sweep,
+                                                        "spec_hash": "x", "created": "then"}))
+    with pytest.raises(OldTables) as info:
+        copy.check_schema()
+    assert "--restart" in str(info.value) and "deletes only this sweep's folder" in str(info.value)
+    before = sorted(str(p.relative_to(copy.root)) for p in Path(copy.root).rglob("*"))
+    proc = subprocess.run(sweep_command(tiny_spec, Path(copy.storage)), cwd=ROOT, env=sweep_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and copy.root in proc.stderr and "--restart" in proc.stderr, proc.stderr
+    assert "stage 1" in proc.stdout and not re.search(r"^\[\s*\d+s\]", proc.stdout, flags=re.M)  # the plan, no progress
+    assert sorted(str(p.relative_to(copy.root)) for p in Path(copy.root).rglob("*")) == before  # nothing written
+
+    _as_schema(copy, SCHEMA_VERSION)  # the same folder at today's version reads again
+    assert len(summary(copy)) == 2
+
+
+def test_report_shows_loss_curves_and_runs(reported):
+    """The loss-curve figure and the Runs table (orchestrator.feedback) in index.html and summary.md; no noise
+    ablation, since the tiny sweep does not grid input_noise x latent_noise."""
+    from importlib import metadata
+
+    store, out, _, _ = reported
+    html, md = (out / "index.html").read_text(), (out / "summary.md").read_text()
+    assert '<img src="loss_curves.png"' in html and "](loss_curves.png)" in md
+    assert "<h2>Runs</h2>" in html and "## Runs" in md
+    runs = store.read_pandas("runs")
+    assert len(runs) >= 1
+    for run_id in runs.run_id:
+        assert f"<td>{run_id}</td>" in html and f"| {run_id} |" in md
+    assert f"<td>{metadata.version('torch')}</td>" in html and "<td>done (0)</td>" in html
+    assert "Noise ablation" not in html and "Noise ablation" not in md
+
+
+def _grid_trials(cell: str, rows: list[tuple[float, float, float, float]], **extra) -> list[dict]:
+    return [{"cell_id": cell, "trial_id": f"{cell}{i}", "status": "completed", "input_noise": a, "latent_noise": b,
+             "selected_acc": acc, "test_max_iou": iou, "val_acc": 90.0} | extra for i, (a, b, acc, iou) in enumerate(rows)]
+
+
+def test_noise_ablation_table_of_a_grid():
+    """Rows input noise, columns latent noise, the val-selected test accuracy and the mean max-IoU; only for a
+    cell whose trials grid both knobs (not one knob, not continuous draws of both)."""
+    import duckdb
+
+    grid = [(a, b, 90 + 10 * a + b, 0.5 + b / 10) for a in (0.0, 0.001, 0.01) for b in (0.0, 0.01, 0.1, 1.0)]
+    repeat = [(0.001, 0.1, 80.0, 0.7)]  # a second trial at one point: the entry is the mean of two
+    rows = (_grid_trials("grid", grid + repeat) + _grid_trials("grid", [(0.0, 0.0, 10.0, 1.0)], status="failed")
+            + _grid_trials("one", [(0.001, b, 90.0, 0.5) for b in (0.0, 0.1, 1.0)])
+            + _grid_trials("drawn", [(a, b, 90.0, 0.5) for a, b in np.random.default_rng(0).uniform(0, 1, (6, 2))]))
+    con = duckdb.connect()
+    con.register("trials", pd.DataFrame(rows))
+    labels = {"grid": "mlp / digits / seed 0", "one": "mlp / digits / seed 1", "drawn": "mlp / digits / seed 2"}
+    tables = ablation_tables(con, labels)
+    assert list(tables) == ["grid"]
+    table = tables["grid"]
+    assert list(table.index) == ["0", "0.001", "0.01"] and list(table.columns) == ["0", "0.01", "0.1", "1"]
+    assert table.loc["0", "0"] == "90.00 (0.500)"  # the failed trial at (0, 0) is left out
+    assert table.loc["0.01", "1"] == f"{90 + 0.1 + 1:.2f} ({0.5 + 0.1:.3f})"
+    mean_acc, mean_iou = (90 + 0.01 + 0.1 + 80) / 2, (0.5 + 0.01 + 0.7) / 2
+    assert table.loc["0.001", "0.1"] == f"{mean_acc:.2f} ({mean_iou:.3f}) x2"
+
+
+def test_report_draws_the_noise_ablation_of_a_grid(finished_sweep, tmp_path):
+    """A copy of the tiny sweep whose trials are made to grid input x latent noise (3 of 4 points per cell):
+    the report shows the paper's ablation table per cell, in HTML and Markdown, from the trials' own numbers."""
+    import pyarrow.parquet as pq
+
+    copy = _copy_sweep(finished_sweep, tmp_path / "results")
+    points = [(0.0, 0.01), (0.0, 0.1), (0.001, 0.01)]
+    expected = {}
+    for cell in sorted(copy.read_pandas("sources").cell_id):
+        for f, (a, b) in zip(copy.files("trials", cell), points):
+            [row] = pq.read_table(f).to_pylist()
+            Store(copy.storage, copy.sweep, row["spec_hash"]).write(
+                "trials", cell, row["trial_id"], [row | {"input_noise": a, "latent_noise": b}])
+            expected[cell, a, b] = f"{row['selected_acc']:.2f} ({row['test_max_iou']:.3f})"
+    index = write_report(copy, tmp_path / "report")
+    html, md = index.read_text(), (index.parent / "summary.md").read_text()
+    assert "<h3>Noise ablation" in html and "## Noise ablation" in md
+    for (cell, a, b), entry in expected.items():
+        assert f"<td>{entry}</td>" in html and f" {entry} |" in md
+    assert md.count("| input noise \\ latent noise | 0.01 | 0.1 |") == 2
+    for cell in {c for c, _, _ in expected}:  # the rows: input noise, then its entry per latent noise
+        assert f"| 0 | {expected[cell, 0.0, 0.01]} | {expected[cell, 0.0, 0.1]} |" in md
+        assert f"| 0.001 | {expected[cell, 0.001, 0.01]} | - |" in md
+    assert html.count("<td>-</td>") == 2  # (0.001, 0.1): not measured, in each cell's table
 
 
 def test_results_dir_parsing(tmp_path):
@@ -301,12 +492,12 @@ def test_failed_trials_are_left_out_and_counted(finished_sweep, tmp_path):
     failed.write("trials", cell, "tfailed", [{
         "trial_id": "tfailed", "search_hash": "x", "status": "failed", "reason": "ae_loss is nan at step 7",
         "val_acc": nan, "selected_acc": nan, "best_test_acc": nan, "mean_acc": nan, "median_acc": nan,
-        "novelty": nan, "val_novelty": nan, "ae_loss": nan, "ldm_loss": nan, "latent_noise": 30.0,
+        "test_max_iou": nan, "val_max_iou": nan, "ae_loss": nan, "ldm_loss": nan, "latent_noise": 30.0,
         "latent_dim": 16}])
     width = len(copy.read_pandas("generated", cell).params.iloc[0])
     failed.write("generated", cell, "tfailed", [
-        {"trial_id": "tfailed", "index": i, "val_acc": nan, "test_acc": nan, "max_iou_to_train": nan,
-         "nearest_l2": nan, "params": [nan] * width} for i in range(4)])
+        {"trial_id": "tfailed", "index": i, "val_acc": nan, "test_acc": nan, "test_max_iou": nan,
+         "val_max_iou": nan, "nearest_l2": nan, "params": [nan] * width} for i in range(4)])
 
     after, _, _ = summary_table(copy)
     assert list(after.failed_trials) == [1 if c == cell else 0 for c in after.cell_id]
@@ -337,7 +528,7 @@ def _rewrite_trial(store: Store, cell_id: str, trial_id: str, vectors) -> dict:
 
     from orchestrator.sources import load_source_model
     from pdiff import ParameterSubset, load_dataset
-    from pdiff.evaluate import BatchedEvaluator, iou_matrix
+    from pdiff.evaluate import BatchedEvaluator, pack_wrong
     from pdiff.pipeline import assess
 
     src = store.read_pandas("sources", cell_id).iloc[0]
@@ -353,13 +544,11 @@ def _rewrite_trial(store: Store, cell_id: str, trial_id: str, vectors) -> dict:
     writer = Store(store.storage, store.sweep, old["spec_hash"])
     writer.write("generated", cell_id, trial_id, [
         {"trial_id": trial_id, "index": i, "val_acc": float(s.val_acc[i]), "test_acc": float(s.test_acc[i]),
-         "max_iou_to_train": float(a.max_iou[i]), "nearest_l2": float(a.nearest_l2[i]),
-         "params": vectors[i].tolist()} for i in range(len(vectors))])
+         "test_max_iou": float(a.test_max_iou[i]), "val_max_iou": float(a.val_max_iou[i]),
+         "nearest_l2": float(a.nearest_l2[i]), "val_wrong": pack_wrong(s.val_wrong[i]),
+         "test_wrong": pack_wrong(s.test_wrong[i]), "params": vectors[i].tolist()} for i in range(len(vectors))])
     best_other = trials[(trials.trial_id != trial_id) & (trials.status == "completed")].val_acc.max()
-    val_novelty = float(iou_matrix(s.val_wrong, evaluator.score(snapshots, data).val_wrong).max(1).values.mean())
-    row = old | a.summary | {
-        "val_acc": max(100 * float(s.val_acc.max()), float(best_other) + 0.01),
-        "novelty": a.summary["mean_max_iou"], "val_novelty": val_novelty}
+    row = old | a.summary | {"val_acc": max(100 * float(s.val_acc.max()), float(best_other) + 0.01)}
     writer.write("trials", cell_id, trial_id, [row])
     return a.summary
 
@@ -471,9 +660,9 @@ def test_accuracy_novelty_figure_moves_no_point_and_labels_collapse(tmp_path, mo
     rng = np.random.default_rng(0)
     snap_iou, snap_acc = rng.uniform(0.6, 0.9, 12), rng.uniform(0.9, 0.95, 12)
     generated = pd.DataFrame({"trial_id": "t", "index": range(8), "val_acc": 0.9, "test_acc": 0.93,
-                              "max_iou_to_train": 1.0, "params": [np.zeros(3)] * 8})
+                              "test_max_iou": 1.0, "params": [np.zeros(3)] * 8})
     baselines = pd.DataFrame({"method": "noise", "index": range(8), "val_acc": 0.9,
-                              "test_acc": rng.uniform(0.9, 0.95, 8), "max_iou_to_train": rng.uniform(0.7, 1.0, 8),
+                              "test_acc": rng.uniform(0.9, 0.95, 8), "test_max_iou": rng.uniform(0.7, 1.0, 8),
                               "params": [np.zeros(3)] * 8})
     cell = figures.CellData(cell_id="c", arch="mlp", dataset="digits", seed=0, best_trial="t",
                             snapshots=np.zeros((12, 3), np.float32),
@@ -487,7 +676,7 @@ def test_accuracy_novelty_figure_moves_no_point_and_labels_collapse(tmp_path, mo
     ax = drawn[0].axes[0]
     truth = {(round(x, 9), round(100 * y, 9)) for x, y in zip(snap_iou, snap_acc)}
     truth |= {(1.0, 93.0)} | {(round(x, 9), round(100 * y, 9))
-                              for x, y in zip(baselines.max_iou_to_train, baselines.test_acc)}
+                              for x, y in zip(baselines.test_max_iou, baselines.test_acc)}
     means = set()
     for coll in ax.collections:
         for x, y in coll.get_offsets():
@@ -537,13 +726,13 @@ def test_tsne_skips_non_finite_vectors(tmp_path):
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(12, 6)).astype(np.float32)
-    generated = [{"trial_id": "t", "index": i, "val_acc": 0.9, "test_acc": 0.9, "max_iou_to_train": 0.5,
+    generated = [{"trial_id": "t", "index": i, "val_acc": 0.9, "test_acc": 0.9, "test_max_iou": 0.5,
                   "params": v} for i, v in enumerate(rng.normal(size=(6, 6)).astype(np.float32))]
     generated[1]["params"] = np.full(6, np.nan, np.float32)
     generated[2]["params"] = np.array([np.inf] + [0.0] * 5, np.float32)
     cell = CellData(cell_id="c", arch="mlp", dataset="digits", seed=0, best_trial="t", snapshots=vectors,
                     snapshot_rows=pd.DataFrame({"index": range(12)}), generated=pd.DataFrame(generated),
-                    baselines=pd.DataFrame(columns=["method", "index", "test_acc", "max_iou_to_train", "params"]))
+                    baselines=pd.DataFrame(columns=["method", "index", "test_acc", "test_max_iou", "params"]))
     path = tsne_figure([cell], tmp_path / "tsne.png")
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     assert matplotlib.image.imread(path)[..., :3].std() > 0.01
@@ -599,9 +788,10 @@ def test_report_renders_in_a_headless_browser(reported, tmp_path):
     dom = _headless(chromium, "--dump-dom", "--window-size=1400,3000", page).stdout
     n_cells = store.read("sources", columns=["cell_id"]).num_rows
     tables = re.findall(r"<table\b.*?</table>", dom, flags=re.S)
-    assert len(tables) == 4, "the summary's four tables"
-    for table in tables:
+    assert len(tables) == 5, "the summary's four tables and the Runs table"
+    assert re.findall(r"<tr\b", re.search(r"<tbody>(.*?)</tbody>", tables[4], flags=re.S).group(1))  # >= 1 run
+    for table in tables[:4]:
         body = re.search(r"<tbody>(.*?)</tbody>", table, flags=re.S).group(1)
         assert len(re.findall(r"<tr\b", body)) == n_cells
     images = re.findall(r"<img\b[^>]*>", dom)
-    assert sorted(re.search(r'src="([^"]+)"', i).group(1) for i in images) == sorted(FIGURES)
+    assert sorted(re.search(r'src="([^"]+)"', i).group(1) for i in images) == sorted(ALL_FIGURES)

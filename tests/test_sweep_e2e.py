@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from orchestrator.tables import Store
+from orchestrator.tables import SCHEMA_VERSION, Store
 
 from tiny_sweep import CELLS, K, N, TRIALS, run_sweep, sweep_command, sweep_env
 
@@ -78,12 +78,37 @@ def test_tables_complete_and_consistent(finished):
         assert frame.test_acc.between(0, 1).all() and frame.val_acc.between(0, 1).all()
     assert (sources.test_acc > 0.85).all()
     assert trials.selected_acc.between(50, 100).all() and trials.val_acc.between(50, 100).all()
-    assert generated.max_iou_to_train.between(0, 1).all()
+    for frame in (generated, baselines):
+        assert frame.test_max_iou.between(0, 1).all() and frame.val_max_iou.between(0, 1).all()
+
+    # Each model's wrong-prediction sets are stored (packed bits over the split's n examples) and agree with its
+    # accuracies; the trial's max-IoU columns are its generated models' means, computed from the same sets.
+    import numpy as np
+
+    from pdiff.evaluate import iou_matrix, unpack_wrong_rows
+
+    n = sources.set_index("cell_id")[["n_val", "n_test"]]
+    for frame in (checkpoints, generated, baselines):
+        for cell_id, rows in frame.groupby("cell_id"):
+            for split in ("val", "test"):
+                wrong = unpack_wrong_rows(rows[f"{split}_wrong"], int(n.loc[cell_id, f"n_{split}"]))
+                acc = 1 - wrong.sum(1).numpy() / wrong.shape[1]
+                np.testing.assert_allclose(acc, rows[f"{split}_acc"], atol=1e-6)
+    for t in trials.itertuples():
+        g = generated[generated.trial_id == t.trial_id]
+        assert t.test_max_iou == pytest.approx(g.test_max_iou.mean()) and t.val_max_iou == pytest.approx(
+            g.val_max_iou.mean())
+        snaps = checkpoints[checkpoints.cell_id == t.cell_id]
+        for split in ("val", "test"):
+            size = int(n.loc[t.cell_id, f"n_{split}"])
+            iou = iou_matrix(unpack_wrong_rows(g[f"{split}_wrong"], size),
+                             unpack_wrong_rows(snaps[f"{split}_wrong"], size)).max(1).values.numpy()
+            np.testing.assert_allclose(iou, g[f"{split}_max_iou"], atol=1e-6)
 
     # Every row says where it came from.
     for frame in (sources, checkpoints, trials, generated, baselines):
         assert (frame.sweep == "tiny").all() and frame.spec_hash.str.len().eq(12).all()
-        assert frame.spec_hash.nunique() == 1 and (frame.schema_version == 1).all()
+        assert frame.spec_hash.nunique() == 1 and (frame.schema_version == SCHEMA_VERSION).all()
 
     # The trial's summary columns are computed from its own generated rows.
     t = trials.iloc[0]
@@ -96,6 +121,59 @@ def test_tables_complete_and_consistent(finished):
     out = proc.stdout
     assert "sources 2/2" in out and "trials 6/6" in out and "baselines 2/2" in out
     assert "original_best" in out and "pdiff_selected" in out  # the summary table
+
+
+def test_feedback_curves_runs_and_journal(finished):
+    """Each trial's AE and LDM losses in `curves` (written before its trials row), a `runs` row per run of the
+    command, and each cell's Optuna study as a journal (`<sweep>/optuna/<cell_id>.log`) that Optuna opens."""
+    import platform
+    from importlib import metadata
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    store, _ = finished
+    trials, curves = store.read_pandas("trials"), store.read_pandas("curves")
+    assert set(curves.trial_id) == set(trials.trial_id) and set(curves.phase) == {"ae", "ldm"}
+    assert (curves.sweep == "tiny").all() and (curves.schema_version == SCHEMA_VERSION).all()
+    for t in trials.itertuples():
+        c = curves[curves.trial_id == t.trial_id]
+        assert (c.cell_id == t.cell_id).all() and not c.duplicated(["phase", "step"]).any()
+        ae, ldm = (c[c.phase == p].sort_values("step") for p in ("ae", "ldm"))
+        # 40 steps each: under 200 points, so every step's own loss
+        assert ae.step.tolist() == list(range(t.ae_steps_taken)) and ldm.step.tolist() == list(range(t.ldm_steps))
+        assert ae.loss.iloc[-1] < ae.loss.iloc[0], ae.loss.tolist()
+        assert t.ae_loss == pytest.approx(ae.loss.tail(20).mean()) and t.ldm_loss == pytest.approx(
+            ldm.loss.tail(20).mean())  # the trial's losses are the tail means of the same curves
+        name = f"{t.trial_id}.parquet"
+        assert os.path.getmtime(store.path("curves", t.cell_id, name)) <= os.path.getmtime(
+            store.path("trials", t.cell_id, name))  # before the trials row, the commit marker
+
+    runs = store.read_pandas("runs").sort_values("started_at")
+    first = runs.iloc[0]  # the fixture's run (a later test may re-run the sweep)
+    assert first.outcome == "done" and first.exit_status == 0 and first.ended_at >= first.started_at
+    assert first.seconds == pytest.approx((first.ended_at - first.started_at).total_seconds())
+    assert "orchestrator.sweep" in first.command and first.hosts == 1 and first.cluster_cpus > 0
+    assert first.python_version == platform.python_version()
+    for package in ("torch", "ray", "optuna", "pyarrow", "duckdb"):
+        assert first[f"{package}_version"] == metadata.version(package)
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert first.git_commit == (git.stdout.strip() if git.returncode == 0 else None)
+    assert runs.cell_id.isna().all() and store.files("runs") == sorted(store.path("runs", f"{r}.parquet")
+                                                                         for r in runs.run_id)
+
+    for cell_id, cell_trials in trials.groupby("cell_id"):
+        path = store.path("optuna", f"{cell_id}.log")
+        study = optuna.load_study(study_name=None, storage=JournalStorage(JournalFileBackend(path)))
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        done = cell_trials[cell_trials.status == "completed"]
+        assert len(complete) == len(done) == len(study.trials)
+        assert {t.user_attrs["trial_id"] for t in complete} == set(done.trial_id)
+        by_id = done.set_index("trial_id")
+        for t in complete:  # the two objectives, as the trials table has them
+            row = by_id.loc[t.user_attrs["trial_id"]]
+            assert t.values == pytest.approx([row.val_acc, row.val_max_iou])
 
 
 # What reaches a driver's console from Ray: forwarded worker / actor / raylet output ("(pid=..)",
@@ -146,7 +224,7 @@ def test_readme_duckdb_queries(finished):
     trials = store.read_pandas("trials")
     for row in best.itertuples():
         cell = trials[trials.cell_id.str.startswith(f"{row.arch}-")]
-        best_trial = cell.sort_values(["val_acc", "val_novelty", "trial_id"], ascending=[False, True, True]).iloc[0]
+        best_trial = cell.sort_values(["val_acc", "val_max_iou", "trial_id"], ascending=[False, True, True]).iloc[0]
         assert row.pdiff_selected == pytest.approx(best_trial.selected_acc)
     assert len(top) == 5 and top.val_acc.is_monotonic_decreasing
     assert set(plane.method) == {"p-diff", "noise", "average", "gaussian"}
@@ -185,6 +263,9 @@ def test_kills_in_stage_one_and_two_then_resume(tiny_spec, finished, tmp_path):
     assert len(store.files("trials")) < CELLS * TRIALS
 
     out = run_sweep(tiny_spec, tmp_path).stdout
+    runs = store.read_pandas("runs").sort_values("started_at")
+    assert runs.outcome.tolist() == ["running", "running", "done"]  # the killed runs never ended
+    assert runs.ended_at.isna().tolist() == [True, True, False]
 
     uninterrupted, _ = finished
     assert _keys(store) == _keys(uninterrupted)

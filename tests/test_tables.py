@@ -6,6 +6,7 @@ A Store on tmp_path (and one on pyarrow's in-memory `mock://` filesystem); no Ra
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +29,12 @@ def value_of(kind: pa.DataType, i: int):
         return 0.25 * (i + 1)
     if pa.types.is_list(kind):
         return [value_of(kind.value_type, i), value_of(kind.value_type, i + 1)]
+    if pa.types.is_boolean(kind):
+        return i % 2 == 0
+    if pa.types.is_timestamp(kind):  # the runs table's UTC times
+        return datetime(2026, 1, 1, 12, i, tzinfo=timezone.utc)
+    if pa.types.is_binary(kind):  # a packed wrong-prediction set
+        return bytes([i % 256, 0b1010_0000])
     raise AssertionError(f"no sample value for {kind}")
 
 
@@ -67,6 +74,19 @@ def test_round_trip(store, table):
     assert data.to_pylist() == expected
     # The file itself carries the schema, typed as declared (not as inferred from Python values).
     assert pq.read_schema(path).field("schema_version").type == pa.int32()
+
+
+def test_a_row_of_no_cell_has_its_own_file(store):
+    """The `runs` table: no cell, so `runs/<run_id>.parquet` with a null cell_id; a writer replaces its file."""
+    path = store.write("runs", None, "r1", rows_for("runs", 1))
+    assert path == store.path("runs", "r1.parquet")
+    store.write("runs", None, "r1", rows_for("runs", 1, offset=5))
+    store.write("runs", None, "r2", rows_for("runs", 1))
+    assert store.files("runs") == [path, store.path("runs", "r2.parquet")]
+    rows = store.read("runs").to_pylist()
+    assert [r["cell_id"] for r in rows] == [None, None]
+    assert rows[0] == {"sweep": "sw", "spec_hash": "hash123", "schema_version": SCHEMA_VERSION, "cell_id": None} \
+        | rows_for("runs", 1, offset=5)[0]
 
 
 @pytest.mark.parametrize("table", list(TABLES))
@@ -302,3 +322,23 @@ def test_store_survives_pickling(tmp_path):
     assert copy == store and copy.root == store.root
     assert copy.read("trials").num_rows == 1
     assert os.path.isabs(copy.storage)
+
+
+def test_check_schema_refuses_another_version_in_one_line(store):
+    from orchestrator.tables import OldTables
+
+    store.check_schema()  # no tables yet: nothing to refuse
+    path = store.write("trials", "c", "t", rows_for("trials", 1))
+    store.check_schema()
+    assert store.schema_versions() == {SCHEMA_VERSION}
+    t = pq.read_table(path)
+    i = t.schema.get_field_index("schema_version")
+    pq.write_table(t.set_column(i, "schema_version", pa.array([SCHEMA_VERSION - 1], pa.int32())), path)
+    with pytest.raises(OldTables) as info:
+        store.check_schema()
+    message = str(info.value)
+    assert "\n" not in message and store.uri in message and f"schema version {SCHEMA_VERSION - 1}" in message
+    assert "yourself" in message  # no marker: --restart would refuse to delete the folder
+    store.write_marker()
+    with pytest.raises(OldTables, match="--restart"):
+        store.check_schema()

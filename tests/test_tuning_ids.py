@@ -9,12 +9,14 @@ and turns them into trial ids with the real `_identity`. Ray is never started.
 from __future__ import annotations
 
 import copy
+import tempfile
 
 import pytest
 import ray
 
 from orchestrator import tuning
 from orchestrator.spec import parse_spec
+from orchestrator.tables import Store
 from orchestrator.tuning import _identity, trial_id_of
 
 SPEC = {
@@ -31,9 +33,18 @@ SPEC = {
 }
 
 
-class FakeStore:
-    def ray_storage(self) -> dict:
-        return {}
+class FakeStore(Store):
+    """A real store in the test's temporary folder (the cell's Optuna journal goes there); Tune never uses it."""
+
+    where = None  # the test's tmp_path (`_store_folder`)
+
+    def __init__(self):
+        super().__init__(tempfile.mkdtemp(prefix="ids-", dir=FakeStore.where), "ids")
+
+
+@pytest.fixture(autouse=True)
+def _store_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeStore, "where", str(tmp_path))
 
 
 @pytest.fixture
@@ -57,11 +68,11 @@ def captured(monkeypatch):
     assert not ray.is_initialized()
 
 
-def search_cell(spec, finished=()):
+def search_cell(spec, finished=(), store=None):
     """Run `_search_cell`'s body (the undecorated function) up to the stubbed `Tuner`."""
     cell = spec.cells[0]
     fn = tuning._search_cell._function
-    assert fn(spec, cell, FakeStore(), None, spec.num_samples, list(finished)) == cell.cell_id
+    assert fn(spec, cell, store or FakeStore(), None, spec.num_samples, list(finished)) == cell.cell_id
     return cell
 
 
@@ -120,3 +131,39 @@ def test_equal_knobs_different_index_are_different_trials():
     assert trial_id_of("mlp-digits-0", knobs, 0) != trial_id_of("mlp-digits-0", knobs, 1)
     assert trial_id_of("mlp-digits-0", knobs, 1) == trial_id_of("mlp-digits-0", dict(reversed(knobs.items())), 1)
     assert trial_id_of("mlp-digits-0", knobs, 0) != trial_id_of("mlp-digits-1", knobs, 0)
+
+
+def test_the_study_is_a_journal_kept_current(captured):
+    """`<sweep>/optuna/<cell_id>.log` (what optuna-dashboard opens): the trials of the tables when the search
+    starts, then each trial as the search asks and tells it; a re-run rebuilds it from the tables."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    spec = parse_spec(copy.deepcopy(SPEC), "ids.yaml")
+    cell = spec.cells[0]
+    knobs = spec.fixed | {"latent_dim": 32}
+    finished = [knobs | {"trial_id": trial_id_of(cell.cell_id, knobs, i), "trial_index": i, "status": status,
+                         "val_acc": 90.0 + i if status == "completed" else None}
+                for i, status in enumerate(["completed", "completed", "failed"])]
+    store = FakeStore()
+    search_cell(spec, finished, store)
+    path = store.path("optuna", f"{cell.cell_id}.log")
+
+    def journal():
+        study = optuna.load_study(study_name=None, storage=JournalStorage(JournalFileBackend(path)))
+        return [(t.state.name, t.values, t.user_attrs.get("trial_id")) for t in study.trials]
+
+    assert journal() == [("COMPLETE", [90.0], finished[0]["trial_id"]), ("COMPLETE", [91.0], finished[1]["trial_id"]),
+                         ("FAIL", None, finished[2]["trial_id"])]
+    identities = suggested_ids(spec, captured, cell, 3)
+    searcher = captured["tune_config"].search_alg
+    searcher.on_trial_complete("trial_00000", {"val_acc": 95.0, "phase": "done"})
+    searcher.on_trial_complete("trial_00001", {"val_acc": 20.0, "phase": "ldm"})  # stopped early, after a probe
+    searcher.on_trial_complete("trial_00002", {"phase": "failed", "reason": "ae_loss is nan"})
+    assert journal()[3:] == [("COMPLETE", [95.0], identities[0][0]), ("PRUNED", None, identities[1][0]),
+                             ("FAIL", None, identities[2][0])]
+    store.check_own(strict=False)  # the folder holds only what a sweep writes
+
+    search_cell(spec, finished, store)  # resumed: the journal is the tables' trials again, nothing twice
+    assert len(journal()) == len(finished)
