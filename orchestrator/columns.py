@@ -83,8 +83,10 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
                                 "objective (minimised); lower is more novel"),
         "ae_loss": ("MSE", "last training loss of the autoencoder (normalised units); lower is better"),
         "ae_r2": ("0..1", "share of the snapshots' variance the AE reconstructs; higher is better"),
+        "ae_fidelity": ("0..1", "mean val IoU of each AE reconstruction's mistakes with its own snapshot's, at the "
+                                "last check (NaN: R2 never reached); higher is better"),
         "ae_steps_taken": ("steps", "AE steps actually run (<= ae_steps)"),
-        "ae_converged": ("bool", "whether the AE reached ae_min_r2 within ae_steps"),
+        "ae_converged": ("bool", "whether the AE reached ae_min_r2, ae_min_fidelity and the snapshots' val accuracy within ae_steps"),
         "ldm_loss": ("MSE", "last training loss of the latent diffusion model; lower is better"),
         "seconds": ("s", "wall time of the trial"),
         "node_id": ("Ray node id", "node that ran it (null for a trial recorded by the driver)"),

@@ -38,10 +38,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from . import paths
+from .sql import ablation_sql, completed_trials_sql, curves_sql, runs_sql
 from .tables import Store
 
 __all__ = ["CURVE_POINTS", "FIGURES", "LossRecorder", "Journal", "RunRecord", "decimate", "write_curves",
-           "journal_relpath", "ablation_tables", "curves_figure", "feedback_sections"]
+           "ablation_tables", "curves_figure", "feedback_sections"]
 
 CURVE_POINTS = 200  # points per phase and trial in the `curves` table
 MAX_PANELS = 12  # cells drawn in the loss-curve figure, and ablation tables shown
@@ -120,7 +122,7 @@ def curves_figure(store: Store, con, best: dict[str, str | None], labels: dict[s
     fig, axes = _grid(len(cells), 4.6, 3.4)
     if not cells:
         _message(axes[0], "no cells in this sweep")
-    trials = con.execute("SELECT cell_id, trial_id, val_acc FROM trials WHERE status = 'completed'").df()
+    trials = con.execute(completed_trials_sql("cell_id, trial_id, val_acc")).df()
     for ax, cell in zip(axes, cells):
         ranked = trials[trials.cell_id == cell].sort_values(["val_acc", "trial_id"], ascending=[False, True])
         chosen = best.get(cell)
@@ -129,8 +131,7 @@ def curves_figure(store: Store, con, best: dict[str, str | None], labels: dict[s
         if not wanted:
             _message(ax, "no completed trial", labels[cell])
             continue
-        curves = con.execute("SELECT trial_id, phase, step, loss FROM curves WHERE cell_id = ? AND "
-                             "list_contains(?, trial_id) ORDER BY trial_id, phase, step", [cell, wanted]).df()
+        curves = con.execute(curves_sql(), [cell, wanted]).df()
         curves = curves[np.isfinite(curves.loss) & (curves.loss > 0)]
         if curves.empty:
             _message(ax, "no loss curves stored (trials written before the `curves` table)", labels[cell])
@@ -157,10 +158,6 @@ def curves_figure(store: Store, con, best: dict[str, str | None], labels: dict[s
 # -- the Optuna study as a journal -----------------------------------------------
 
 
-def journal_relpath(cell_id: str) -> str:
-    return f"optuna/{cell_id}.log"
-
-
 class Journal:
     """A cell's Optuna study in a journal file, `<sweep>/optuna/<cell_id>.log`, that optuna-dashboard opens.
 
@@ -170,7 +167,7 @@ class Journal:
 
     def __init__(self, store: Store, cell_id: str):
         self.store, self.cell_id = store, cell_id
-        self.relpath = journal_relpath(cell_id)
+        self.relpath = paths.journal(cell_id)
         if store.is_local:
             self.local, self._tmpdir = store.path(self.relpath), None
         else:
@@ -298,7 +295,7 @@ class RunRecord:
 
 def runs_frame(con) -> pd.DataFrame:
     """The latest MAX_RUNS runs, newest first, as strings for the report."""
-    runs = con.execute(f"SELECT * FROM runs ORDER BY started_at DESC LIMIT {MAX_RUNS}").df()
+    runs = con.execute(runs_sql(MAX_RUNS)).df()
 
     def when(v) -> str:
         return "" if v is None or pd.isna(v) else pd.Timestamp(v).tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S")
@@ -333,9 +330,7 @@ def ablation_tables(con, labels: dict[str, str]) -> dict[str, pd.DataFrame]:
     columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
     if not set(ABLATION) <= columns or "selected_acc" not in columns:
         return {}
-    select = ", test_max_iou AS iou" if "test_max_iou" in columns else ", NULL AS iou"
-    trials = con.execute(f"SELECT cell_id, input_noise, latent_noise, selected_acc{select} FROM trials "
-                         "WHERE status = 'completed'").df()
+    trials = con.execute(ablation_sql("test_max_iou" in columns)).df()
     out = {}
     for cell in labels:
         t = trials[trials.cell_id == cell].dropna(subset=list(ABLATION))
@@ -396,13 +391,15 @@ def _html(df: pd.DataFrame, index: bool = False) -> str:
             + "\n".join(body) + "\n</tbody>\n</table>")
 
 
-def feedback_sections(store: Store, con, df: pd.DataFrame, out: Path, log: Callable[[str], None] = lambda s: None
-                      ) -> Sections:
-    """The loss-curve figure (into `out`), the ablation tables and the Runs table, for the report."""
+def feedback_sections(store: Store, con, df: pd.DataFrame, out: Path, log: Callable[[str], None] = lambda s: None,
+                      shown: Sequence[str] | None = None) -> Sections:
+    """The loss-curve figure (into `out`; of the cells `shown`, default the first MAX_PANELS), the ablation
+    tables and the Runs table, for the report."""
     t0 = time.perf_counter()
     labels = {r.cell_id: f"{r.arch} / {r.dataset} / seed {r.seed}" for r in df.itertuples()}
     best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
-    sections = Sections({"loss_curves.png": curves_figure(store, con, best, labels, out / "loss_curves.png")})
+    drawn = labels if shown is None else {c: labels[c] for c in shown if c in labels}
+    sections = Sections({"loss_curves.png": curves_figure(store, con, best, drawn, out / "loss_curves.png")})
     log(f"loss_curves.png ({time.perf_counter() - t0:.1f}s)")
 
     tables = ablation_tables(con, labels)

@@ -23,12 +23,13 @@ imported. The p-diff vectors are those of the cell's val-selected trial.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import matplotlib
 
@@ -39,7 +40,9 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from .tables import CorruptTable, Store  # noqa: E402
+from .sql import methods, searched_knobs  # noqa: E402
+from .summary import connect  # noqa: E402
+from .tables import HIDDEN, WRITER, WRITTEN, CorruptTable, Store  # noqa: E402
 
 __all__ = ["CellData", "FIGURES", "load_cells", "trial_history", "draw_all"]
 
@@ -89,13 +92,20 @@ FIGURES: dict[str, tuple[str, str]] = {
     ),
 }
 
-METHOD_STYLE = {  # label, colour, marker
-    "original": ("snapshots", "#555555", "o"),
-    "p-diff": ("p-diff", "#d62728", "o"),
-    "noise": ("noise", "#1f77b4", "s"),
-    "average": ("average of 16", "#2ca02c", "^"),
-    "gaussian": ("Gaussian", "#ff7f0e", "D"),
-}
+_BASELINE_STYLES = [("#1f77b4", "s"), ("#2ca02c", "^"), ("#ff7f0e", "D"), ("#8c564b", "v"), ("#e377c2", "P")]
+
+
+def _method_style() -> dict[str, tuple[str, str, str]]:
+    """(label, colour, marker) of the snapshots, p-diff and each baseline method (pdiff.baselines, in order)."""
+    from pdiff.baselines import LABELS
+
+    style = {"original": ("snapshots", "#555555", "o"), "p-diff": ("p-diff", "#d62728", "o")}
+    for i, m in enumerate(methods()):
+        style[m] = (LABELS[m][0], *_BASELINE_STYLES[i % len(_BASELINE_STYLES)])
+    return style
+
+
+METHOD_STYLE = _method_style()
 
 
 @dataclass
@@ -141,56 +151,93 @@ class CellData:
 # -- reading -----------------------------------------------------------------
 
 
-def _read_by_writer(store: Store, table: str, cell_id: str, columns: list[str]) -> pd.DataFrame:
-    """A cell's rows of one table; the writer id (the file name: a trial id) fills a missing `trial_id`
-    (files written before `generated` rows carried their trial id)."""
-    frames = []
-    for f in store.files(table, cell_id):
-        try:
-            df = pq.read_table(f, filesystem=store.fs).to_pandas()
-        except (pa.ArrowException, OSError) as err:  # one line naming the file, as Store.read says it
-            raise CorruptTable(f"{f}: not a readable Parquet file ({' '.join(str(err).split())})") from None
-        writer = f.rsplit("/", 1)[1][: -len(".parquet")]
-        df["trial_id"] = df["trial_id"].fillna(writer) if "trial_id" in df else writer
-        frames.append(df[columns])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions: bool = True,
+               vectors: Iterable[str] | None = None) -> list[CellData]:
+    """Every cell's snapshots, generated and baseline models; with `predictions`, the similarity numbers
+    computed from their stored wrong-prediction sets (CellData.similarity, snapshot_max_iou, recomputed).
 
-
-def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions: bool = True) -> list[CellData]:
-    """Every cell's snapshots, generated and baseline vectors; with `predictions`, the similarity numbers
-    computed from their stored wrong-prediction sets (CellData.similarity, snapshot_max_iou, recomputed)."""
+    Each table is read once for all cells, without the parameter vectors; `vectors` names the cells whose
+    vectors are read too (the t-SNE's: snapshots, the val-selected trial's generated models, the baselines;
+    None: every cell). The others have an empty `snapshots` array and no `params` column: at sweep scale
+    the vectors are most of the tables' bytes. A `generated` row without a trial id takes its writer's."""
     sources = store.read_pandas("sources").sort_values(["arch", "dataset", "seed"])
     trials = store.read_pandas("trials")  # every column: those a sweep wrote before some existed may lack them
     # Only completed trials' generated models are drawn: a failed trial's vectors may be NaN.
     completed = {(c, t) for c, t, s in zip(trials.cell_id, trials.trial_id, trials.status) if s == "completed"}
-    trial_rows = {(r["cell_id"], r["trial_id"]): r for r in trials.to_dict("records") if r["status"] == "completed"}
+    trial_rows: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+    for r in trials.to_dict("records"):
+        if r["status"] == "completed":
+            trial_rows.setdefault(r["cell_id"], {})[(r["cell_id"], r["trial_id"])] = r
+    wanted = set(sources.cell_id) if vectors is None else set(vectors)
+
+    def by_cell(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        return {c: g.drop(columns=["cell_id"]) for c, g in frame.groupby("cell_id", sort=False)}
+
+    snapshots = by_cell(store.read_pandas("checkpoints", columns=["cell_id", "index", "val_acc", "test_acc",
+                                                                  "test_wrong"]))
+    gen = store.read_pandas("generated", columns=["cell_id", "trial_id", "index", "val_acc", "test_acc",
+                                                  "test_max_iou", "test_wrong"], writers=True)
+    gen["trial_id"] = gen.trial_id.fillna(gen[WRITER])
+    generated = by_cell(gen.drop(columns=list(HIDDEN)))
+    baselines = by_cell(store.read_pandas("baselines", heavy=["test_wrong"]))
+    gen_columns = ["trial_id", "index", "val_acc", "test_acc", "test_max_iou", "test_wrong"]
     cells = []
     for row in sources.itertuples():
-        snaps = store.read_pandas("checkpoints", row.cell_id,
-                                  columns=["index", "val_acc", "test_acc", "test_wrong", "params"])
+        snaps = snapshots.get(row.cell_id, pd.DataFrame(columns=["index", "val_acc", "test_acc", "test_wrong"]))
         snaps = snaps.sort_values("index").reset_index(drop=True)
         cell = CellData(
             cell_id=row.cell_id, arch=row.arch, dataset=row.dataset, seed=int(row.seed),
-            best_trial=best_trials.get(row.cell_id),
-            snapshots=np.stack(snaps.params.to_numpy()).astype(np.float32) if len(snaps) else np.zeros((0, 0)),
-            snapshot_rows=snaps.drop(columns=["params", "test_wrong"]),
-            generated=_read_by_writer(store, "generated", row.cell_id,
-                                      ["trial_id", "index", "val_acc", "test_acc", "test_max_iou", "test_wrong",
-                                       "params"]),
-            baselines=store.read_pandas("baselines", row.cell_id),
+            best_trial=best_trials.get(row.cell_id), snapshots=np.zeros((0, 0), np.float32),
+            snapshot_rows=snaps.drop(columns=["test_wrong"]),
+            generated=generated.get(row.cell_id, pd.DataFrame(columns=gen_columns))[gen_columns],
+            baselines=baselines.get(row.cell_id, pd.DataFrame(columns=["method", "index", "test_acc",
+                                                                       "test_max_iou", "test_wrong"])),
         )
-        _families(cell, row._asdict(), trial_rows)
+        _families(cell, row._asdict(), trial_rows.get(row.cell_id, {}))
         cell.baselines = cell.baselines[[c for c in ("method", "index", "val_acc", "test_acc", "test_max_iou",
-                                                     "test_wrong", "params") if c in cell.baselines]]
+                                                     "test_wrong") if c in cell.baselines]]
         keep = np.array([(row.cell_id, t) in completed for t in cell.generated.trial_id], dtype=bool)
         cell.generated = cell.generated[keep].reset_index(drop=True)  # an array: `df[[]]` would drop the columns
+        if row.cell_id in wanted:
+            _read_vectors(store, cell, snaps)
         if predictions:
             try:
-                _recompute(row._asdict(), snaps.test_wrong, cell)
+                with _one_thread():
+                    _recompute(row._asdict(), snaps.test_wrong, cell)
             except Exception as err:  # a set missing from the tables: say so in the figure
                 cell.why_not = f"similarity not computed: {type(err).__name__}: {err}"
         cells.append(cell)
     return cells
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """One torch thread for the tiny IoU matrices: on a busy machine, threads meeting at every op's barrier
+    made them 100x slower (30 ms for a 50 x 50 matrix)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _read_vectors(store: Store, cell: CellData, snaps: pd.DataFrame) -> None:
+    """The cell's parameter vectors: `snapshots` (in snapshot order), and a `params` column on its generated
+    rows (the val-selected trial's; None on the others) and on its baselines."""
+    keys = ["index"]
+    snap = store.read_pandas("checkpoints", cell.cell_id, columns=["index", "params"])
+    snap = snaps[keys].merge(snap, on=keys, how="left")
+    cell.snapshots = np.stack(snap.params.to_numpy()).astype(np.float32) if len(snap) else np.zeros((0, 0))
+    gen = store.read_pandas("generated", cell.cell_id, columns=["trial_id", "index", "params"], writers=True)
+    gen["trial_id"] = gen.trial_id.fillna(gen[WRITER])
+    gen = gen[gen.trial_id == cell.best_trial][["trial_id", "index", "params"]]
+    cell.generated = cell.generated.merge(gen, on=["trial_id", "index"], how="left")
+    if len(cell.baselines):
+        base = store.read_pandas("baselines", cell.cell_id, columns=["method", "index", "params"])
+        cell.baselines = cell.baselines.merge(base, on=["method", "index"], how="left")
 
 
 SIGNALS = ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")
@@ -232,7 +279,7 @@ def _recompute(source, test_wrong: pd.Series, cell: CellData) -> None:
     if n is None or (isinstance(n, float) and math.isnan(n)):
         raise ValueError("the sources row has no n_test (tables of an older schema)")
     n = int(n)
-    if not len(cell.snapshots):
+    if not len(test_wrong):
         raise ValueError("the cell has no snapshots")
 
     def unpack(blobs: pd.Series) -> torch.Tensor:
@@ -274,18 +321,14 @@ def trial_history(store: Store) -> tuple[pd.DataFrame, str]:
     modification time is its completion time. Where the times cannot tell the
     trials apart (e.g. a copied folder), the order falls back to the row order.
     """
-    trials = store.read_pandas("trials")
-    files = store.files("trials")
+    # `_written_ns`: the modification time of the row's own file, or, once compacted, of the file it had.
+    trials = store.read_pandas("trials", writers=True)
+    written = trials.pop(WRITTEN)
+    trials = trials.drop(columns=[WRITER])
     if trials.empty:
         return trials.assign(completed_at=pd.Series(dtype=float), order=pd.Series(dtype=int)), "no trials"
-    infos = store.fs.get_file_info(files)
-    mtime = {}
-    for info in infos:
-        cell = info.path.rsplit("/", 2)[-2]
-        stamp = info.mtime_ns if info.mtime_ns is not None else None
-        mtime[(cell, info.base_name[: -len(".parquet")])] = stamp
     trials["row"] = np.arange(len(trials))
-    trials["completed_at"] = [mtime.get((c, t)) for c, t in zip(trials.cell_id, trials.trial_id)]
+    trials["completed_at"] = written.to_numpy()
     known = trials.completed_at.notna()
     distinct = trials[known].groupby("cell_id").completed_at.nunique()
     counts = trials[known].groupby("cell_id").size()
@@ -389,7 +432,7 @@ def accuracy_novelty_figure(cells: list[CellData], path: Path) -> Path:
         best = cell.best_generated
         if len(best):
             groups.append(("p-diff", best.test_max_iou.to_numpy(), 100 * best.test_acc.to_numpy()))
-        for method in ("noise", "average", "gaussian"):
+        for method in methods():
             b = cell.baselines[cell.baselines.method == method]
             if len(b):
                 groups.append((method, b.test_max_iou.to_numpy(), 100 * b.test_acc.to_numpy()))
@@ -427,7 +470,7 @@ def accuracy_novelty_figure(cells: list[CellData], path: Path) -> Path:
     return _save(fig, path, FIGURES[path.name][0])
 
 
-def tsne_figure(cells: list[CellData], path: Path) -> Path:
+def tsne_figure(cells: list[CellData], path: Path, note: str = "") -> Path:
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
@@ -436,7 +479,7 @@ def tsne_figure(cells: list[CellData], path: Path) -> Path:
         _message(axes[0], "no cells in this sweep")
     for i, (ax, cell) in enumerate(zip(axes, cells)):
         groups = [("original", cell.snapshots), ("p-diff", _params(cell.best_generated))]
-        groups += [(m, _params(cell.baselines[cell.baselines.method == m])) for m in ("noise", "average", "gaussian")]
+        groups += [(m, _params(cell.baselines[cell.baselines.method == m])) for m in methods()]
         groups = [(m, v) for m, v in groups if len(v)]
         # A NaN or infinite vector (a diverged trial) cannot be embedded: skip it, and say so.
         finite = [(m, v[np.isfinite(v).all(axis=1)]) for m, v in groups]
@@ -469,6 +512,114 @@ def tsne_figure(cells: list[CellData], path: Path) -> Path:
         ax.set_title(f"{cell.label} (perplexity {perplexity:.0f})", fontsize=10)
         if i == 0 or any(cell.collapsed(m) for m, _ in groups):
             ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", fontsize=8, color="#444444")
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+# -- many cells: a bounded number of panels ------------------------------------------
+
+MAX_PANELS = 12  # panels per figure
+IMPORTANCE_TRIALS = 120  # completed trials a pooled importance panel's fANOVA sees (a seeded sample)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a figure: a cell, or the cells of one arch x dataset group pooled (the first one stands for
+    the group where cells cannot be pooled: the t-SNE, the loss curves)."""
+
+    key: str
+    label: str
+    cells: tuple[str, ...]
+
+
+def panels_of(sources: pd.DataFrame) -> tuple[list[Panel], str]:
+    """The panels of each figure, and a note saying what they show. Up to MAX_PANELS cells: one panel per cell.
+    Beyond: one per arch x dataset group (its cells are the seeds), the first MAX_PANELS groups; every cell
+    has its own page in the report either way."""
+    rows = sources.sort_values(["arch", "dataset", "seed"])
+    if len(rows) <= MAX_PANELS:
+        return [Panel(r.cell_id, f"{r.arch} / {r.dataset} / seed {r.seed}", (r.cell_id,))
+                for r in rows.itertuples()], ""
+    groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for r in rows.itertuples():
+        groups.setdefault((r.arch, r.dataset), []).append((r.cell_id, int(r.seed)))
+    shown = list(groups.items())[:MAX_PANELS]
+    out = [Panel(f"{a}/{d}", f"{a} / {d} ({len(cells)} cells)", tuple(c for c, _ in cells)) for (a, d), cells in shown]
+    note = (f"{len(rows)} cells: one panel per architecture x dataset"
+            + (f", the first {len(shown)} of {len(groups)}" if len(groups) > len(shown) else "")
+            + ", pooling its cells (seeds)")
+    return out, note
+
+
+def _rows_of(frame: pd.DataFrame, key: str, members: dict[str, Sequence[str]] | None) -> pd.DataFrame:
+    """A panel's rows: its cell's (`key` a cell id), or those of the cells pooled in it."""
+    cells = members.get(key, (key,)) if members else (key,)
+    return frame[frame.cell_id == cells[0]] if len(cells) == 1 else frame[frame.cell_id.isin(cells)]
+
+
+def similarity_groups_figure(panels: list[Panel], cells: dict[str, CellData], path: Path, note: str) -> Path:
+    """`similarity.png` of pooled panels: each bar the mean over the group's cells, the whiskers their range."""
+    fig, axes = _grid(len(panels), 4.2, 3.6)
+    names = ["original-original", "generated-generated", "original-generated"]
+    colours = [METHOD_STYLE["original"][1], METHOD_STYLE["p-diff"][1], "#9467bd"]
+    for ax, panel in zip(axes, panels):
+        values = np.array([[cells[c].similarity.get(n, np.nan) for n in names] for c in panel.cells
+                           if cells[c].similarity], dtype=float).reshape(-1, 3)
+        usable = ~np.isnan(values).all(axis=0)
+        if not len(values) or not usable.any():
+            _message(ax, "no cell with similarity numbers in this group", panel.label)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an all-NaN column: no bar
+            mean, lo, hi = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+        mean, lo, hi = (np.where(np.isnan(a), 0.0, a) for a in (mean, lo, hi))
+        ax.bar(range(3), mean, color=colours, yerr=[mean - lo, hi - mean], capsize=4, ecolor="#333333")
+        for j, v in enumerate(mean):
+            ax.text(j, hi[j] + 0.03, f"{v:.3f}" if usable[j] else "n/a", ha="center", fontsize=9)
+        collapsed = sum(cells[c].collapsed("p-diff") for c in panel.cells)
+        if collapsed:
+            ax.text(1, 1.1, f"{collapsed} COLLAPSED", ha="center", fontsize=8, fontweight="bold", color=colours[1])
+        ax.set_xticks(range(3), ["orig-orig", "gen-gen", "orig-gen"])
+        ax.set_ylim(0, 1.2)
+        ax.set_ylabel(f"mean IoU over {len(values)} cells (whiskers: range)", fontsize=8)
+        ax.set_title(panel.label, fontsize=10)
+    fig.text(0.5, 0.005, note, ha="center", fontsize=8, color="#444444")
+    return _save(fig, path, FIGURES[path.name][0])
+
+
+def accuracy_novelty_groups_figure(panels: list[Panel], cells: dict[str, CellData], path: Path, note: str) -> Path:
+    """`accuracy_novelty.png` of pooled panels: one point per cell and method (its models' mean test max-IoU and
+    mean test accuracy), large outlined markers the means over the group's cells."""
+    fig, axes = _grid(len(panels), 5.0, 4.0)
+    for i, (ax, panel) in enumerate(zip(axes, panels)):
+        points: dict[str, list[tuple[float, float]]] = {}
+        for c in (cells[c] for c in panel.cells):
+            if c.snapshot_max_iou is not None and len(c.snapshot_rows):
+                points.setdefault("original", []).append((float(np.mean(c.snapshot_max_iou)),
+                                                          100 * float(c.snapshot_rows.test_acc.mean())))
+            best = c.best_generated
+            if len(best):
+                points.setdefault("p-diff", []).append((float(best.test_max_iou.mean()), 100 * float(best.test_acc.mean())))
+            for method, rows in c.baselines.groupby("method") if len(c.baselines) else ():
+                points.setdefault(method, []).append((float(rows.test_max_iou.mean()), 100 * float(rows.test_acc.mean())))
+        if not points:
+            _message(ax, "no models to plot", panel.label)
+            continue
+        for method in [m for m in METHOD_STYLE if m in points]:
+            label, colour, marker = METHOD_STYLE[method]
+            xy = np.array(points[method], dtype=float)
+            ax.scatter(xy[:, 0], xy[:, 1], s=16, alpha=0.5, color=colour, marker=marker, linewidths=0,
+                       label=f"{label} ({len(xy)} cells)", zorder=3 if method == "p-diff" else 2)
+            ax.scatter([np.nanmean(xy[:, 0])], [np.nanmean(xy[:, 1])], s=130, color=colour, marker=marker,
+                       edgecolors="black", linewidths=1.2, zorder=6 if method == "p-diff" else 5)
+        collapsed = sum(cells[c].collapsed("p-diff") for c in panel.cells)
+        ax.set_xlabel("mean test max IoU to the snapshots (lower = more novel)")
+        ax.set_ylabel("mean test accuracy (%)")
+        ax.set_title(panel.label + (f", {collapsed} p-diff COLLAPSED" if collapsed else ""), fontsize=10)
+        if i == 0:
+            ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
+    fig.text(0.5, 0.005, note + "; each point a cell's mean", ha="center", fontsize=8, color="#444444")
     return _save(fig, path, FIGURES[path.name][0])
 
 
@@ -491,24 +642,16 @@ def _log_scale(values: np.ndarray) -> bool:
     return bool(len(values) and (values > 0).all() and values.max() / values.min() > 10)
 
 
-def searched_knobs(trials: pd.DataFrame) -> list[str]:
-    """The knob columns that take more than one value across the sweep's trials, in the pipeline's order."""
-    from pdiff.pipeline import KNOBS
-
-    out = []
-    for k in KNOBS:
-        if k in trials and trials[k].map(_hashable).dropna().nunique() > 1:
-            out.append(k)
-    return out
-
-
-def history_figure(trials: pd.DataFrame, how: str, labels: dict[str, str], path: Path) -> Path:
+def history_figure(trials: pd.DataFrame, how: str, labels: dict[str, str], path: Path,
+                   members: dict[str, Sequence[str]] | None = None) -> Path:
+    """One panel per key of `labels`: a cell, or (`members`: key -> cell ids) the cells pooled in it, each with
+    its own best-so-far line."""
     cells = list(labels)
     fig, axes = _grid(len(cells), 4.6, 3.4)
     if not cells:
         _message(axes[0], "no cells in this sweep")
     for ax, cell in zip(axes, cells):
-        t = trials[trials.cell_id == cell]
+        t = _rows_of(trials, cell, members)
         done = t[t.status == "completed"]
         if t.empty:
             _message(ax, "no trials yet", labels[cell])
@@ -524,18 +667,23 @@ def history_figure(trials: pd.DataFrame, how: str, labels: dict[str, str], path:
         rest = t[(t.status != "completed") & t.val_acc.notna()]
         if len(rest):
             ax.plot(rest.order, rest.val_acc, "x", color="#777777", label="stopped / failed")
-        if len(done):
-            ax.step(done.order, done.val_acc.cummax(), where="post", color="black", lw=1.2, label="best so far")
-        ax.set_xlabel("trial (completion order)")
+        pooled = done.cell_id.nunique() > 1 if "cell_id" in done else False
+        for i, (_, one) in enumerate(done.groupby("cell_id") if pooled else [(cell, done)]):
+            if len(one):
+                ax.step(one.order, one.val_acc.cummax(), where="post", color="black", lw=0.6 if pooled else 1.2,
+                        alpha=0.35 if pooled else 1.0,
+                        label=None if i else "best so far" + (" (each cell)" if pooled else ""))
+        ax.set_xlabel("trial (completion order" + (" in its cell)" if pooled else ")"))
         ax.set_ylabel("val accuracy (%)")
-        ax.set_xticks(list(t.order))
+        ax.set_xticks(sorted(set(t.order)))
         ax.set_title(labels[cell], fontsize=10)
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
     fig.text(0.5, 0.005, f"order: {how}", ha="center", fontsize=8, color="#444444")
     return _save(fig, path, FIGURES[path.name][0])
 
 
-def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, str], path: Path) -> Path:
+def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, str], path: Path,
+                    members: dict[str, Sequence[str]] | None = None) -> Path:
     cells = list(labels)
     fig, axes = _grid(len(cells), max(4.6, 1.3 * (len(knobs) + 1)), 3.8, ncols=min(len(cells), 2) or 1)
     if not cells:
@@ -565,7 +713,7 @@ def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, st
 
     cmap = matplotlib.colormaps["viridis"]
     for ax, cell in zip(axes, cells):
-        t = done[done.cell_id == cell]
+        t = _rows_of(done, cell, members)
         if not knobs:
             _message(ax, "no knob varies across this sweep's trials: nothing to compare", labels[cell])
             continue
@@ -576,10 +724,18 @@ def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, st
         lo_acc, hi_acc = float(t.val_acc.min()), float(t.val_acc.max())
         norm = matplotlib.colors.Normalize(vmin=lo_acc - 0.5 * (hi_acc == lo_acc), vmax=hi_acc + 0.5 * (hi_acc == lo_acc))
         axis_names = knobs + ["val_acc"]
+        lines = []
         for row in t.sort_values("val_acc").itertuples():
             ys = [position(k, getattr(row, k)) for k in knobs]
             ys.append(0.5 if hi_acc == lo_acc else (row.val_acc - lo_acc) / (hi_acc - lo_acc))
-            ax.plot(range(len(axis_names)), ys, "-o", color=cmap(norm(row.val_acc)), lw=1.8, ms=4, alpha=0.9)
+            lines.append((ys, cmap(norm(row.val_acc))))
+        if len(lines) <= 100:
+            for ys, colour in lines:
+                ax.plot(range(len(axis_names)), ys, "-o", color=colour, lw=1.8, ms=4, alpha=0.9)
+        else:  # a pooled panel: one collection (thousands of separate lines draw slowly)
+            ax.add_collection(matplotlib.collections.LineCollection(
+                [list(zip(range(len(axis_names)), ys)) for ys, _ in lines], colors=[c for _, c in lines],
+                linewidths=0.7, alpha=0.5))
         for j, k in enumerate(axis_names):
             ax.axvline(j, color="#999999", lw=0.8, zorder=0)
             if k == "val_acc":
@@ -649,13 +805,17 @@ def cell_importance(trials: pd.DataFrame, knobs: list[str]) -> tuple[dict[str, f
         return None, f"fANOVA could not be computed: {type(err).__name__}: {err}"
 
 
-def importance_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, str], path: Path) -> Path:
+def importance_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, str], path: Path,
+                      members: dict[str, Sequence[str]] | None = None) -> Path:
     cells = list(labels)
     fig, axes = _grid(len(cells), 4.6, 3.2)
     if not cells:
         _message(axes[0], "no cells in this sweep")
     for ax, cell in zip(axes, cells):
-        t = trials[trials.cell_id == cell]
+        t = _rows_of(trials, cell, members)
+        done = int((t.status == "completed").sum()) if len(t) else 0
+        if done > IMPORTANCE_TRIALS:  # a pooled panel: fANOVA's forest grows with the trials (29 s for 1,200)
+            t = t[t.status == "completed"].sample(IMPORTANCE_TRIALS, random_state=0)
         importances, why = cell_importance(t, knobs) if len(t) else (None, "no trials yet")
         if importances is None:
             _message(ax, f"no importance: {why}", labels[cell])
@@ -666,7 +826,8 @@ def importance_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, 
             ax.text(importances[n] + 0.01, j, f"{importances[n]:.2f}", va="center", fontsize=8)
         ax.set_xlim(0, 1.15)
         ax.set_xlabel("importance for val accuracy (fANOVA)")
-        ax.set_title(f"{labels[cell]} ({(t.status == 'completed').sum()} trials)", fontsize=10)
+        used = f"{IMPORTANCE_TRIALS} of {done}" if done > IMPORTANCE_TRIALS else f"{done}"
+        ax.set_title(f"{labels[cell]} ({used} trials)", fontsize=10)
     return _save(fig, path, FIGURES[path.name][0])
 
 
@@ -680,20 +841,29 @@ def draw_all(store: Store, out: Path, best_trials: dict[str, str | None], knobs:
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cells = load_cells(store, best_trials)
+    # At most MAX_PANELS panels a figure (panels_of): cells, or arch x dataset groups pooling their cells. Only
+    # the cells that stand for a panel have their parameter vectors read (the t-SNE's).
+    panels, note = panels_of(store.read_pandas("sources", columns=["cell_id", "arch", "dataset", "seed"]))
+    cells = load_cells(store, best_trials, vectors=[p.cells[0] for p in panels])
     log(f"similarity from the stored wrong-prediction sets of {len(cells)} cell(s) ({time.perf_counter() - t0:.1f}s)")
-    labels = {c.cell_id: c.label for c in cells}
+    by_id = {c.cell_id: c for c in cells}
+    labels = {p.key: p.label for p in panels}
+    members = {p.key: p.cells for p in panels}
+    first = [by_id[p.cells[0]] for p in panels]  # one cell per panel, where cells cannot be pooled
+    pooled = any(len(p.cells) > 1 for p in panels)
     trials, how = trial_history(store)
     if knobs is None:
-        knobs = searched_knobs(trials) if len(trials) else []
+        knobs = searched_knobs(connect(store))[0] if len(trials) else []
     paths = {}
     steps = {
-        "similarity.png": lambda p: similarity_figure(cells, p),
-        "accuracy_novelty.png": lambda p: accuracy_novelty_figure(cells, p),
-        "tsne.png": lambda p: tsne_figure(cells, p),
-        "search_history.png": lambda p: history_figure(trials, how, labels, p),
-        "parallel_coordinates.png": lambda p: parallel_figure(trials, knobs, labels, p),
-        "importance.png": lambda p: importance_figure(trials, knobs, labels, p),
+        "similarity.png": (lambda p: similarity_groups_figure(panels, by_id, p, note)) if pooled else
+        (lambda p: similarity_figure(cells, p)),
+        "accuracy_novelty.png": (lambda p: accuracy_novelty_groups_figure(panels, by_id, p, note)) if pooled else
+        (lambda p: accuracy_novelty_figure(cells, p)),
+        "tsne.png": lambda p: tsne_figure(first, p, note and note + "; t-SNE: the first cell (seed) of each"),
+        "search_history.png": lambda p: history_figure(trials, how, labels, p, members),
+        "parallel_coordinates.png": lambda p: parallel_figure(trials, knobs, labels, p, members),
+        "importance.png": lambda p: importance_figure(trials, knobs, labels, p, members),
     }
     for name, draw in steps.items():
         t = time.perf_counter()

@@ -24,6 +24,7 @@ import torch
 
 from pdiff.pipeline import PdiffRun, PdiffConfig, generator_state, restore_generator, sample_vectors
 
+from . import paths
 from .tables import Store
 
 __all__ = ["trial_model_relpath", "save_trial_model", "load_trial_model", "main"]
@@ -33,19 +34,18 @@ class Refused(Exception):
     """A one-line reason to stop with exit status 2."""
 
 
-def trial_model_relpath(cell_id: str, trial_id: str) -> str:
-    return f"models/trials/{cell_id}/{trial_id}.pt"
+trial_model_relpath = paths.trial_model  # the old name
 
 
 def save_trial_model(store: Store, cell_id: str, trial_id: str, run: PdiffRun, cfg: PdiffConfig, seed: int) -> str:
     """Write a completed trial's generator (before its `trials` row, the commit marker)."""
     buf = io.BytesIO()
     torch.save(generator_state(run, cfg, seed) | {"cell_id": cell_id, "trial_id": trial_id}, buf)
-    return store.write_bytes(trial_model_relpath(cell_id, trial_id), buf.getvalue())
+    return store.write_bytes(paths.trial_model(cell_id, trial_id), buf.getvalue())
 
 
 def load_trial_model(store: Store, cell_id: str, trial_id: str) -> dict[str, Any]:
-    return torch.load(io.BytesIO(store.read_bytes(trial_model_relpath(cell_id, trial_id))), map_location="cpu")
+    return torch.load(io.BytesIO(store.read_bytes(paths.trial_model(cell_id, trial_id))), map_location="cpu")
 
 
 def _find_trial(store: Store, trial_id: str) -> dict[str, Any]:
@@ -67,12 +67,12 @@ def _score(store: Store, cell_id: str, vectors: torch.Tensor, device: str) -> st
     from pdiff import ParameterSubset, load_dataset
     from pdiff.evaluate import BatchedEvaluator, family_stats, novelty
 
-    from .sources import load_snapshot_scores, load_source_model, model_relpath
+    from .sources import load_snapshot_scores, load_source_model
 
     src = store.read_pandas("sources", columns=["cell_id", "arch", "dataset", "seed", "subset"])
     src = src[src.cell_id == cell_id].iloc[0]
     data = load_dataset(src["dataset"], seed=int(src["seed"]))
-    model = load_source_model(store, src["arch"], model_relpath(cell_id), data, device)
+    model = load_source_model(store, src["arch"], paths.source_model(cell_id), data, device)
     evaluator = BatchedEvaluator(model, ParameterSubset.select(model, list(src["subset"])))
     scores = evaluator.score(vectors, data)
     snaps = store.read("checkpoints", cell_id, columns=["index", "params"]).sort_by("index")
@@ -94,12 +94,11 @@ def _write(store: Store, out: str | None, trial_id: str, seed: int, vectors: tor
     rows = {"trial_id": [trial_id] * len(vectors), "index": list(range(len(vectors))), "seed": [seed] * len(vectors),
             "params": vectors.tolist()}
     if out is None:  # under the sweep, through the store (local or object storage)
-        path = store.path("generated_more", f"{trial_id}-{len(vectors)}-{seed}.parquet")
-        if store.fs.get_file_info(path).type.name != "NotFound":
-            raise Refused(f"{path} exists; remove it or pass --out FILE or another --seed")
+        relpath = paths.generated_more(trial_id, len(vectors), seed)
+        if store.fs.get_file_info(store.path(relpath)).type.name != "NotFound":
+            raise Refused(f"{store.path(relpath)} exists; remove it or pass --out FILE or another --seed")
         buf = pa.BufferOutputStream()
         pq.write_table(pa.table(rows), buf, compression="zstd")
-        relpath = path[len(store.root) + 1:]
         return store.write_bytes(relpath, buf.getvalue().to_pybytes())
     if os.path.exists(out):
         raise Refused(f"{out} exists; not overwriting it")
@@ -119,7 +118,7 @@ def generate(store: Store, trial_id: str, n: int, *, seed: int | None = None, ou
     try:
         state = load_trial_model(store, row["cell_id"], trial_id)
     except FileNotFoundError:
-        raise Refused(f"trial {trial_id} has no saved model ({trial_model_relpath(row['cell_id'], trial_id)}): "
+        raise Refused(f"trial {trial_id} has no saved model ({paths.trial_model(row['cell_id'], trial_id)}): "
                       f"it ran before trials kept their models; re-run it to sample more") from None
     ae, ldm, cfg = restore_generator(state, device)
     seed = state["seed"] if seed is None else seed

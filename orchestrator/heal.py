@@ -5,7 +5,8 @@ Run on every (non-dry) run of a sweep, before any work:
 - An unreadable Parquet file anywhere in a table is moved to `<sweep>/quarantine/`
   (never deleted), with a line saying so; whatever it held is rebuilt below.
 - A cell of the spec whose `sources` row is there but whose `checkpoints` rows
-  (K of them) or model files (`models/<cell>.pt`, `models/<cell>.snapshot_scores.pt`)
+  (K of them) or model files (`orchestrator.paths.source_files`: `models/<cell>.pt`,
+  `models/<cell>.snapshot_scores.pt`)
   are missing or corrupt is rebuilt from stage 1: its `sources` row (the commit
   marker) goes to quarantine, so stage 1 re-runs the cell.
 - A cell about to be re-run by stage 1 has its trials, generated and baselines
@@ -22,15 +23,18 @@ its table).
 
 from __future__ import annotations
 
+import io
 from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from pdiff.baselines import BASELINES
 
+from . import paths
 from .spec import SweepSpec
-from .tables import TABLES, Store
+from .tables import COMPACT_PREFIX, TABLES, Store
 
 __all__ = ["reconcile"]
 
@@ -46,21 +50,39 @@ def _rows(store: Store, path: str) -> int | None:
 
 
 def _read(store: Store, path: str) -> list[dict] | None:
-    """A small file's rows; None when its data (past the footer) cannot be read."""
-    try:
-        return pq.read_table(path, filesystem=store.fs).to_pylist()
-    except (pa.ArrowException, OSError, ValueError):
-        return None
+    """A writer's rows (its small file, or its rows in a compacted file); None when they cannot be read."""
+    return store.read_writer(path)
 
 
 def _name(path: str) -> str:
     return path.rsplit("/", 1)[1].removesuffix(".parquet")
 
 
+def _model_file_problems(store: Store, cell_id: str) -> dict[str, str]:
+    """{relpath: what is wrong} for a finished cell's model files (weights, snapshot scores)
+    that are missing or do not load; empty when both are sound."""
+    problems = {}
+    for relpath in paths.source_files(cell_id):
+        try:
+            payload = store.read_bytes(relpath)
+        except FileNotFoundError:
+            problems[relpath] = "missing"
+            continue
+        except OSError as err:
+            problems[relpath] = f"unreadable ({err})"
+            continue
+        try:
+            obj = torch.load(io.BytesIO(payload), map_location="cpu")
+        except Exception as err:  # truncated zip, not a torch file, bad pickle: all mean "corrupt"
+            problems[relpath] = f"corrupt ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+            continue
+        if not isinstance(obj, dict) or not obj:
+            problems[relpath] = "corrupt (not a dict of tensors)"
+    return problems
+
+
 def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print) -> list[str]:
     """Quarantine what is corrupt or stale so that the stages rebuild it; returns the lines said."""
-    from .sources import model_file_problems
-
     said: list[str] = []
 
     def tell(line: str) -> None:
@@ -87,12 +109,12 @@ def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print)
             lost_trials.add(path)
 
     for table in TABLES:
-        for path in store.files(table):
-            n = _rows(store, path)
-            if n is None:
+        for path in store.all_files(table):  # compacted files and the writer files beside them too
+            if _rows(store, path) is None:
                 unreadable(table, path)
-            else:
-                rows[table][path] = n
+        # Each writer's rows, in its own file or in its cell's compacted file (tables.Store.writer_rows: the path
+        # its file had; quarantine moves those rows aside as a file of their own).
+        rows[table] = store.writer_rows(table)
 
     def cell_files(table: str, cell_id: str) -> dict[str, int]:
         prefix = store.path(table, cell_id) + "/"
@@ -119,7 +141,7 @@ def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print)
             have = sum(cell_files("checkpoints", cid).values())
             if have != k:
                 problems.append(f"checkpoints hold {have} of {k} rows")
-            model_problems = model_file_problems(store, cid)
+            model_problems = _model_file_problems(store, cid)
             problems += [f"{relpath} {what}" for relpath, what in model_problems.items()]
             if problems:
                 why = "; ".join(problems)
@@ -139,7 +161,9 @@ def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print)
 
         # 3. Work built from the snapshots of a cell that stage 1 will (re)train is stale.
         if source is None:
-            stale = [p for t in _DEPENDENTS for p in cell_files(t, cid)]
+            # Whole folders: compacted files first (then a writer file beside one is just a file).
+            stale = [p for t in _DEPENDENTS for p in sorted(store.all_files(t, cid),
+                                                            key=lambda p: (COMPACT_PREFIX not in p, p))]
             if stale:
                 tell(f"heal: cell {cid}: stage 1 will train it again, so its {len(stale)} trials / generated / "
                      f"baselines / curves files (built from the old snapshots) go to quarantine and are rebuilt")

@@ -27,6 +27,7 @@ import datetime
 import decimal
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -104,13 +105,13 @@ def tables_read(sql: str) -> set[str]:
     return found & set(TABLES)
 
 
-def _read_only(con, store: Store, temp_dir: str) -> None:
+def _read_only(con, store: Store, temp_dir: str, tables: Sequence[str] = tuple(TABLES)) -> None:
     """Lock the connection down after its views exist: no file outside the tables' own files can be read
     or written (the private `temp_dir` aside, for spilling), no extension loaded, no setting changed."""
     def text(s: str) -> str:
         return "'" + s.replace("'", "''") + "'"
 
-    paths = [f for t in TABLES for f in store.files(t)] if store.is_local else []
+    paths = [f for t in tables for f in store.files(t)] if store.is_local else []
     con.execute(f"SET temp_directory = {text(temp_dir)}")
     con.execute(f"SET allowed_directories = [{text(temp_dir.rstrip('/') + '/')}]")
     con.execute(f"SET allowed_paths = [{', '.join(text(f) for f in paths)}]")
@@ -131,13 +132,17 @@ def run_query(store: Store, sql: str) -> tuple[list[str], list[tuple]]:
 
     statement = check_sql(sql)
     wanted = tables_read(statement.query)
-    con, corrupt = open_views(store)
+    # Views only for the tables the query names (as a word anywhere: query_table('generated') too); a query
+    # naming none (SHOW TABLES, a catalog function) gets them all. Each view costs a listing of its files.
+    named = wanted | {t for t in TABLES if re.search(rf"\b{t}\b", statement.query, flags=re.IGNORECASE)}
+    opened = [t for t in TABLES if t in named] or list(TABLES)
+    con, corrupt = open_views(store, opened)
     temp_dir = tempfile.mkdtemp(prefix="pdiff-query-")
     try:
         hit = sorted(wanted & set(corrupt))
         if hit:  # only a query that reads a damaged table fails
             raise CorruptTable(corrupt[hit[0]])
-        _read_only(con, store, temp_dir)
+        _read_only(con, store, temp_dir, opened)
         try:
             cur = con.execute(statement.query)
         except duckdb.CatalogException as err:  # e.g. query_table('generated'): named in a string

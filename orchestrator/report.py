@@ -7,7 +7,7 @@ referenced by relative file name), `summary.md`, `summary.csv` and the figures
 as PNG files (see `orchestrator.figures`).
 
 The summary table, one row per cell, is one DuckDB query over the tables
-(`report_sql`), built on `orchestrator.summary.SUMMARY_SQL` and adding columns:
+(`orchestrator.sql.report_sql`), built on `orchestrator.sql.SUMMARY_SQL` and adding columns:
 
 - originals: best and mean test accuracy of the snapshots;
 - p-diff, of the val-selected trial (best val accuracy; ties: lower `val_max_iou`,
@@ -50,77 +50,23 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from pdiff.baselines import LABELS
+
+from . import paths
 from .query import parse_results_dir
-from .summary import SUMMARY_SQL, connect, one_line
+from .sql import failed_reasons_sql, methods, report_sql, searched_knobs
+from .summary import connect, one_line
 from .tables import TABLES, CorruptTable, OldTables, Store
 
 __all__ = ["BASELINES", "collapse_warnings", "parse_results_dir", "report_sql", "searched_knobs", "summary_table",
            "write_report", "main"]
 
-BASELINES = {"noise": "noise", "average": "average of 16", "gaussian": "Gaussian"}
+# Each baseline method (pdiff.baselines, in its order): its label, and its short label for narrow headings.
+BASELINES = {m: LABELS[m][0] for m in methods()}
+SHORT = {m: LABELS[m][1] for m in methods()}
 
 
 # -- the summary table -------------------------------------------------------
-
-
-def searched_knobs(con) -> tuple[list[str], list[str]]:
-    """(knobs that take more than one value across the sweep's trials, every knob column present)."""
-    from pdiff.pipeline import KNOBS
-
-    columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
-    present = [k for k in KNOBS if k in columns]
-    if not present:
-        return [], []
-    counts = con.execute("SELECT " + ", ".join(f'count(DISTINCT "{k}")' for k in present) + " FROM trials").fetchone()
-    return [k for k, n in zip(present, counts) if n > 1], present
-
-
-def report_sql(knobs: Sequence[str]) -> str:
-    """SUMMARY_SQL's row per cell, with the columns the report adds (see the module docstring)."""
-    hp = "".join(f',\n       t."{k}" AS "hp_{k}"' for k in knobs)
-    from pdiff.evaluate import COLLAPSE_IOU
-
-    replace = ", ".join(f"round({b[0]}.selected, 2) AS {b}_selected" for b in BASELINES)
-    extra = "".join(f",\n       round({b[0]}.best_test, 2) AS {b}_best_test_paper, round({b[0]}.median, 2) AS {b}_median"
-                    f",\n       {b[0]}.distinct_sets AS {b}_distinct_sets, "
-                    f"round({b[0]}.spread_ratio, 3) AS {b}_spread_ratio"
-                    f", {b[0]}.collapsed AS {b}_collapsed"
-                    for b in BASELINES)
-    # The snapshots' spread ratio is 1 by definition: their flag is the pairwise IoU's alone.
-    extra += f",\n       s.snapshot_pairwise_iou >= {COLLAPSE_IOU} AS snapshot_collapsed"
-    joins = "".join(f"\nLEFT JOIN base {b[0]} ON {b[0]}.cell_id = s.cell_id AND {b[0]}.method = '{b}'"
-                    for b in BASELINES)
-
-    def beats(b: str, acc: str) -> str:
-        p, q = f"pdiff_{acc}", f"{b}_{acc}"
-        return (f"CASE WHEN {p} IS NULL OR {q} IS NULL OR pdiff_max_iou IS NULL OR {b}_max_iou IS NULL THEN NULL "
-                f"WHEN {p} >= {q} AND pdiff_max_iou <= {b}_max_iou AND ({p} > {q} OR pdiff_max_iou < {b}_max_iou) "
-                f"THEN 'yes' ELSE 'no' END AS pdiff_beats_{b}_{acc}")
-
-    dominance = ",\n       ".join(beats(b, acc) for b in BASELINES for acc in ("selected", "mean"))
-    return f"""
-WITH summary AS ({SUMMARY_SQL}
-), best AS (
-    SELECT cell_id, first(trial_id ORDER BY val_acc DESC, val_max_iou ASC, trial_id) AS trial_id
-    FROM trials WHERE status = 'completed' GROUP BY cell_id
-), base AS (
-    SELECT cell_id, method,
-           100 * first(test_acc ORDER BY val_acc DESC, "index") AS selected,
-           100 * max(test_acc) AS best_test, 100 * quantile_disc(test_acc, 0.5) AS median,
-           max(family_distinct_sets) AS distinct_sets, max(family_spread_ratio) AS spread_ratio,
-           bool_or(family_collapsed) AS collapsed
-    FROM baselines GROUP BY cell_id, method
-), report AS (
-SELECT s.* REPLACE ({replace}),
-       b.trial_id AS best_trial, round(t.val_acc, 2) AS pdiff_val{extra}{hp}
-FROM summary s
-LEFT JOIN best b ON b.cell_id = s.cell_id
-LEFT JOIN trials t ON t.cell_id = b.cell_id AND t.trial_id = b.trial_id{joins}
-)
-SELECT *,
-       {dominance}
-FROM report ORDER BY arch, dataset, seed
-"""
 
 
 def summary_table(store: Store, con=None) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -134,9 +80,6 @@ def summary_table(store: Store, con=None) -> tuple[pd.DataFrame, list[str], list
 # -- rendering ---------------------------------------------------------------
 
 KEYS = [("arch", "arch"), ("dataset", "dataset"), ("seed", "seed")]
-
-
-SHORT = {"noise": "noise", "average": "avg16", "gaussian": "gauss"}
 
 
 def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[tuple[str, str, str]]]]]]:
@@ -273,7 +216,8 @@ def _md_table(flat: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _html_table(df: pd.DataFrame, groups) -> str:
+def _html_table(df: pd.DataFrame, groups, links: dict[str, str] | None = None) -> str:
+    """One section of the summary as an HTML table; `links`: cell id -> its page, linked from the row's arch."""
     e = html.escape
     groups = [(h, [(c, lab) for c, lab, _ in sub if c in df]) for h, sub in groups]
     groups = [(h, sub) for h, sub in groups if sub]
@@ -288,6 +232,9 @@ def _html_table(df: pd.DataFrame, groups) -> str:
             text = _fmt(c, row[c])
             cls = (' class="yes"' if text == "yes" else ' class="no"' if text == "no"
                    else ' class="collapsed"' if text == "COLLAPSED" else "")
+            if c == KEYS[0][0] and links and row.get("cell_id") in links:
+                cells.append(f'<td{cls}><a href="{e(links[row["cell_id"]])}">{e(text)}</a></td>')
+                continue
             cells.append(f"<td{cls}>{e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<table>\n<thead><tr>{top}</tr>\n<tr>{second}</tr></thead>\n<tbody>\n' + "\n".join(body)
@@ -317,9 +264,10 @@ code { background: #f3f3f3; padding: 0 3px; }
 
 
 def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, counts: dict[str, int],
-          notes: list[str], extra=None) -> str:
+          notes: list[str], extra=None, links: dict[str, str] | None = None) -> str:
     from .feedback import FIGURES as FEEDBACK
     from .figures import FIGURES
+    from .pages import INDEX_CELLS, MAX_WARNINGS, groups_html, wants_groups
 
     titles = FIGURES | FEEDBACK  # the figures' and orchestrator.feedback's
 
@@ -333,10 +281,17 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
         + ", ".join(f"{e(t)} {n}" for t, n in counts.items()) + f". Written {stamp}.</p>",
         "<h2>Summary</h2>",
     ]
-    parts += [f'<p class="warning"><b>COLLAPSED</b>: {e(w)}</p>' for w in collapse_warnings(df)]
-    for title, note, groups in _groups(shown):
+    warnings = collapse_warnings(df)
+    parts += [f'<p class="warning"><b>COLLAPSED</b>: {e(w)}</p>' for w in warnings[:MAX_WARNINGS]]
+    if len(warnings) > MAX_WARNINGS:
+        parts.append(f'<p class="warning"><b>COLLAPSED</b>: and {len(warnings) - MAX_WARNINGS} more cells (their '
+                     f"pages, and the Collapse table, say which)</p>")
+    on_index = len(df) <= INDEX_CELLS
+    if wants_groups(df):  # one row per arch x dataset (orchestrator.pages)
+        parts.append(groups_html(df, None if on_index else "cells.html"))
+    for title, note, groups in _groups(shown) if on_index else ():
         parts += [f"<h3>{e(title)}</h3>", f'<p class="note">{e(note)}</p>',
-                  f'<div class="scroll">{_html_table(df, groups)}</div>']
+                  f'<div class="scroll">{_html_table(df, groups, links)}</div>']
     if extra and extra.results_html:  # orchestrator.feedback: the noise ablation
         parts.append(extra.results_html)
     parts.append("<h2>Figures</h2>")
@@ -361,6 +316,10 @@ def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], h
 
     parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
     parts += [line for w in collapse_warnings(df) for line in (f"> **COLLAPSED**: {w}", "")]
+    from .pages import groups_md, wants_groups
+
+    if wants_groups(df):
+        parts += [groups_md(df)]
     for title, note, groups in _groups(shown):
         parts += [f"## {title}", "", note, "", _md_table(_flat(df, groups)), ""]
     if extra and extra.results_md:
@@ -383,9 +342,7 @@ def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], h
 def _failed_notes(con, df: pd.DataFrame) -> list[str]:
     """A note per cell with failed trials: how many, left out of every number and figure, and why."""
     columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
-    reason = "reason" if "reason" in columns else "NULL"
-    rows = con.execute(f"""SELECT cell_id, count(*), list(DISTINCT {reason}) FILTER (WHERE {reason} IS NOT NULL)
-                           FROM trials WHERE status IN ('failed', 'error') GROUP BY cell_id""").fetchall()
+    rows = con.execute(failed_reasons_sql("reason" in columns)).fetchall()
     labels = {r.cell_id: f"{r.arch} / {r.dataset} / seed {r.seed}" for r in df.itertuples()}
     notes = []
     for cell_id, n, reasons in sorted(rows, key=lambda r: labels.get(r[0], r[0])):
@@ -393,6 +350,26 @@ def _failed_notes(con, df: pd.DataFrame) -> list[str]:
         notes.append(f"{labels.get(cell_id, cell_id)}: {n} failed trial(s), left out of the summary and the "
                      f"figures" + (f" (reason: {why})" if why else ""))
     return notes
+
+
+def _write_pages(store: Store, con, out: Path, df: pd.DataFrame, shown, cells, notes, panels) -> dict[str, str]:
+    """A page per cell (orchestrator.pages), and cells.html where the index has no per-cell tables; returns
+    {cell id: its page}."""
+    from .pages import INDEX_CELLS, cell_page, write_cell_pages, write_cells_page
+
+    where = {}
+    for p in panels:
+        for i, c in enumerate(p.cells):
+            where[c] = ("Every figure of the report shows this cell." if len(p.cells) == 1 else
+                        f"The report's figures pool it in the panel {p.label}"
+                        + ("; the t-SNE and the loss curves show it." if i == 0 else "."))
+    trials = con.execute("SELECT * FROM trials").df()
+    write_cell_pages(out, store, df, shown, trials, cells, notes, [c[3:] for c in df.columns if c.startswith("hp_")],
+                     where)
+    links = {c: cell_page(c) for c in df.cell_id}
+    if len(df) > INDEX_CELLS:
+        write_cells_page(out, store, df, shown, links)
+    return links
 
 
 def write_report(store: Store, out_dir: str | Path | None = None, *,
@@ -405,7 +382,7 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
     log = log or (lambda s: None)
     upload = out_dir is None and not store.is_local
     out = Path(tempfile.mkdtemp(prefix=f"report-{store.sweep}-")) if upload else \
-        Path(out_dir) if out_dir is not None else Path(store.root) / "report"
+        Path(out_dir) if out_dir is not None else Path(store.path(paths.REPORT))
     out.mkdir(parents=True, exist_ok=True)
 
     from .figures import draw_all
@@ -418,17 +395,23 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
     best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
     figures, how, cells = draw_all(store, out, best, searched, log=log)
     from .feedback import feedback_sections
+    from .figures import panels_of
 
-    extra = feedback_sections(store, con, df, out, log)  # loss curves, the noise ablation, the runs
+    panels, pooled = panels_of(df[["cell_id", "arch", "dataset", "seed"]])
+    # loss curves, the noise ablation, the runs; the loss curves of one cell per panel
+    extra = feedback_sections(store, con, df, out, log, shown=[p.cells[0] for p in panels])
     figures = figures | extra.figures
 
     notes = [
-        "All numbers are one DuckDB query over the Parquet tables (`orchestrator.report.report_sql`); ask your "
+        "All numbers are one DuckDB query over the Parquet tables (`orchestrator.sql.report_sql`); ask your "
         "own with `python -m orchestrator.query " + store.uri + " \"SELECT ...\"` (views: "
         + ", ".join(f"`{t}`" for t in TABLES) + ").",
         "Accuracies are percentages of the test split; the search never sees the test split.",
         f"Search history order: {how}.",
     ]
+    if pooled:
+        notes.append(f"Figures: {pooled}; the t-SNE and the loss curves show the first cell (seed) of each. "
+                     f"Each cell's numbers and trials are on its own page (linked from its row).")
     notes += [f"{c.label}: {c.why_not}" for c in cells if c.why_not]
     notes += _failed_notes(con, df)
     for c in cells:  # the stored wrong-prediction sets must reproduce the stored accuracies
@@ -443,11 +426,13 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
     listy = [c for c in df.columns if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any()]
     df.assign(**{c: df[c].map(lambda v: _fmt(c, v)) for c in listy}).to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(_markdown(store, df, shown, figures, how, notes, extra))
-    (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes, extra))
+    links = _write_pages(store, con, out, df, shown, cells, notes, panels)
+    (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes, extra, links))
+    log(f"{len(links)} cell page(s)")
     if upload:
         for f in sorted(out.iterdir()):
-            store.write_bytes(f"report/{f.name}", f.read_bytes())
-        log(f"copied to {store.uri}/report/")
+            store.write_bytes(f"{paths.REPORT}/{f.name}", f.read_bytes())
+        log(f"copied to {store.uri}/{paths.REPORT}/")
     log(f"report written in {time.perf_counter() - t0:.1f}s")
     return out / "index.html"
 
@@ -478,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CorruptTable, OldTables) as err:  # one line naming the file (or folder), not a traceback
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    where = f"{store.uri}/report/index.html" if args.out is None and not store.is_local else str(index)
+    where = f"{store.uri}/{paths.REPORT}/index.html" if args.out is None and not store.is_local else str(index)
     print(f"report: {where} ({time.perf_counter() - t0:.1f}s)")
     return 0
 

@@ -32,19 +32,14 @@ from pdiff.collect import collect_snapshots, train_source
 from pdiff.evaluate import BatchedEvaluator, Scores, family_stats, pack_wrong, spread
 
 from .cluster import driver_options
+from . import paths
+from .paths import snapshot_scores as scores_relpath, source_model as model_relpath  # noqa: F401 (old names)
+from .paths import source_run as run_name  # noqa: F401
 from .progress import Progress, worker_log
 from .spec import Cell, SweepSpec
 from .tables import Store
 
 __all__ = ["run_sources", "load_source_model", "load_snapshot_scores", "pending_cells"]
-
-
-def model_relpath(cell_id: str) -> str:
-    return f"models/{cell_id}.pt"
-
-
-def scores_relpath(cell_id: str) -> str:
-    return f"models/{cell_id}.snapshot_scores.pt"
 
 
 def _save(store: Store, relpath: str, obj) -> None:
@@ -55,29 +50,6 @@ def _save(store: Store, relpath: str, obj) -> None:
 
 def _load(store: Store, relpath: str, device: torch.device | str = "cpu"):
     return torch.load(io.BytesIO(store.read_bytes(relpath)), map_location=device)
-
-
-def model_file_problems(store: Store, cell_id: str) -> dict[str, str]:
-    """{relpath: what is wrong} for a finished cell's model files (weights, snapshot scores)
-    that are missing or do not load; empty when both are sound."""
-    problems = {}
-    for relpath in (model_relpath(cell_id), scores_relpath(cell_id)):
-        try:
-            payload = store.read_bytes(relpath)
-        except FileNotFoundError:
-            problems[relpath] = "missing"
-            continue
-        except OSError as err:
-            problems[relpath] = f"unreadable ({err})"
-            continue
-        try:
-            obj = torch.load(io.BytesIO(payload), map_location="cpu")
-        except Exception as err:  # truncated zip, not a torch file, bad pickle: all mean "corrupt"
-            problems[relpath] = f"corrupt ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
-            continue
-        if not isinstance(obj, dict) or not obj:
-            problems[relpath] = "corrupt (not a dict of tensors)"
-    return problems
 
 
 def pending_cells(spec: SweepSpec, store: Store) -> list[Cell]:
@@ -96,19 +68,13 @@ def load_source_model(store: Store, arch: str, model_path: str, data: Dataset,
 
 def load_snapshot_scores(store: Store, cell_id: str) -> Scores:
     """The snapshots' scores as stage 1 measured them: trials compare against them without rescoring."""
-    return Scores(**_load(store, scores_relpath(cell_id)))
-
-
-def run_name(cell_id: str) -> str:
-    """The cell's Ray Train run (its folder under `<sweep>/_ray/`): one per cell, so that
-    Train V2, which resumes a run whose name exists, continues it after any restart."""
-    return f"source-{cell_id}"
+    return Scores(**_load(store, paths.snapshot_scores(cell_id)))
 
 
 def drop_run(store: Store, cell_id: str) -> None:
     """Delete a finished cell's run folder, its checkpoints with it (only inside `<sweep>/_ray/`).
     A cell trained again later (healing) then starts afresh instead of resuming a finished run."""
-    path = store.path("_ray", run_name(cell_id))
+    path = store.path(paths.source_run_dir(cell_id))
     if store.fs.get_file_info(path).type == pafs.FileType.Directory:
         store.fs.delete_dir(path)
 
@@ -208,13 +174,13 @@ def _train_cell(config: dict) -> None:
              "val_wrong": pack_wrong(scores.val_wrong[i]), "test_wrong": pack_wrong(scores.test_wrong[i]),
              "params": snapshots[i].tolist()} for i in range(len(snapshots))
         ])
-        _save(store, model_relpath(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
-        _save(store, scores_relpath(cell.cell_id), {k: v.cpu() for k, v in dataclasses.asdict(scores).items()})
+        _save(store, paths.source_model(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
+        _save(store, paths.snapshot_scores(cell.cell_id), {k: v.cpu() for k, v in dataclasses.asdict(scores).items()})
         store.write("sources", cell.cell_id, "source", [{
             "arch": cell.arch, "dataset": cell.dataset, "seed": cell.seed, "subset": list(subset.names),
             "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),
             "k": len(snapshots), "test_acc": test_acc, "seconds": time.perf_counter() - t0,
-            "node_id": ray.get_runtime_context().get_node_id(), "model_path": model_relpath(cell.cell_id),
+            "node_id": ray.get_runtime_context().get_node_id(), "model_path": paths.source_model(cell.cell_id),
             "resumed_from_epoch": resumed_from, "n_val": len(data.val), "n_test": len(data.test),
         } | {f"snapshot_{k}": v for k, v in family.items() if k in ("pairwise_iou", "distinct_sets")}
           | {"snapshot_spread": spread(snapshots)}])
@@ -238,7 +204,7 @@ def _cell_run(cell: Cell, store: Store, spec: SweepSpec, sink=None) -> str:
         # The cell's own run name: a retried driver or a re-run sweep resumes the cell's
         # last checkpoint. Safe because a cell id is its training content, and drop_run
         # deletes the run once the rows exist (a later retraining starts afresh).
-        run_config=RunConfig(name=run_name(cell.cell_id), **store.ray_storage(),
+        run_config=RunConfig(name=paths.source_run(cell.cell_id), **store.ray_storage(),
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=spec.source_max_failures)),
     )

@@ -32,6 +32,10 @@
 
 Rules beyond the types:
 
+- Values are checked by the dataclasses they fill, in their `__post_init__` (pdiff's TrainConfig,
+  CollectConfig, AEConfig, LDMConfig, PdiffConfig; Resources, Distribution and SweepSpec here):
+  a `pdiff.checks.ConfigError` naming the field becomes a SpecError at its path in the file. This
+  module maps YAML to Python types and checks the sweep tool's own size maxima (below).
 - `name` is a slug: ASCII letters, digits, '-', '_' and '.', starting with a
   letter or a digit, at most 128 characters. It names the sweep's folder
   `<storage>/<name>`, so it can never be '.', '..' or hold a separator.
@@ -63,12 +67,15 @@ import math
 import re
 import stat
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
 
-from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, PdiffConfig, TrainConfig
+from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, PdiffConfig, TrainConfig, checks
+from pdiff.checks import ConfigError
 from pdiff.pipeline import KNOBS
 
 __all__ = ["SpecError", "Distribution", "Cell", "SweepSpec", "load_spec", "parse_spec", "is_sweep_name", "MAXIMA"]
@@ -115,6 +122,27 @@ class Distribution:
     values: tuple[Any, ...] = ()
     log: bool = False  # for int
 
+    def __post_init__(self):  # a bad value raises pdiff.checks.ConfigError naming the field
+        checks.choice(self, "type", DISTRIBUTIONS)
+        if self.type == "choice":
+            if not self.values:
+                raise ConfigError("values", "expected a non-empty list")
+            for i, v in enumerate(self.values):
+                if not isinstance(v, (int, float, str, bool)) and v is not None:
+                    raise ConfigError("values", f"expected a number or a string (Optuna choices), got {_short(v)}", i)
+            return
+        for bound in ("low", "high"):
+            value = getattr(self, bound)
+            if self.type != "int":
+                checks.number(self, bound, low=-math.inf)  # finite
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(bound, f"expected an integer, got {_short(value)}")
+        checks.flag(self, "log")
+        if not self.low < self.high:
+            raise ConfigError("", f"impossible range: low ({self.low}) must be below high ({self.high})")
+        if (self.type == "loguniform" or self.log) and self.low <= 0:
+            raise ConfigError("low", f"a log-scaled range needs low > 0, got {self.low}")
+
     def to_optuna(self):
         import optuna.distributions as od
 
@@ -130,6 +158,13 @@ class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
     workers: int = 1
+
+    def __post_init__(self):  # a bad value raises pdiff.checks.ConfigError naming the field
+        checks.number(self, "cpus", low_open=True)
+        checks.number(self, "gpus")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise ConfigError("gpus", f"a fractional GPU request must be below 1, got {self.gpus}")
+        checks.integer(self, "workers")
 
 
 @dataclass(frozen=True)
@@ -148,6 +183,30 @@ class Cell:
         content = json.dumps([self.arch, self.dataset, self.seed, self.subset,
                               dataclasses.asdict(self.train), dataclasses.asdict(self.collect)], sort_keys=True)
         return f"{self.arch}-{self.dataset}-s{self.seed}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
+
+
+def _check_name(spec: Any, name: str) -> None:
+    if not is_sweep_name(getattr(spec, name)):
+        raise ConfigError(name, f"expected a slug of letters, digits, '-', '_' or '.' that starts with a letter "
+                                f"or a digit, at most 128 characters (it names the sweep's folder), "
+                                f"got {_short(getattr(spec, name))}")
+
+
+def _check_storage(spec: Any, name: str) -> None:
+    value = getattr(spec, name)
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ConfigError(name, f"expected a folder or a URI such as s3://bucket/prefix, got {_short(value)}")
+
+
+# SweepSpec's field checks, `check(spec, field)`: run by its __post_init__, and by parse_spec as it
+# reads each field (so that the first error in the file's order is the one reported).
+_SPEC_CHECKS = {
+    "name": _check_name, "storage": _check_storage, "seed": partial(checks.integer, positive=False),
+    "source_max_failures": partial(checks.integer, positive=False), "num_samples": checks.integer,
+    "max_concurrent": checks.integer, "search_alg": partial(checks.choice, allowed=SEARCHES),
+    "grace_period": partial(checks.integer, optional=True), "baselines": checks.flag,
+    "noise_sigma": partial(checks.number, low_open=True),
+}
 
 
 @dataclass(frozen=True)
@@ -170,6 +229,10 @@ class SweepSpec:
     source_max_failures: int = 5  # Ray Train restarts per cell; each resumes from the last epoch
     source_file: str = "<spec>"
     raw: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):  # a bad value raises pdiff.checks.ConfigError naming the field
+        for name, check in _SPEC_CHECKS.items():
+            check(self, name)
 
     @property
     def spec_hash(self) -> str:
@@ -327,31 +390,30 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _config(reader: _Reader, value: Any, path: str, cls: type) -> Any:
-    """A dataclass config from a mapping: unknown keys and wrong types are errors."""
-    value = {} if value is None else value
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    reader.mapping(value, path, tuple(fields))
-    defaults = cls()
-    for key, item in value.items():
-        default = getattr(defaults, key)
-        kind = type(default)
-        what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
-        reader.typed(item, f"{path}.{key}", kind, what, positive=kind in (int, float) and key != "weight_decay",
-                     minimum=0 if key == "weight_decay" else None, maximum=MAXIMA.get(f"{path}.{key}"))
+def _build(reader: _Reader, path: str, make, *args, **kwargs) -> Any:
+    """`make(*args, **kwargs)`, a config dataclass whose __post_init__ checks the values: its
+    ConfigError (`lr: ...`, `channels[1]: ...`) becomes a SpecError at `path.lr`, `path[1]`."""
     try:
-        return cls(**value)
+        return make(*args, **kwargs)
+    except ConfigError as err:
+        where = f"{path}.{err.field}" if path and err.field else err.field or path
+        reader.fail(where if err.index is None else f"{where}[{err.index}]", err.message)
     except (TypeError, ValueError) as err:
         reader.fail(path, str(err))
 
 
-_CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "constant"), "unit": ("step", "epoch")}
-
-
-def _check_choices(reader: _Reader, cfg: Any, path: str) -> None:
-    for key, allowed in _CHOICES.items():
-        if hasattr(cfg, key) and getattr(cfg, key) not in allowed:
-            reader.fail(f"{path}.{key}", f"expected one of {', '.join(allowed)}, got {_short(getattr(cfg, key))}")
+def _config(reader: _Reader, value: Any, path: str, cls: type) -> Any:
+    """A config dataclass from a mapping: unknown keys are errors here, values are checked by the
+    dataclass itself (TrainConfig, CollectConfig), and sizes against the sweep tool's MAXIMA here."""
+    value = {} if value is None else value
+    fields = tuple(f.name for f in dataclasses.fields(cls))
+    reader.mapping(value, path, fields)
+    cfg = _build(reader, path, cls, **value)
+    for key in fields:
+        maximum = MAXIMA.get(f"{path}.{key}")
+        if maximum is not None and getattr(cfg, key) > maximum:
+            reader.fail(f"{path}.{key}", f"{_short(getattr(cfg, key))} is above the maximum of {maximum}")
+    return cfg
 
 
 def _distribution(r: _Reader, value: dict, path: str) -> Distribution:
@@ -361,12 +423,9 @@ def _distribution(r: _Reader, value: dict, path: str) -> Distribution:
     if kind == "choice":
         r.mapping(value, path, ("type", "values"), ("values",))
         values = value["values"]
-        if not isinstance(values, list) or not values:
+        if not isinstance(values, list):
             r.fail(f"{path}.values", "expected a non-empty list")
-        for i, v in enumerate(values):
-            if not isinstance(v, (int, float, str, bool)) and v is not None:
-                r.fail(f"{path}.values[{i}]", f"expected a number or a string (Optuna choices), got {_short(v)}")
-        return Distribution("choice", values=tuple(values))
+        return _build(r, path, Distribution, "choice", values=tuple(values))  # it checks the values
     r.mapping(value, path, ("type", "low", "high", "log") if kind == "int" else ("type", "low", "high"),
               ("low", "high"))
     num = int if kind == "int" else float
@@ -374,61 +433,60 @@ def _distribution(r: _Reader, value: dict, path: str) -> Distribution:
     low = r.typed(value["low"], f"{path}.low", num, what)
     high = r.typed(value["high"], f"{path}.high", num, what)
     log = r.typed(value.get("log", False), f"{path}.log", bool, "true or false")
-    if not low < high:
-        r.fail(path, f"impossible range: low ({low}) must be below high ({high})")
-    if (kind == "loguniform" or log) and low <= 0:
-        r.fail(f"{path}.low", f"a log-scaled range needs low > 0, got {low}")
-    return Distribution(kind, low, high, log=log)
+    return _build(r, path, Distribution, kind, low, high, log=log)  # it checks the range
 
 
 def _check_knob_value(r: _Reader, name: str, value: Any, path: str) -> None:
-    """Build a PdiffConfig with just this knob so that type errors surface at parse time."""
+    """Build a PdiffConfig with just this knob: the config dataclasses check the value (their
+    ConfigError names the knob, `ae_channels[1]: ...`); the sweep tool's size maxima are checked here."""
     try:
         cfg = PdiffConfig.from_knobs(**{name: value})
+    except ConfigError as err:  # from_knobs names the knob itself; the path is already the knob's
+        r.fail(path if err.index is None else f"{path}[{err.index}]", err.message)
     except (TypeError, ValueError) as err:
         r.fail(path, str(err))
-    default = PdiffConfig().knobs()[name]
     got = cfg.knobs()[name]
-    if name == "sample_steps":  # int | None
-        if got is None:
-            return
-        default = 0
-    if (default is not None and not isinstance(got, type(default)) and not (
-            isinstance(default, float) and isinstance(got, int))) or (
-            isinstance(got, bool) and not isinstance(default, bool)):
-        r.fail(path, f"expected {type(default).__name__}, got {_short(value)}")
-    if isinstance(default, float):
-        try:
-            finite = math.isfinite(float(got))
-        except OverflowError:
-            finite = False
-        if not finite:
-            r.fail(path, f"expected a finite number, got {_short(value)}")
-    if isinstance(got, (int, float)) and not isinstance(got, bool) and got < 0:
-        r.fail(path, f"expected a value >= 0, got {_short(value)}")
-    if name in ("latent_dim", "ae_steps", "ldm_steps", "n_generated", "ae_batch_size", "ldm_batch_size",
-                "sample_steps") and got <= 0:
-        r.fail(path, f"expected a positive value, got {_short(value)}")
-    if name in MAXIMA and got > MAXIMA[name]:
+    if name in MAXIMA and got is not None and got > MAXIMA[name]:
         r.fail(path, f"{_short(got)} is above the maximum of {MAXIMA[name]}")
     if name in ("ae_channels", "ldm_channels"):
-        if not 1 <= len(got) <= MAXIMA["channel_stages"]:
+        if len(got) > MAXIMA["channel_stages"]:
             r.fail(path, f"expected a list of 1 to {MAXIMA['channel_stages']} channel counts, got {len(got)}")
         for i, c in enumerate(got):
-            if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAXIMA["channels"]:
+            if c > MAXIMA["channels"]:
                 r.fail(f"{path}[{i}]", f"expected a channel count from 1 to {MAXIMA['channels']}, got {_short(c)}")
 
 
 def _resources(r: _Reader, value: Any, path: str, workers: bool) -> Resources:
     value = {} if value is None else value
     r.mapping(value, path, ("cpus", "gpus", "workers") if workers else ("cpus", "gpus"))
-    cpus = r.typed(value.get("cpus", 1.0), f"{path}.cpus", float, "a number", positive=True, maximum=MAXIMA["cpus"])
-    gpus = r.typed(value.get("gpus", 0.0), f"{path}.gpus", float, "a number", minimum=0, maximum=MAXIMA["gpus"])
-    n = r.typed(value.get("workers", 1), f"{path}.workers", int, "an integer", positive=True,
-                maximum=MAXIMA["workers"])
-    if gpus > 1 and gpus != int(gpus):
-        r.fail(f"{path}.gpus", f"a fractional GPU request must be below 1, got {gpus}")
-    return Resources(cpus, gpus, n)
+    # YAML -> Python (an integer count of CPUs becomes a float) and the sizes' maxima; Resources checks the values.
+    cpus = r.typed(value.get("cpus", 1.0), f"{path}.cpus", float, "a number", maximum=MAXIMA["cpus"])
+    gpus = r.typed(value.get("gpus", 0.0), f"{path}.gpus", float, "a number", maximum=MAXIMA["gpus"])
+    n = r.typed(value.get("workers", 1), f"{path}.workers", int, "an integer", maximum=MAXIMA["workers"])
+    return _build(r, path, Resources, cpus, gpus, n)
+
+
+# The field path in the YAML of each SweepSpec field a ConfigError can name (others: the field's name).
+_SPEC_PATHS = {"num_samples": "pdiff.num_samples", "max_concurrent": "pdiff.max_concurrent",
+               "search_alg": "pdiff.search", "grace_period": "pdiff.early_stopping.grace_period",
+               "baselines": "pdiff.baselines", "noise_sigma": "pdiff.noise_sigma",
+               "source_max_failures": "sources.max_failures"}
+
+
+def _spec_field(r: _Reader, name: str, value: Any) -> Any:
+    """`value` for SweepSpec's field `name`, checked now with SweepSpec's own check of that field."""
+    try:
+        _SPEC_CHECKS[name](SimpleNamespace(**{name: value}), name)
+    except ConfigError as err:
+        r.fail(_SPEC_PATHS.get(name, name), err.message)
+    return value
+
+
+def _sweep_spec(**fields: Any) -> SweepSpec:
+    try:
+        return SweepSpec(**fields)
+    except ConfigError as err:
+        raise ConfigError(_SPEC_PATHS.get(err.field, err.field), err.message, err.index) from None
 
 
 def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
@@ -438,14 +496,12 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
         r.fail("<file>", "the file is empty")
     top = r.mapping(raw, "", ("name", "storage", "seed", "sources", "pdiff", "resources"),
                     ("name", "sources", "pdiff"))
-    name = r.typed(top["name"], "name", str, "a string")
-    if not is_sweep_name(name):
-        r.fail("name", f"expected a slug of letters, digits, '-', '_' or '.' that starts with a letter or a digit, "
-                       f"at most 128 characters (it names the sweep's folder), got {_short(name)}")
-    storage = r.typed(top.get("storage", "results"), "storage", str, "a folder or a URI such as s3://bucket/prefix")
-    if not storage.strip() or "\0" in storage:
-        r.fail("storage", f"expected a folder or a URI such as s3://bucket/prefix, got {_short(storage)}")
-    seed = r.typed(top.get("seed", 0), "seed", int, "an integer", minimum=0, maximum=MAX_SEED)
+    # Below, r.typed maps YAML to Python types and checks the sweep tool's maxima; the values
+    # themselves are checked by the dataclasses (SweepSpec, Resources, Distribution, pdiff's configs).
+    name = _spec_field(r, "name", r.typed(top["name"], "name", str, "a string"))
+    storage = _spec_field(r, "storage", r.typed(top.get("storage", "results"), "storage", str,
+                                                "a folder or a URI such as s3://bucket/prefix"))
+    seed = _spec_field(r, "seed", r.typed(top.get("seed", 0), "seed", int, "an integer", maximum=MAX_SEED))
 
     src = r.mapping(top["sources"], "sources",
                     ("archs", "datasets", "seeds", "train", "subset", "collect", "max_failures"), ("archs", "datasets"))
@@ -461,14 +517,12 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     if len(set(seeds)) != len(seeds):
         r.fail("sources.seeds", "duplicate seeds")
     train = _config(r, src.get("train"), "sources.train", TrainConfig)
-    _check_choices(r, train, "sources.train")
     collect = _config(r, src.get("collect"), "sources.collect", CollectConfig)
-    _check_choices(r, collect, "sources.collect")
     subsets = r.mapping(src.get("subset") or {}, "sources.subset", tuple(ARCHS))
     for arch, patterns in subsets.items():
         r.names(patterns, f"sources.subset.{arch}", None, "patterns")
-    max_failures = r.typed(src.get("max_failures", 5), "sources.max_failures", int, "an integer", minimum=0,
-                           maximum=MAXIMA["sources.max_failures"])
+    max_failures = _spec_field(r, "source_max_failures", r.typed(
+        src.get("max_failures", 5), "sources.max_failures", int, "an integer", maximum=MAXIMA["sources.max_failures"]))
     cells = tuple(
         Cell(arch, dataset, seed_, tuple(subsets.get(arch, DEFAULT_SUBSET[arch])), train, collect)
         for arch in archs for dataset in datasets for seed_ in seeds
@@ -492,13 +546,11 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     objective = r.names(objective, "pdiff.objective", OBJECTIVES, "objectives")
     if objective[0] != "accuracy":
         r.fail("pdiff.objective", "the first objective must be accuracy (novelty may follow)")
-    num_samples = r.typed(pd.get("num_samples", 4), "pdiff.num_samples", int, "an integer", positive=True,
-                          maximum=MAXIMA["pdiff.num_samples"])
-    max_concurrent = r.typed(pd.get("max_concurrent", 2), "pdiff.max_concurrent", int, "an integer", positive=True,
-                             maximum=MAXIMA["pdiff.max_concurrent"])
-    search_alg = pd.get("search", "tpe")
-    if search_alg not in SEARCHES:
-        r.fail("pdiff.search", f"expected one of {', '.join(SEARCHES)}, got {_short(search_alg)}")
+    num_samples = _spec_field(r, "num_samples", r.typed(
+        pd.get("num_samples", 4), "pdiff.num_samples", int, "an integer", maximum=MAXIMA["pdiff.num_samples"]))
+    max_concurrent = _spec_field(r, "max_concurrent", r.typed(
+        pd.get("max_concurrent", 2), "pdiff.max_concurrent", int, "an integer", maximum=MAXIMA["pdiff.max_concurrent"]))
+    search_alg = _spec_field(r, "search_alg", pd.get("search", "tpe"))
     if search_alg == "grid":
         not_choice = [k for k, d in search.items() if d.type != "choice"]
         if not_choice:
@@ -513,18 +565,20 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     grace = None
     if pd.get("early_stopping") is not None:
         es = r.mapping(pd["early_stopping"], "pdiff.early_stopping", ("grace_period",))
-        grace = r.typed(es.get("grace_period", 2), "pdiff.early_stopping.grace_period", int, "an integer",
-                        positive=True, maximum=MAXIMA["pdiff.early_stopping.grace_period"])
+        grace = _spec_field(r, "grace_period", r.typed(es.get("grace_period", 2), "pdiff.early_stopping.grace_period",
+                                                       int, "an integer",
+                                                       maximum=MAXIMA["pdiff.early_stopping.grace_period"]))
         if len(objective) > 1:
             r.fail("pdiff.early_stopping", "early stopping (ASHA) needs a single objective")
     baselines = r.typed(pd.get("baselines", True), "pdiff.baselines", bool, "true or false")
-    noise_sigma = r.typed(pd.get("noise_sigma", 0.01), "pdiff.noise_sigma", float, "a number", positive=True)
+    noise_sigma = _spec_field(r, "noise_sigma", r.typed(pd.get("noise_sigma", 0.01), "pdiff.noise_sigma", float,
+                                                        "a number"))
 
     res = r.mapping(top.get("resources") or {}, "resources", ("sources", "trials"))
     source_res = _resources(r, res.get("sources"), "resources.sources", workers=True)
     trial_res = _resources(r, res.get("trials"), "resources.trials", workers=False)
 
-    return SweepSpec(
+    return _build(r, "", _sweep_spec,
         name=name, storage=storage, seed=seed, cells=cells, fixed=fixed, search=search, objective=objective,
         num_samples=num_samples, max_concurrent=max_concurrent, search_alg=search_alg, grace_period=grace, baselines=baselines,
         noise_sigma=noise_sigma, source_resources=source_res, trial_resources=trial_res,

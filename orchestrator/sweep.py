@@ -105,6 +105,23 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
             print(f"cell {label}: the best trial's autoencoder did not reach ae_min_r2 within ae_steps")
 
 
+def _compact(store: Store, say) -> None:
+    """Merge each finished cell's writer files into one file per table (tables.compact_sweep), holding the
+    lease, after both stages. A failure leaves the tables as they were (every row still read once): said, not
+    raised."""
+    import pyarrow as pa
+
+    from .tables import compact_sweep
+
+    try:
+        merged = compact_sweep(store)
+    except (OSError, ValueError, RuntimeError, CorruptTable, pa.ArrowException) as err:
+        say(f"compaction skipped: {' '.join(str(err).split())[:300]} (the tables are complete as they are)")
+        return
+    if merged:
+        say(f"compacted: {merged} writer files merged into one file per cell and table")
+
+
 INTERRUPTED = "interrupted; re-run the same command to resume"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -238,6 +255,7 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
 
     run.observe_cluster()  # the hosts the run ended with
     ray.shutdown()  # the rest needs no Ray, and no line of Ray's may arrive after the sweep's last one
+    _compact(store, progress.say)
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
     _print_summary(spec, store)
     run.end("done", 0)  # before the report, which shows it

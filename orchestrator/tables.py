@@ -10,12 +10,34 @@ A sweep's folder carries a marker, `_sweep.json` (the sweep's name and spec
 hash), written on its first real run. `delete_all` (--restart) deletes only a
 folder that is exactly `<storage>/<name>`, is no symbolic link, and carries this
 sweep's marker; anything else is refused (NotOurFolder) and nothing is deleted.
+
+Compaction (`Store.compact`, `compact_sweep`; the sweep runs it after stage 2): the writer files of
+one `<table>/<cell_id>/` folder are merged into one file beside them,
+`_compact-<generation>-<digest>.parquet`, whose rows carry their writer (`_writer`) and its file's
+modification time (`_written_ns`), and whose footer lists every writer it holds with its file's size
+and SHA-256. Readers (`Store.layout`) take each folder's newest compacted file (highest generation)
+and every writer file it does not hold byte for byte; a writer file written after the compaction (a
+re-run trial) replaces that writer's rows in the compacted file; a zero-row writer file there (a
+`Store.delete` or `quarantine` of a compacted writer: a tombstone) removes them. So at every moment,
+whatever a crash interrupts, each row is read exactly once:
+
+1. the compacted file is written under a hidden temporary name and renamed: before the rename,
+   readers see the writer files alone; after it, the compacted file replaces exactly the writer files
+   it lists with the same bytes, and nothing else;
+2. only then are those writer files deleted, each only if it is inside the folder and its bytes still
+   hash to the listing's SHA-256 (a writer file rewritten meanwhile stays, and is read);
+3. last, older compacted files of the folder are deleted, each only if the new one names it as
+   absorbed. An older one left by a crash is never read: the newest generation wins.
+
+Compaction needs the sweep's lease (no writer of the folder runs): the sweep compacts after its stages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -28,7 +50,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "MARKER", "LEASE", "CorruptTable", "NotOurFolder", "OldTables", "Store"]
+from .paths import GENERATED_MORE, MODELS, OPTUNA, QUARANTINE, RAY, REPORT
+
+__all__ = ["SCHEMA_VERSION", "TABLES", "MARKER", "LEASE", "HEAVY", "COMPACT_MIN_FILES", "CorruptTable", "Layout",
+           "NotOurFolder", "OldTables", "Store", "compact_sweep"]
 
 # 2: per-model wrong-prediction sets (`val_wrong`, `test_wrong`, packed bits, pdiff.evaluate.pack_wrong)
 #    in checkpoints / generated / baselines and the split sizes (`n_val`, `n_test`) in sources; the
@@ -91,9 +116,48 @@ MARKER = "_sweep.json"  # the sweep's own marker: {"tool", "sweep", "spec_hash",
 LEASE = "_lease.json"  # who runs the sweep now (orchestrator.lease)
 # What a sweep writes at the top of its folder. A folder without a marker is
 # adopted (given one) only if it holds nothing else: an older sweep's folder.
-OWN_ENTRIES = frozenset(TABLES) | {"_ray", "models", "report", "quarantine", "generated_more", "optuna", MARKER,
+OWN_ENTRIES = frozenset(TABLES) | {RAY, MODELS, REPORT, QUARANTINE, GENERATED_MORE, OPTUNA, MARKER,
                                    LEASE}
 _TOOL = "pdiff-sweep"
+
+# The columns that hold vectors and packed wrong-prediction sets: most of a sweep's bytes. Readers that
+# need none of them name their columns (`Store.read(columns=...)`, `light_columns`); DuckDB's views
+# read a column only where a query names it.
+HEAVY = ("params", "val_wrong", "test_wrong")
+
+COMPACT_PREFIX = "_compact-"  # <table>/<cell_id>/_compact-<generation>-<digest>.parquet
+WRITER, WRITTEN = "_writer", "_written_ns"  # a compacted file's row: its writer, its writer file's mtime (ns)
+HIDDEN = (WRITER, WRITTEN)  # not part of a table's rows: readers leave them out unless asked (`writers=True`)
+_LISTING = b"pdiff_compact"  # a compacted file's schema metadata: JSON, see Store.compact
+COMPACT_MIN_FILES = 8  # a folder of fewer writer files (and no compacted file) is left as it is
+_COMPACT_NAME = re.compile(r"_compact-(\d{6})-[0-9a-f]{12}\.parquet")
+
+
+def _generation(name: str) -> int | None:
+    m = _COMPACT_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def _wanted(column: str, heavy: bool | Iterable[str]) -> bool:
+    """Whether `Store.read(heavy=...)` reads a column when no columns are named."""
+    if column not in HEAVY or heavy is True:
+        return True
+    return heavy is not False and column in set(heavy)
+
+
+def _stem(path: str) -> str:
+    return path.rsplit("/", 1)[-1][: -len(".parquet")]
+
+
+@dataclass
+class Layout:
+    """How one table's files resolve into its rows (Store.layout): what a reader reads, and what it skips."""
+
+    reads: list[str]  # files whose rows are read: writer files, and each folder's newest compacted file
+    skip: dict[str, set[str]]  # compacted file -> writers whose rows in it are not read (a newer own file wins)
+    ignored: list[str]  # files never read: older compacted files, writer files a compacted file holds byte for byte
+    compacted: dict[str, str]  # folder -> its newest compacted file
+    mtimes: dict[str, int | None]  # file -> modification time (ns)
 
 
 class CorruptTable(RuntimeError):
@@ -153,8 +217,8 @@ class Store:
         """`storage_path` / `storage_filesystem` for Ray Train and Tune run configs: their
         experiment state goes beside the tables, on the same filesystem."""
         if self.is_local:
-            return {"storage_path": self.path("_ray")}
-        return {"storage_path": self.path("_ray"), "storage_filesystem": self.fs}
+            return {"storage_path": self.path(RAY)}
+        return {"storage_path": self.path(RAY), "storage_filesystem": self.fs}
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -204,9 +268,13 @@ class Store:
                 os.remove(tmp)
 
     def delete(self, table: str, cell_id: str, writer_id: str) -> None:
+        """Remove one writer's rows: its file, and, where the folder's compacted file holds rows of it, those
+        too (a zero-row file in its place, a tombstone, which compaction absorbs)."""
         path = self.path(table, cell_id, f"{writer_id}.parquet")
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             self.fs.delete_file(path)
+        if self._compacted_rows(table, cell_id).get(writer_id):
+            self.write(table, cell_id, writer_id, [])
 
     def quarantine(self, path: str, reason: str) -> str:
         """Move a file of the sweep (a table's, a model's) aside into `<sweep>/quarantine/`, under its
@@ -215,13 +283,22 @@ class Store:
         prefix = self.root.rstrip("/") + "/"
         if not path.startswith(prefix):
             raise ValueError(f"{path} is not inside {self.root}")
-        base = self.path("quarantine", path[len(prefix):])
+        base = self.path(QUARANTINE, path[len(prefix):])
         target, n = base, 0
         while self.fs.get_file_info(target).type != pafs.FileType.NotFound:
             n += 1
             target = f"{base}.{n}"
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        self.fs.move(path, target)
+        # A writer of a compacted folder: its rows there go too (a tombstone), and where it has no file of
+        # its own, those rows are what is moved aside, as a file of their own.
+        held = self._held(path)
+        if held is not None and self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            rows = self._writer_rows_of(held[0], held[1], held[2])
+            self._put(target, lambda sink: pq.write_table(rows, sink, compression="zstd"))
+        else:
+            self.fs.move(path, target)
+        if held is not None:
+            self.write(held[0], held[1], held[2], [])
         with self.fs.open_output_stream(f"{target}.reason.txt") as out:
             out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {reason}\n".encode())
         return target
@@ -336,20 +413,129 @@ class Store:
 
     # -- reading -------------------------------------------------------------
 
-    def files(self, table: str, cell_id: str | None = None) -> list[str]:
+    def _infos(self, table: str, cell_id: str | None = None) -> list[pafs.FileInfo]:
         base = self.path(table, cell_id) if cell_id else self.path(table)
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                      and not i.base_name.startswith("."))
+        return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                       and not i.base_name.startswith(".")), key=lambda i: i.path)
 
-    def read(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None) -> pa.Table:
-        """One table (or one cell of it) as Arrow; files with added columns are unified."""
-        files = self.files(table, cell_id)
+    def all_files(self, table: str, cell_id: str | None = None) -> list[str]:
+        """Every Parquet file of a table (or of one cell of it), read or not (see `files`)."""
+        return [i.path for i in self._infos(table, cell_id)]
+
+    def files(self, table: str, cell_id: str | None = None) -> list[str]:
+        """The files whose rows make the table (or one cell of it): `layout(...).reads`."""
+        return self.layout(table, cell_id).reads
+
+    def layout(self, table: str, cell_id: str | None = None) -> Layout:
+        """How the table's files resolve into rows (the module docstring): in each folder, the newest compacted
+        file and every writer file it does not hold byte for byte (which then replaces its rows there)."""
+        folders: dict[str, list[pafs.FileInfo]] = {}
+        for info in self._infos(table, cell_id):
+            folders.setdefault(info.path.rsplit("/", 1)[0], []).append(info)
+        out = Layout([], {}, [], {}, {})
+        for folder, infos in sorted(folders.items()):
+            out.mtimes |= {i.path: i.mtime_ns for i in infos}
+            compacts = sorted((g, i.path) for i in infos if (g := _generation(i.base_name)) is not None)
+            writers = [i for i in infos if _generation(i.base_name) is None]
+            if not compacts:
+                out.reads += [i.path for i in writers]
+                continue
+            newest = compacts[-1][1]
+            out.compacted[folder] = newest
+            out.reads.append(newest)
+            out.ignored += [p for _, p in compacts[:-1]]
+            listing = self._listing(newest)["writers"] if writers else {}
+            for info in writers:
+                entry = listing.get(_stem(info.path))
+                if entry is not None and self._holds(entry, info):
+                    out.ignored.append(info.path)  # left by a compaction that stopped before deleting it
+                    continue
+                out.reads.append(info.path)  # written after the compaction (or not yet compacted)
+                if entry is not None and entry["rows"]:
+                    out.skip.setdefault(newest, set()).add(_stem(info.path))
+        out.reads.sort()
+        out.ignored.sort()
+        return out
+
+    def _listing(self, path: str) -> dict[str, Any]:
+        """A compacted file's listing: {"generation", "absorbs": [names], "writers": {writer: {"bytes", "sha256",
+        "rows", "mtime_ns"}}}."""
+        try:
+            meta = pq.read_schema(path, filesystem=self.fs).metadata or {}
+            return json.loads(meta[_LISTING])
+        except (pa.ArrowException, OSError, KeyError, ValueError) as err:
+            raise CorruptTable(f"{path}: not a readable compacted file ({' '.join(str(err).split())}). Running "
+                               f"the sweep again moves it to {self.path('quarantine')}/ and rebuilds its rows (for "
+                               f"the spec's cells).") from None
+
+    def _holds(self, entry: dict[str, Any], info: pafs.FileInfo) -> bool:
+        """Whether a writer file is, byte for byte, the one a compacted file's listing entry describes."""
+        if info.size != entry.get("bytes"):
+            return False
+        try:
+            with self.fs.open_input_stream(info.path) as f:
+                return hashlib.sha256(f.read()).hexdigest() == entry.get("sha256")
+        except OSError:
+            return False
+
+    def _compacted_rows(self, table: str, cell_id: str) -> dict[str, int]:
+        """{writer: rows} of the newest compacted file of `<table>/<cell_id>/` ({} where there is none)."""
+        newest = self.layout(table, cell_id).compacted.get(self.path(table, cell_id))
+        return {w: e["rows"] for w, e in self._listing(newest)["writers"].items()} if newest else {}
+
+    def _held(self, path: str) -> tuple[str, str, str] | None:
+        """(table, cell_id, writer) when `path` is a writer's file path (there or not) in a folder whose compacted
+        file holds rows of that writer; else None."""
+        prefix = self.root.rstrip("/") + "/"
+        parts = path[len(prefix):].split("/") if path.startswith(prefix) else []
+        if len(parts) != 3 or parts[0] not in TABLES or not parts[2].endswith(".parquet") or \
+                _generation(parts[2]) is not None:
+            return None
+        table, cell_id, writer = parts[0], parts[1], parts[2][: -len(".parquet")]
+        return (table, cell_id, writer) if self._compacted_rows(table, cell_id).get(writer) else None
+
+    def _writer_rows_of(self, table: str, cell_id: str, writer: str) -> pa.Table:
+        """One writer's rows as its own file would hold them, taken from the folder's compacted file."""
+        import pyarrow.compute as pc
+
+        newest = self.layout(table, cell_id).compacted[self.path(table, cell_id)]
+        data = pq.read_table(newest, filesystem=self.fs, filters=pc.field(WRITER) == writer)
+        return data.drop_columns([c for c in HIDDEN if c in data.column_names]).replace_schema_metadata(None)
+
+    def read(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None, *,
+             heavy: bool | Iterable[str] = True, writers: bool = False) -> pa.Table:
+        """One table (or one cell of it) as Arrow; files with added columns are unified.
+
+        `columns`: those only (a column no file has is left out of an empty table); with no `columns`, `heavy`
+        says which of the vector and packed-set columns (HEAVY) come too: all (True), none (False), or those
+        named (e.g. ["test_wrong"]). `writers`: also `_writer` (the file
+        each row came from: a trial id, `snapshots`, ...) and `_written_ns` (that file's modification time)."""
+        hidden = list(HIDDEN) if writers else []
+        layout = self.layout(table, cell_id)
+        files = layout.reads
         if not files:
-            return TABLES[table].empty_table() if columns is None else TABLES[table].empty_table().select(
-                [c for c in columns if c in TABLES[table].names])
+            empty = TABLES[table].empty_table()
+            if columns is not None:
+                empty = empty.select([c for c in columns if c in TABLES[table].names])
+            else:
+                empty = empty.select([c for c in empty.column_names if _wanted(c, heavy)])
+            return empty.append_column(WRITER, pa.array([], pa.string())).append_column(
+                WRITTEN, pa.array([], pa.int64())) if writers else empty
+        dataset = self._dataset(files)
+        schema = dataset.schema
+        names = list(columns) if columns else [c for c in schema.names if c not in HIDDEN and _wanted(c, heavy)]
+        names = [c for c in names if c not in HIDDEN] + [c for c in hidden if c in schema.names]
+        if writers:
+            names.append("__filename")
+        data = dataset.to_table(columns=names, filter=self._skip_filter(layout))
+        if writers:
+            data = self._with_writers(data, layout)
+        return data.replace_schema_metadata(None)
+
+    def _dataset(self, files: list[str]) -> pads.Dataset:
         schemas = []
         for f in files:
             try:
@@ -359,12 +545,186 @@ class Store:
                                    f"to {self.path('quarantine')}/ and rebuilds its rows (for the spec's "
                                    f"cells).") from None
         # permissive: a knob written as 0 by one trial and 0.1 by another reads as double
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
-        dataset = pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet")
-        return dataset.to_table(columns=list(columns) if columns else None)
+        schema = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
+        return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet")
 
-    def read_pandas(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None):
-        return self.read(table, cell_id, columns).to_pandas()
+    def dataset(self, table: str) -> pads.Dataset:
+        """The files `files(table)` as one lazy pyarrow dataset (unified schema). It holds the compacted files'
+        own columns and the rows `layout(table).skip` names: `read` and the DuckDB views leave those out."""
+        return self._dataset(self.files(table))
+
+    @staticmethod
+    def _skip_filter(layout: Layout):
+        """The rows of each compacted file that a newer writer file replaces, filtered out (None: no such rows)."""
+        import pyarrow.compute as pc
+
+        replaced = None
+        for path, writers in layout.skip.items():
+            cell = path.rsplit("/", 2)[-2]
+            expr = (pc.field("cell_id") == cell) & pc.field(WRITER).isin(sorted(writers))
+            replaced = expr if replaced is None else replaced | expr
+        return None if replaced is None else pc.field(WRITER).is_null() | ~replaced
+
+    @staticmethod
+    def _with_writers(data: pa.Table, layout: Layout) -> pa.Table:
+        """`_writer` and `_written_ns` on every row: a compacted file's own, else its file's name and mtime."""
+        import pyarrow.compute as pc
+
+        files = data.column("__filename").combine_chunks().dictionary_encode()
+        paths = files.dictionary.to_pylist()
+        stem = pa.array([_stem(p) for p in paths], pa.string()).take(files.indices)
+        when = pa.array([layout.mtimes.get(p) for p in paths], pa.int64()).take(files.indices)
+        data = data.drop_columns(["__filename"])
+        for name, fallback in ((WRITER, stem), (WRITTEN, when)):
+            value = pc.coalesce(data.column(name), fallback) if name in data.column_names else fallback
+            data = data.drop_columns([name]) if name in data.column_names else data
+            data = data.append_column(name, value)
+        return data
+
+    def read_pandas(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None, *,
+                    heavy: bool | Iterable[str] = True, writers: bool = False):
+        return self.read(table, cell_id, columns, heavy=heavy, writers=writers).to_pandas()
+
+    # -- writers: what a writer left, wherever its rows are ----------------------------------
+
+    def writer_rows(self, table: str, cell_id: str | None = None) -> dict[str, int]:
+        """{path of a writer's file: its rows, as readers see them}, for every writer of the table (or cell). A
+        writer whose rows only a compacted file holds has the path its own file had (no file is there now:
+        `read_writer`, `quarantine` and `delete` take it); one whose rows a tombstone removed is left out.
+        An unreadable writer file (see `all_files`) is left out too."""
+        layout = self.layout(table, cell_id)
+        out: dict[str, int] = {}
+        own = {p for p in layout.reads if _generation(p.rsplit("/", 1)[1]) is None}
+        for folder, compact in layout.compacted.items():
+            skip = layout.skip.get(compact, set())
+            for writer, entry in self._listing(compact)["writers"].items():
+                path = f"{folder}/{writer}.parquet"
+                if entry["rows"] and writer not in skip and path not in own:
+                    out[path] = entry["rows"]
+        for path in own:
+            try:
+                n = pq.read_metadata(path, filesystem=self.fs).num_rows
+            except (pa.ArrowException, OSError, ValueError):
+                continue
+            folder, name = path.rsplit("/", 1)
+            if n == 0 and folder in layout.compacted and _stem(path) in layout.skip.get(layout.compacted[folder], ()):
+                continue  # a tombstone
+            out[path] = n
+        return dict(sorted(out.items()))
+
+    def writer_ids(self, table: str, cell_id: str) -> set[str]:
+        """The writers (file stems: trial ids, `snapshots`, ...) with rows in `<table>/<cell_id>/`."""
+        return {_stem(p) for p in self.writer_rows(table, cell_id)}
+
+    def has_writer(self, table: str, cell_id: str, writer_id: str) -> bool:
+        return writer_id in self.writer_ids(table, cell_id)
+
+    def read_writer(self, path: str) -> list[dict] | None:
+        """A writer's rows (a path of `writer_rows`: its own file, or its rows in a compacted file); None when
+        they cannot be read."""
+        try:
+            if self.fs.get_file_info(path).type == pafs.FileType.File:
+                return pq.read_table(path, filesystem=self.fs).to_pylist()
+            held = self._held(path)
+            return self._writer_rows_of(*held).to_pylist() if held else None
+        except (pa.ArrowException, OSError, ValueError, CorruptTable):
+            return None
+
+    # -- compaction ------------------------------------------------------------------
+
+    def _own_folder(self, table: str, cell_id: str) -> str:
+        """`<table>/<cell_id>/` of this sweep, refused (ValueError) where the names could lead elsewhere."""
+        if table not in TABLES or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]*", cell_id or "") or ".." in cell_id:
+            raise ValueError(f"not a table folder of this sweep: {table}/{cell_id}")
+        folder = self.path(table, cell_id)
+        if self.is_local and os.path.realpath(folder) != os.path.join(os.path.realpath(self.root), table, cell_id):
+            raise ValueError(f"{folder} leads outside {self.root} (a symbolic link): not compacted")
+        return folder
+
+    def compact(self, table: str, cell_id: str, *, min_files: int = COMPACT_MIN_FILES) -> int:
+        """Merge the writer files of `<table>/<cell_id>/` into one compacted file, then delete what it provably
+        holds (the module docstring). Returns the writer files merged: 0 where the folder has fewer than
+        `min_files` and no compacted file, or nothing new. Run it only while no writer of the folder runs (the
+        sweep's lease); a crash at any point leaves every row readable exactly once, and a later call finishes."""
+        folder = self._own_folder(table, cell_id)
+        layout = self.layout(table, cell_id)
+        old = layout.compacted.get(folder)
+        new = [f for f in layout.reads if f != old]
+        if (old is None and len(new) < min_files) or (not new and not layout.ignored):
+            return 0
+        if new:
+            old = self._write_compact(table, cell_id, folder, layout, old, new)
+        self._remove_contained(folder, old)
+        return len(new)
+
+    def _write_compact(self, table: str, cell_id: str, folder: str, layout: Layout, old: str | None,
+                       new: list[str]) -> str:
+        """Write the next generation of the folder's compacted file (the old one's rows but those the new
+        writer files replace, and theirs), atomically, and check it as stored. Returns its path."""
+        import pyarrow.compute as pc
+
+        replaced = {_stem(p) for p in new}
+        listing = self._listing(old) if old else {"generation": 0, "writers": {}}
+        present = {_stem(p) for p in layout.ignored}  # leftover writer files: keep their entries listed
+        entries = {w: e for w, e in listing["writers"].items()
+                   if w not in replaced and (e["rows"] or w in present)}
+        parts = []
+        if old is not None:
+            data = pq.read_table(old, filesystem=self.fs)
+            if replaced & set(listing["writers"]):
+                data = data.filter(~pc.field(WRITER).isin(sorted(replaced)))
+            parts.append(data.replace_schema_metadata(None))
+        for path in new:
+            with self.fs.open_input_stream(path) as f:
+                payload = f.read()
+            data = pq.ParquetFile(pa.BufferReader(payload)).read(use_threads=False).replace_schema_metadata(None)
+            data = data.drop_columns([c for c in HIDDEN if c in data.column_names])
+            writer, mtime = _stem(path), layout.mtimes.get(path)
+            entries[writer] = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+                               "rows": data.num_rows, "mtime_ns": mtime}
+            parts.append(data.append_column(WRITER, pa.array([writer] * data.num_rows, pa.string()))
+                         .append_column(WRITTEN, pa.array([mtime] * data.num_rows, pa.int64())))
+        merged = pa.concat_tables(parts, promote_options="permissive")
+        merged = merged.select([c for c in merged.column_names if c not in HIDDEN] + list(HIDDEN))
+        if merged.num_rows != sum(e["rows"] for e in entries.values()):
+            raise RuntimeError(f"{folder}: compaction counted {merged.num_rows} rows, its listing "
+                               f"{sum(e['rows'] for e in entries.values())}: nothing written")
+        generation = listing["generation"] + 1
+        absorbs = sorted({p.rsplit("/", 1)[1] for p in [*([old] if old else []), *layout.ignored]
+                          if _generation(p.rsplit("/", 1)[1]) is not None} | set(listing.get("absorbs", [])))
+        meta = {"generation": generation, "table": table, "cell_id": cell_id, "absorbs": absorbs,
+                "writers": dict(sorted(entries.items()))}
+        text = json.dumps(meta, sort_keys=True)
+        final = f"{folder}/{COMPACT_PREFIX}{generation:06d}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.parquet"
+        merged = merged.replace_schema_metadata({_LISTING: text.encode()})
+        self._put(final, lambda sink: pq.write_table(merged, sink, compression="zstd"))
+        if self._listing(final) != meta or pq.read_metadata(final, filesystem=self.fs).num_rows != merged.num_rows:
+            raise RuntimeError(f"{final}: the compacted file does not read back as written")
+        return final
+
+    def _remove_contained(self, folder: str, compact: str) -> int:
+        """Delete, in `folder` only, the writer files `compact` holds byte for byte and the older compacted
+        files it names as absorbed. Returns how many files were deleted."""
+        listing = self._listing(compact)
+        removed = 0
+        for info in self.fs.get_file_info(pafs.FileSelector(folder)):
+            name = info.base_name
+            path = f"{folder}/{name}"
+            if info.type != pafs.FileType.File or not name.endswith(".parquet") or name.startswith(".") \
+                    or path == compact or info.path.rstrip("/") != path:
+                continue
+            if self.is_local and os.path.islink(path):
+                continue
+            generation = _generation(name)
+            if generation is not None:
+                contained = generation < listing["generation"] and name in listing.get("absorbs", [])
+            else:
+                entry = listing["writers"].get(_stem(path))
+                contained = entry is not None and self._holds(entry, info)
+            if contained:
+                self.fs.delete_file(path)
+                removed += 1
+        return removed
 
     def schema_versions(self) -> set[int]:
         """The schema versions found in the sweep's tables: one file of each table is read (a sweep
@@ -400,3 +760,17 @@ class Store:
         """Read every table once; raises CorruptTable naming the first unreadable file. Returns row counts."""
         return {t: self.read(t, columns=["cell_id"]).num_rows for t in TABLES}
 
+
+
+def compact_sweep(store: Store, tables: Iterable[str] | None = None, *, min_files: int = COMPACT_MIN_FILES) -> int:
+    """`Store.compact` every cell folder of every table (or of `tables`); returns the writer files merged.
+    Only while no writer of the sweep runs: the sweep calls it after its stages, holding the lease."""
+    merged = 0
+    for table in tables or TABLES:
+        base = store.path(table)
+        if store.fs.get_file_info(base).type != pafs.FileType.Directory:
+            continue
+        for info in sorted(store.fs.get_file_info(pafs.FileSelector(base)), key=lambda i: i.path):
+            if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
+                merged += store.compact(table, info.base_name, min_files=min_files)
+    return merged

@@ -30,11 +30,12 @@ from pdiff import ParameterSubset, load_dataset
 from pdiff.evaluate import BatchedEvaluator, pack_wrong
 from pdiff.pipeline import Diverged, run_baselines, run_pdiff
 
+from . import paths
 from .cluster import driver_options
 from .feedback import Journal, LossRecorder, write_curves
 from .generate import save_trial_model
 from .progress import Progress, step_reporter
-from .sources import load_snapshot_scores, load_source_model, model_relpath
+from .sources import load_snapshot_scores, load_source_model
 from .spec import Cell, SweepSpec
 from .tables import Store
 
@@ -74,7 +75,7 @@ def _setup(store: Store, cell: Cell, threads: int):
     torch.set_num_threads(threads)
     device = _device()
     data = load_dataset(cell.dataset, seed=cell.seed)
-    model = load_source_model(store, cell.arch, model_relpath(cell.cell_id), data, device)
+    model = load_source_model(store, cell.arch, paths.source_model(cell.cell_id), data, device)
     evaluator = BatchedEvaluator(model, ParameterSubset.select(model, cell.subset))
     return data, evaluator, load_snapshot_scores(store, cell.cell_id), device
 
@@ -151,7 +152,7 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     store.write("trials", cell.cell_id, trial_id, [hyper | g.summary | result | {
         "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": "completed",
         "ae_loss": run.ae_loss, "ldm_loss": run.ldm_loss, "ae_steps_taken": run.ae_steps, "ae_r2": run.ae_r2,
-        "ae_converged": run.ae_converged, "seconds": time.perf_counter() - t0,
+        "ae_fidelity": run.ae_fidelity, "ae_converged": run.ae_converged, "seconds": time.perf_counter() - t0,
         "node_id": ray.get_runtime_context().get_node_id(),
     }])
     tune.report(result | {"phase": "done", "test_selected_acc": g.summary["selected_acc"]})
@@ -232,7 +233,7 @@ def _record_unfinished(spec: SweepSpec, cell: Cell, store: Store, trial, status:
                        reason: str | None = None) -> None:
     """A trial stopped early (or failed for good) writes no row itself: record it from the driver."""
     trial_id, index, knobs = _identity(spec, cell, trial.config)
-    if store.path("trials", cell.cell_id, f"{trial_id}.parquet") in store.files("trials", cell.cell_id):
+    if store.has_writer("trials", cell.cell_id, trial_id):  # its own file, or its rows in a compacted one
         return
     last = trial.last_result or {}
     store.delete("generated", cell.cell_id, trial_id)
@@ -359,11 +360,12 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
 
 
 def _drop_orphans(store: Store, cell: Cell) -> None:
-    """`generated` files of trials that never wrote their `trials` row (interrupted mid-write)."""
-    committed = {f.rsplit("/", 1)[1] for f in store.files("trials", cell.cell_id)}
-    for f in store.files("generated", cell.cell_id) + store.files("curves", cell.cell_id):
-        if f.rsplit("/", 1)[1] not in committed:
-            store.fs.delete_file(f)
+    """`generated` and `curves` rows of trials that never wrote their `trials` row (interrupted mid-write).
+    By writer, not by file: a compacted file holds many writers' rows (Store.delete takes them out there)."""
+    committed = store.writer_ids("trials", cell.cell_id)
+    for table in ("generated", "curves"):
+        for writer in sorted(store.writer_ids(table, cell.cell_id) - committed):
+            store.delete(table, cell.cell_id, writer)
 
 
 class _TrialWatcher:
@@ -381,7 +383,10 @@ class _TrialWatcher:
             if f in self.seen:
                 continue
             self.seen.add(f)
-            row = pq.read_table(f, filesystem=self.store.fs).to_pylist()[0]
+            rows = pq.read_table(f, filesystem=self.store.fs).to_pylist()
+            if len(rows) != 1:  # a tombstone (a removed trial) or a compacted file: not one trial's row
+                continue
+            row = rows[0]
             cell = row["cell_id"]
             self.progress.finish(row["trial_id"])
             if row["status"] == "failed":
@@ -397,8 +402,10 @@ class _TrialWatcher:
                                 f"{row.get('pairwise_iou', float('nan')):.3f}, spread "
                                 f"{row.get('spread_ratio', float('nan')):.2f}x the snapshots'")
             if row.get("ae_converged") is False:
-                warnings.append(f"autoencoder stopped at its bound ({row.get('ae_steps_taken')} steps) with R2 "
-                                f"{row.get('ae_r2', float('nan')):.3f} below ae_min_r2")
+                warnings.append(f"autoencoder stopped at its bound ({row.get('ae_steps_taken')} steps) short of its "
+                                f"quality: R2 {row.get('ae_r2', float('nan')):.3f} (ae_min_r2 {row.get('ae_min_r2')}), "
+                                f"fidelity {row.get('ae_fidelity', float('nan')):.3f} "
+                                f"(ae_min_fidelity {row.get('ae_min_fidelity')})")
             self.progress.advance("trials", f"{cell}: val {row['val_acc']:.2f}%, test (val-selected) "
                                             f"{row['selected_acc']:.2f}%, test max IoU to snapshots {row['test_max_iou']:.3f}, "
                                             f"pairwise IoU {row.get('pairwise_iou', float('nan')):.3f} "

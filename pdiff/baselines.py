@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["BASELINES", "snapshot_noise", "snapshot_average", "coordinate_gaussian"]
+__all__ = ["BASELINES", "LABELS", "snapshot_noise", "snapshot_average", "coordinate_gaussian"]
 
 
 def snapshot_noise(snapshots: torch.Tensor, n: int, gen: torch.Generator, *, sigma: float = 0.01) -> torch.Tensor:
@@ -37,4 +37,11 @@ BASELINES: dict[str, Callable[..., torch.Tensor]] = {
     "noise": snapshot_noise,
     "average": snapshot_average,
     "gaussian": coordinate_gaussian,
+}
+
+# How a report names each method: (label, short label for narrow table headings).
+LABELS: dict[str, tuple[str, str]] = {
+    "noise": ("noise", "noise"),
+    "average": ("average of 16", "avg16"),
+    "gaussian": ("Gaussian", "gauss"),
 }

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checks
 from .data import Dataset, Split
 from .evaluate import BatchedEvaluator, Scores
 from .subset import ParameterSubset
@@ -22,6 +23,11 @@ Log = Callable[[str], None]
 Wrap = Callable[[nn.Module], nn.Module]
 State = dict  # everything a run needs to continue exactly where it stopped (see train_source)
 SaveState = Callable[[State], None]
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+UNITS = ("step", "epoch")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,15 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" or "constant"
     augment: bool = True  # random crops for images >= 28 px, flips for colour images
 
+    def __post_init__(self):
+        checks.integer(self, "epochs")
+        checks.integer(self, "batch_size")
+        checks.number(self, "lr", low_open=True)
+        checks.choice(self, "optimizer", OPTIMIZERS)
+        checks.number(self, "weight_decay")
+        checks.choice(self, "schedule", SCHEDULES)
+        checks.flag(self, "augment")
+
 
 @dataclass(frozen=True)
 class CollectConfig:
@@ -46,6 +61,13 @@ class CollectConfig:
     unit: str = "step"  # "step" or "epoch"
     lr: float = 0.03
     optimizer: str = "sgd"
+
+    def __post_init__(self):
+        checks.integer(self, "k")
+        checks.integer(self, "interval")
+        checks.choice(self, "unit", UNITS)
+        checks.number(self, "lr", low_open=True)
+        checks.choice(self, "optimizer", OPTIMIZERS)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checks
+
 __all__ = ["LDMConfig", "Schedule", "Denoiser", "LatentDiffusion", "train_diffusion", "SAMPLERS",
            "ddpm_step", "ddim_step", "ddim_timesteps", "sample_latents"]
 
@@ -34,6 +36,20 @@ class LDMConfig:
     batch_size: int = 64
     ema_decay: float = 0.999
     amp: bool = False  # bf16 autocast for the training steps' forward pass (CUDA only; ignored elsewhere)
+
+    def __post_init__(self):  # a bad value raises checks.ConfigError (a ValueError) naming the field
+        checks.integer(self, "timesteps")
+        checks.number(self, "beta_start", low_open=True, high=1, high_open=True)
+        checks.number(self, "beta_end", low_open=True, high=1, high_open=True)
+        if not self.beta_start <= self.beta_end:
+            raise checks.ConfigError("beta_end", f"expected a number >= beta_start ({self.beta_start:g}), "
+                                                 f"got {checks.short(self.beta_end)}")
+        checks.channels(self, "channels")
+        checks.integer(self, "steps")
+        checks.number(self, "lr", low_open=True)
+        checks.integer(self, "batch_size")
+        checks.number(self, "ema_decay", high=1)
+        checks.flag(self, "amp")
 
 
 class Schedule(nn.Module):

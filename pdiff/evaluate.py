@@ -160,6 +160,14 @@ def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
 
+def paired_iou(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
+    """(N,) IoU of the wrong-prediction sets of model i of `wrong_a` and model i of `wrong_b`
+    (e.g. a reconstruction and its own snapshot); two empty sets: IoU 1."""
+    inter = (wrong_a & wrong_b).sum(1)
+    union = (wrong_a | wrong_b).sum(1)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float32))
+
+
 def max_iou(wrong: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) the max IoU of each model's wrong-prediction set to any of `reference`'s (lower = more novel).
 

@@ -11,10 +11,12 @@ from typing import Any, Callable
 import torch
 
 from .autoencoder import AEConfig, Normalizer, ParameterAutoencoder, TrainedAutoencoder, train_autoencoder
+from . import checks
 from .baselines import BASELINES
+from .checks import ConfigError, short
 from .data import Dataset
 from .diffusion import SAMPLERS, LatentDiffusion, LDMConfig, train_diffusion
-from .evaluate import BatchedEvaluator, Scores, family_stats, novelty, summarize
+from .evaluate import BatchedEvaluator, Scores, family_stats, novelty, paired_iou, summarize
 
 __all__ = ["PdiffConfig", "Assessment", "PdiffRun", "Diverged", "assess", "run_pdiff", "run_baselines",
            "replace_knobs", "KNOBS", "KNOB_DOCS", "sample_vectors", "generator_state", "restore_generator"]
@@ -31,7 +33,7 @@ class Diverged(RuntimeError):
 KNOBS = {
     "latent_dim": ("ae", "latent_dim"), "input_noise": ("ae", "input_noise"),
     "latent_noise": ("ae", "latent_noise"), "ae_steps": ("ae", "steps"), "ae_lr": ("ae", "lr"),
-    "ae_min_r2": ("ae", "min_r2"), "normalize": ("ae", "normalize"), "ae_token_size": ("ae", "token_size"),
+    "ae_min_r2": ("ae", "min_r2"), "ae_min_fidelity": ("ae", "min_fidelity"), "normalize": ("ae", "normalize"), "ae_token_size": ("ae", "token_size"),
     "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
     "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
     "ae_amp": ("ae", "amp"), "ldm_amp": ("ldm", "amp"),
@@ -47,6 +49,8 @@ KNOB_DOCS = {
     "ae_steps": "upper bound on AE training steps; it stops earlier once ae_min_r2 is reached",
     "ae_lr": "AdamW learning rate of the autoencoder",
     "ae_min_r2": "share of the snapshots' variance the AE reconstructions must explain before it stops, in (0, 1]",
+    "ae_min_fidelity": ("mean val IoU of each AE reconstruction's mistakes with its own snapshot's before it stops, "
+                        "in [0, 1] (0: off)"),
     "normalize": "global (per-coordinate centre, one scale) | tensor (per-tensor standardisation, as the official code)",
     "ae_token_size": "numbers per token: the input channels of the AE's first convolution",
     "ae_batch_size": "snapshots per AE training step",
@@ -72,6 +76,15 @@ class PdiffConfig:
     sampler: str = "ddpm"
     sample_steps: int | None = None  # DDIM steps; DDPM always walks all T steps
 
+    def __post_init__(self):  # a bad value raises ConfigError (a ValueError) naming the field
+        if not isinstance(self.ae, AEConfig):
+            raise ConfigError("ae", f"expected an AEConfig, got {short(self.ae)}")
+        if not isinstance(self.ldm, LDMConfig):
+            raise ConfigError("ldm", f"expected an LDMConfig, got {short(self.ldm)}")
+        checks.integer(self, "n_generated")
+        checks.choice(self, "sampler", SAMPLERS)
+        checks.integer(self, "sample_steps", optional=True)
+
     @classmethod
     def from_knobs(cls, **knobs: Any) -> "PdiffConfig":
         """Build from flat knob names (`latent_dim=64, ae_steps=500, sampler="ddim"`)."""
@@ -83,10 +96,14 @@ class PdiffConfig:
             part, attr = KNOBS[name]
             value = tuple(value) if isinstance(value, list) else value
             parts[part][attr] = value
-        cfg = cls(AEConfig(**parts["ae"]), LDMConfig(**parts["ldm"]), **parts[""])
-        if cfg.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {cfg.sampler!r}; known samplers: {', '.join(SAMPLERS)}")
-        return cfg
+        made = {}
+        for part, make in (("ae", AEConfig), ("ldm", LDMConfig)):
+            try:
+                made[part] = make(**parts[part])
+            except ConfigError as err:  # name the knob (`ae_steps: ...`), not the field (`steps: ...`)
+                knob = next((n for n, where in KNOBS.items() if where == (part, err.field)), err.field)
+                raise ConfigError(knob, err.message, err.index) from None
+        return cls(made["ae"], made["ldm"], **parts[""])
 
     def knobs(self) -> dict[str, Any]:
         """The flat knob values of this configuration."""
@@ -115,7 +132,8 @@ class PdiffRun:
     seconds: dict[str, float]
     ae_steps: int = 0  # steps the autoencoder took to reach its quality (or its bound)
     ae_r2: float = float("nan")  # reconstruction R2 it reached
-    ae_converged: bool = False  # reached min_r2 and the accuracy check within ae_steps
+    ae_converged: bool = False  # reached min_r2, min_fidelity and the accuracy check within ae_steps
+    ae_fidelity: float = float("nan")  # mean val IoU of each reconstruction's mistakes with its snapshot's (last check)
     ae: TrainedAutoencoder | None = None  # the trained models, to draw more vectors (`generator_state`)
     ldm: LatentDiffusion | None = None
 
@@ -156,9 +174,10 @@ def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Datase
     """Train the autoencoder and the latent DDPM on `snapshots`, generate and score N vectors.
 
     The autoencoder trains until its reconstructions of the snapshots reach R2
-    `cfg.ae.min_r2` and their mean validation accuracy is no more than
-    `acc_tolerance` points below the snapshots' (never the test split), or until
-    `cfg.ae.steps`. Raises `Diverged` when a loss or a generated vector is non-finite.
+    `cfg.ae.min_r2`, make the mistakes their snapshots make (mean validation IoU of
+    each reconstruction's wrong set with its own snapshot's >= `cfg.ae.min_fidelity`),
+    and their mean validation accuracy is no more than `acc_tolerance` points below
+    the snapshots' (never the test split), or until `cfg.ae.steps`. Raises `Diverged` when a loss or a generated vector is non-finite.
 
     `on_step(phase, step, loss)` sees training progress of phase "ae" and "ldm".
     With `probes` > 0, `on_probe(phase, step, val_acc)` is called once after the
@@ -172,10 +191,20 @@ def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Datase
     val_acc = lambda vectors: float((evaluator.predictions(vectors, data.val) == data.val.y).float().mean())  # noqa: E731
     target = float(snapshot_scores.val_acc.mean()) - acc_tolerance / 100
 
+    snapshot_val_wrong = (snapshot_scores.val_wrong if snapshot_scores.val_wrong is not None
+                          else evaluator.predictions(snapshots, data.val) != data.val.y)
+    fidelity = [float("nan")]
+
+    def accept(recon: torch.Tensor) -> bool:  # runs only once R2 is met
+        if not torch.isfinite(recon).all():
+            return False
+        wrong = evaluator.predictions(recon, data.val) != data.val.y
+        fidelity[0] = float(paired_iou(wrong, snapshot_val_wrong.to(wrong.device)).mean())
+        return float((~wrong).float().mean()) >= target and fidelity[0] >= cfg.ae.min_fidelity
+
     t0 = time.perf_counter()
     ae = train_autoencoder(
-        snapshots, cfg.ae, seed=seed, device=device, segments=evaluator.subset.sizes,
-        accept=lambda recon: bool(torch.isfinite(recon).all()) and val_acc(recon) >= target,
+        snapshots, cfg.ae, seed=seed, device=device, segments=evaluator.subset.sizes, accept=accept,
         on_step=on_step and (lambda s, l: on_step("ae", s, l)))
     _finite(ae.losses, "autoencoder")
     if on_probe:
@@ -205,7 +234,7 @@ def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Datase
     generated = assess(evaluator, data, vectors, snapshots, snapshot_scores)
     seconds["evaluate"] = time.perf_counter() - t0
     return PdiffRun(generated, _tail_mean(ae.losses), _tail_mean(ldm.losses), seconds,
-                    ae.steps, ae.r2, ae.converged, ae, ldm)
+                    ae.steps, ae.r2, ae.converged, ae=ae, ldm=ldm, ae_fidelity=fidelity[0])
 
 
 def sample_vectors(ae: TrainedAutoencoder, ldm: LatentDiffusion, n: int, *, sampler: str = "ddpm",

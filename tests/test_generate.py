@@ -32,14 +32,21 @@ def test_same_seed_reproduces_the_trials_generated_vectors(sweep_copy, capsys):
     trial = _completed(sweep_copy)
     stored = sweep_copy.read_pandas("generated", trial.cell_id)
     stored = torch.tensor(np.stack(stored[stored.trial_id == trial.trial_id].sort_values("index").params))
+    seed = _seed(sweep_copy, trial)
     assert main([sweep_copy.root, trial.trial_id, "-n", str(N)]) == 0
-    out = Path(sweep_copy.root) / "generated_more" / f"{trial.trial_id}-{N}-{_seed(sweep_copy, trial)}.parquet"
+    out = Path(sweep_copy.root) / "generated_more" / f"{trial.trial_id}-{N}-{seed}.parquet"
     again = torch.tensor(pq.read_table(out).column("params").to_pylist())
     torch.testing.assert_close(again, stored, rtol=0, atol=0)  # the same code path and batch: bit for bit
-    # More than the trial drew: its vectors come first (same noise stream, bigger batch).
-    more = Path(sweep_copy.root).parent / "more.pt"
-    assert main([sweep_copy.root, trial.trial_id, "-n", str(3 * N), "--out", str(more)]) == 0
-    torch.testing.assert_close(torch.load(more)["vectors"][:N], stored, rtol=1e-3, atol=1e-4)
+    # 1,000 more, as the README says (`-n 1000`, to its default file): all written, all finite, and the
+    # trial's own vectors come first (same noise stream, bigger batch).
+    assert main([sweep_copy.root, trial.trial_id, "-n", "1000"]) == 0
+    table = pq.read_table(Path(sweep_copy.root) / "generated_more" / f"{trial.trial_id}-1000-{seed}.parquet")
+    assert table.num_rows == 1000 and table.column("index").to_pylist() == list(range(1000))
+    assert set(table.column("seed").to_pylist()) == {seed}
+    assert set(table.column("trial_id").to_pylist()) == {trial.trial_id}
+    more = torch.tensor(table.column("params").to_pylist())
+    assert more.shape == (1000, stored.shape[1]) and torch.isfinite(more).all()
+    torch.testing.assert_close(more[:N], stored, rtol=1e-3, atol=1e-4)
     # Never overwritten silently.
     assert main([sweep_copy.root, trial.trial_id, "-n", str(N)]) == 2
     assert "exists" in capsys.readouterr().err

@@ -104,3 +104,33 @@ def test_a_large_learning_rate_is_a_diverged_run_not_a_number(collected, evaluat
     cfg = PdiffConfig.from_knobs(**(TINY_KNOBS | {"ae_lr": 1.0, "ae_steps": 100}))
     with pytest.raises(Diverged, match="grew from"):
         run_pdiff(c.snapshots, evaluator, data, c.scores, cfg, seed=0)
+
+
+@pytest.mark.parametrize("measured, converged", [(0.5, False), (0.99, True)])
+def test_the_autoencoder_stops_only_once_its_reconstructions_make_their_snapshots_mistakes(
+        collected, evaluator, monkeypatch, measured, converged):
+    import pdiff.pipeline as pipeline
+
+    c, data = collected.collection, collected.data
+    seen = []
+
+    def paired_iou(a, b):  # the real one, with its answer replaced: the gate must obey it
+        seen.append((a.shape, b.shape))
+        return torch.full((len(a),), measured)
+
+    monkeypatch.setattr(pipeline, "paired_iou", paired_iou)
+    cfg = PdiffConfig.from_knobs(**(TINY_KNOBS | dict(ae_steps=300, ae_min_r2=0.01, ae_min_fidelity=0.95, ae_lr=3e-3,
+                                                      ldm_steps=5, n_generated=2)))
+    run = run_pdiff(c.snapshots, evaluator, data, c.scores, cfg, seed=0)
+    assert seen and all(a == b == (len(c.snapshots), len(data.val.y)) for a, b in seen)  # each snapshot, on val
+    assert run.ae_fidelity == pytest.approx(measured)
+    assert run.ae_converged is converged
+    assert (run.ae_steps < 300) if converged else (run.ae_steps == 300)
+
+
+def test_paired_iou_pairs_each_model_with_its_own():
+    from pdiff.evaluate import paired_iou
+
+    a = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    b = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    assert paired_iou(a, b).tolist() == [0.5, 1.0, 0.0]  # two empty sets are alike

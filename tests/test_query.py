@@ -79,6 +79,13 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def test_readme_questions_are_the_sql_modules():
+    """The README's ```sql blocks are orchestrator.sql's questions, read by path: its rules, written once."""
+    from orchestrator.sql import files, readme_questions
+
+    assert _readme_queries() == readme_questions(files("results/smoke"))
+
+
 @pytest.mark.parametrize("i", range(3))
 def test_readme_questions_through_the_views(finished_sweep, i):
     readme = _readme_queries()

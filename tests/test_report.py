@@ -795,3 +795,52 @@ def test_report_renders_in_a_headless_browser(reported, tmp_path):
         assert len(re.findall(r"<tr\b", body)) == n_cells
     images = re.findall(r"<img\b[^>]*>", dom)
     assert sorted(re.search(r'src="([^"]+)"', i).group(1) for i in images) == sorted(ALL_FIGURES)
+
+
+# -- at sweep scale -------------------------------------------------------------------------------
+
+
+def test_the_report_bounds_panels_for_many_cells(tmp_path, monkeypatch):
+    """Beyond MAX_PANELS cells every figure pools them, one panel per arch x dataset (at most MAX_PANELS);
+    the index page has the arch x dataset table; every cell has its page, linked from its row; beyond
+    INDEX_CELLS cells the per-cell tables leave the index for cells.html. A synthetic 13-cell sweep (the
+    results_scale benchmark's, small), fANOVA stubbed out: seconds."""
+    import orchestrator.figures as figures
+    import orchestrator.pages as pages
+    from benchmarks.results_scale import build
+    from orchestrator.figures import MAX_PANELS, panels_of
+
+    # 400 cells in 29 arch x dataset groups: the first 12 groups, every one of their cells pooled
+    sources = pd.DataFrame([{"cell_id": f"a{a}-d{d}-s{s}", "arch": f"a{a:02d}", "dataset": f"d{d}", "seed": s}
+                            for a in range(15) for d in range(2) for s in range(14)][:400])
+    panels, note = panels_of(sources)
+    assert len(panels) == MAX_PANELS and "the first 12 of 29" in note
+    assert all(len(p.cells) == 14 and len({c.split("-s")[0] for c in p.cells}) == 1 for p in panels)
+    assert len(panels_of(sources.iloc[:MAX_PANELS])[0]) == MAX_PANELS  # up to 12 cells: a panel per cell
+
+    store = build(tmp_path, 13, 2, k=10, n=6, log=lambda s: None)  # 4 archs x 2 datasets, 13 cells
+    panels_drawn: dict[str, int] = {}
+    save = figures._save
+
+    def counting(fig, path, title):
+        panels_drawn[path.name] = sum(bool(ax.get_title()) for ax in fig.axes)  # colour bars have no title
+        return save(fig, path, title)
+
+    monkeypatch.setattr(figures, "_save", counting)
+    monkeypatch.setattr(figures, "cell_importance", lambda trials, knobs: (None, "not computed in this test"))
+    monkeypatch.setattr(pages, "INDEX_CELLS", 5)
+    index = write_report(store, tmp_path / "report")
+    assert set(panels_drawn) == set(ALL_FIGURES)
+    assert all(0 < n <= MAX_PANELS for n in panels_drawn.values()), panels_drawn
+    assert panels_drawn["similarity.png"] == 8 and panels_drawn["search_history.png"] == 8  # the groups
+    html = index.read_text()
+    assert "<h3>By architecture x dataset</h3>" in html and 'href="cells.html"' in html
+    assert "<h3>Collapse</h3>" not in html  # the per-cell tables are on cells.html
+    everyone = (index.parent / "cells.html").read_text()
+    cells = store.read("sources", columns=["cell_id"]).column("cell_id").to_pylist()
+    for cell in cells:
+        page = index.parent / f"cell-{cell}.html"
+        assert page.is_file() and cell in page.read_text() and f'href="cell-{cell}.html"' in everyone
+    assert everyone.count("<h3>Collapse</h3>") == 1
+    md = (index.parent / "summary.md").read_text()
+    assert "## By architecture x dataset" in md
