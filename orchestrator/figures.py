@@ -378,6 +378,8 @@ def _save(fig, path: Path, title: str) -> Path:
 
 
 def _params(df: pd.DataFrame) -> np.ndarray:
+    if "params" not in df.columns:  # no rows at all (e.g. a sweep without baselines)
+        return np.zeros((0, 0), np.float32)
     vectors = [v for v in df.params if v is not None]  # a failed writer may store no vector
     return np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
 

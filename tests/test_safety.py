@@ -185,8 +185,12 @@ def test_restart_deletes_only_its_own_folder(crowded, capsys, monkeypatch):
     assert code == 130, err
     assert f"restart: deleted the results in {mine.root}" in out
     after = snapshot(crowded)
-    assert sorted(k for k in after if k.startswith("parent/results/smoke")) == [
+    # Left: the marker, and this (interrupted) run's own record in the runs table.
+    kept = sorted(k for k in after if k.startswith("parent/results/smoke"))
+    assert [k for k in kept if not k.startswith("parent/results/smoke/runs")] == [
         "parent/results/smoke", f"parent/results/smoke/{MARKER}"]
+    runs = Store(str(results), "smoke").read_pandas("runs")
+    assert len(runs) == 1 and runs.outcome.tolist() == ["interrupted"], runs
     assert json.loads((results / "smoke" / MARKER).read_text())["sweep"] == "smoke"
     assert {k: v for k, v in after.items() if not k.startswith("parent/results/smoke")} == {
         k: v for k, v in before.items() if not k.startswith("parent/results/smoke")} | {"spec.yaml": spec.read_bytes()}
