@@ -152,33 +152,50 @@ class CellData:
 
 
 def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions: bool = True,
-               vectors: Iterable[str] | None = None) -> list[CellData]:
+               vectors: Iterable[str] | None = None, trials: pd.DataFrame | None = None) -> list[CellData]:
     """Every cell's snapshots, generated and baseline models; with `predictions`, the similarity numbers
     computed from their stored wrong-prediction sets (CellData.similarity, snapshot_max_iou, recomputed).
 
     Each table is read once for all cells, without the parameter vectors; `vectors` names the cells whose
     vectors are read too (the t-SNE's: snapshots, the val-selected trial's generated models, the baselines;
     None: every cell). The others have an empty `snapshots` array and no `params` column: at sweep scale
-    the vectors are most of the tables' bytes. A `generated` row without a trial id takes its writer's."""
+    the vectors are most of the tables' bytes. A `generated` row without a trial id takes its writer's.
+    `trials`: the trials table, where the caller has read it already (`trial_history`)."""
     sources = store.read_pandas("sources").sort_values(["arch", "dataset", "seed"])
-    trials = store.read_pandas("trials")  # every column: those a sweep wrote before some existed may lack them
+    if trials is None:  # every column: those a sweep wrote before some existed may lack them
+        trials = store.read_pandas("trials")
     # Only completed trials' generated models are drawn: a failed trial's vectors may be NaN.
-    completed = {(c, t) for c, t, s in zip(trials.cell_id, trials.trial_id, trials.status) if s == "completed"}
+    completed: dict[str, set[str]] = {}
     trial_rows: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in trials.to_dict("records"):
         if r["status"] == "completed":
+            completed.setdefault(r["cell_id"], set()).add(r["trial_id"])
             trial_rows.setdefault(r["cell_id"], {})[(r["cell_id"], r["trial_id"])] = r
     wanted = set(sources.cell_id) if vectors is None else set(vectors)
 
     def by_cell(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        return {c: g.drop(columns=["cell_id"]) for c, g in frame.groupby("cell_id", sort=False)}
+        # Sorted once, then sliced: a `take` per cell on 400-chunk Arrow columns took seconds.
+        frame = frame.sort_values("cell_id", kind="stable").reset_index(drop=True)
+        ids = frame.cell_id.to_numpy(dtype=object)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], int)
+        ends = np.r_[starts[1:], len(ids)]
+        return {ids[a]: frame.iloc[a:b] for a, b in zip(starts, ends)}
 
     snapshots = by_cell(store.read_pandas("checkpoints", columns=["cell_id", "index", "val_acc", "test_acc",
                                                                   "test_wrong"]))
     gen = store.read_pandas("generated", columns=["cell_id", "trial_id", "index", "val_acc", "test_acc",
-                                                  "test_max_iou", "test_wrong"], writers=True)
+                                                  "test_max_iou"], writers=True)
     gen["trial_id"] = gen.trial_id.fillna(gen[WRITER])
-    generated = by_cell(gen.drop(columns=list(HIDDEN)))
+    # The packed sets of the val-selected trials' models only: the others' are most of the rows.
+    import pyarrow.compute as pc
+
+    chosen = sorted({t for t in best_trials.values() if isinstance(t, str)})
+    sets = store.read_pandas("generated", columns=["cell_id", "trial_id", "index", "test_wrong"], writers=True,
+                             where=pc.field("trial_id").isin(chosen) | pc.field("trial_id").is_null())
+    sets["trial_id"] = sets.trial_id.fillna(sets[WRITER])
+    gen = gen.drop(columns=list(HIDDEN)).merge(sets.drop(columns=list(HIDDEN)), how="left",
+                                               on=["cell_id", "trial_id", "index"])
+    generated = by_cell(gen)
     baselines = by_cell(store.read_pandas("baselines", heavy=["test_wrong"]))
     gen_columns = ["trial_id", "index", "val_acc", "test_acc", "test_max_iou", "test_wrong"]
     cells = []
@@ -196,7 +213,7 @@ def load_cells(store: Store, best_trials: dict[str, str | None], *, predictions:
         _families(cell, row._asdict(), trial_rows.get(row.cell_id, {}))
         cell.baselines = cell.baselines[[c for c in ("method", "index", "val_acc", "test_acc", "test_max_iou",
                                                      "test_wrong") if c in cell.baselines]]
-        keep = np.array([(row.cell_id, t) in completed for t in cell.generated.trial_id], dtype=bool)
+        keep = cell.generated.trial_id.isin(completed.get(row.cell_id, set())).to_numpy(dtype=bool)
         cell.generated = cell.generated[keep].reset_index(drop=True)  # an array: `df[[]]` would drop the columns
         if row.cell_id in wanted:
             _read_vectors(store, cell, snaps)
@@ -262,10 +279,9 @@ def _families(cell: CellData, source: dict[str, Any], trials: dict[tuple[str, st
         cell.families["p-diff"] = {k: best.get(k) for k in SIGNALS}
     b = cell.baselines
     if "family_pairwise_iou" in b:
-        for method, rows in b.groupby("method"):
-            first = rows.iloc[0]
+        for first in b.drop_duplicates("method").to_dict("records"):  # a family's signals are on every row
             if known(first.get("family_pairwise_iou")):
-                cell.families[method] = {k: first.get(f"family_{k}") for k in SIGNALS}
+                cell.families[first["method"]] = {k: first.get(f"family_{k}") for k in SIGNALS}
 
 
 def _recompute(source, test_wrong: pd.Series, cell: CellData) -> None:
@@ -523,6 +539,7 @@ def tsne_figure(cells: list[CellData], path: Path, note: str = "") -> Path:
 
 MAX_PANELS = 12  # panels per figure
 IMPORTANCE_TRIALS = 120  # completed trials a pooled importance panel's fANOVA sees (a seeded sample)
+PARALLEL_LINES = 300  # trials a pooled parallel-coordinates panel draws (a seeded sample)
 
 
 @dataclass(frozen=True)
@@ -731,6 +748,10 @@ def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, st
             ys = [position(k, getattr(row, k)) for k in knobs]
             ys.append(0.5 if hi_acc == lo_acc else (row.val_acc - lo_acc) / (hi_acc - lo_acc))
             lines.append((ys, cmap(norm(row.val_acc))))
+        if len(lines) > PARALLEL_LINES:  # a pooled panel: a seeded sample (thousands of lines read as one blot)
+            keep = np.random.default_rng(0).choice(len(lines), PARALLEL_LINES, replace=False)
+            lines = [lines[i] for i in sorted(keep)]
+            ax.text(0.99, 1.12, f"{PARALLEL_LINES} of {len(t)} trials", ha="right", fontsize=7, transform=ax.transAxes)
         if len(lines) <= 100:
             for ys, colour in lines:
                 ax.plot(range(len(axis_names)), ys, "-o", color=colour, lw=1.8, ms=4, alpha=0.9)
@@ -764,7 +785,8 @@ def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, st
     return _save(fig, path, FIGURES[path.name][0])
 
 
-def cell_importance(trials: pd.DataFrame, knobs: list[str]) -> tuple[dict[str, float] | None, str | None]:
+def cell_importance(trials: pd.DataFrame, knobs: list[str], *, n_trees: int = 64
+                    ) -> tuple[dict[str, float] | None, str | None]:
     """fANOVA importances of the knobs for val_acc in one cell's completed trials, or why there are none."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -801,7 +823,7 @@ def cell_importance(trials: pd.DataFrame, knobs: list[str]) -> tuple[dict[str, f
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, seed=0)
             return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), None
     except Exception as err:  # e.g. too little variation for the forest
         return None, f"fANOVA could not be computed: {type(err).__name__}: {err}"
@@ -818,7 +840,9 @@ def importance_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, 
         done = int((t.status == "completed").sum()) if len(t) else 0
         if done > IMPORTANCE_TRIALS:  # a pooled panel: fANOVA's forest grows with the trials (29 s for 1,200)
             t = t[t.status == "completed"].sample(IMPORTANCE_TRIALS, random_state=0)
-        importances, why = cell_importance(t, knobs) if len(t) else (None, "no trials yet")
+        pooled = bool(members) and len(members.get(cell, ())) > 1  # 16 trees, not 64: 2 s -> 0.2 s a panel
+        importances, why = (cell_importance(t, knobs, **({"n_trees": 16} if pooled else {})) if len(t)
+                            else (None, "no trials yet"))
         if importances is None:
             _message(ax, f"no importance: {why}", labels[cell])
             continue
@@ -846,14 +870,14 @@ def draw_all(store: Store, out: Path, best_trials: dict[str, str | None], knobs:
     # At most MAX_PANELS panels a figure (panels_of): cells, or arch x dataset groups pooling their cells. Only
     # the cells that stand for a panel have their parameter vectors read (the t-SNE's).
     panels, note = panels_of(store.read_pandas("sources", columns=["cell_id", "arch", "dataset", "seed"]))
-    cells = load_cells(store, best_trials, vectors=[p.cells[0] for p in panels])
+    trials, how = trial_history(store)
+    cells = load_cells(store, best_trials, vectors=[p.cells[0] for p in panels], trials=trials)
     log(f"similarity from the stored wrong-prediction sets of {len(cells)} cell(s) ({time.perf_counter() - t0:.1f}s)")
     by_id = {c.cell_id: c for c in cells}
     labels = {p.key: p.label for p in panels}
     members = {p.key: p.cells for p in panels}
     first = [by_id[p.cells[0]] for p in panels]  # one cell per panel, where cells cannot be pooled
     pooled = any(len(p.cells) > 1 for p in panels)
-    trials, how = trial_history(store)
     if knobs is None:
         knobs = searched_knobs(connect(store))[0] if len(trials) else []
     paths = {}

@@ -55,7 +55,7 @@ from pdiff.baselines import LABELS
 from . import paths
 from .query import parse_results_dir
 from .sql import failed_reasons_sql, methods, report_sql, searched_knobs
-from .summary import connect, one_line
+from .summary import connect, materialize, one_line
 from .tables import TABLES, CorruptTable, OldTables, Store
 
 __all__ = ["BASELINES", "collapse_warnings", "parse_results_dir", "report_sql", "searched_knobs", "summary_table",
@@ -389,6 +389,7 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
 
     t0 = time.perf_counter()
     con = connect(store)
+    materialize(con)  # the light columns, read once for the report's many queries
     df, searched, shown = summary_table(store, con)
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
     log(f"summary of {len(df)} cell(s) ({time.perf_counter() - t0:.1f}s)")

@@ -8,9 +8,9 @@ import duckdb
 import pyarrow as pa
 
 from . import sql
-from .tables import HIDDEN, TABLES, WRITER, CorruptTable, Store
+from .tables import HEAVY, HIDDEN, TABLES, WRITER, CorruptTable, Store
 
-__all__ = ["COLLAPSE_COLUMNS", "connect", "fill_missing_columns", "open_views", "one_line", "SUMMARY_SQL", "summary"]
+__all__ = ["COLLAPSE_COLUMNS", "connect", "fill_missing_columns", "materialize", "open_views", "one_line", "SUMMARY_SQL", "summary"]
 
 
 def _quote(text: str) -> str:
@@ -66,13 +66,32 @@ def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckd
     return con, corrupt
 
 
-def connect(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with a view per table (`sources`, `checkpoints`, `trials`, ...).
+def materialize(con: duckdb.DuckDBPyConnection, tables: Iterable[str] = ("sources", "trials", "checkpoints",
+                                                                          "baselines", "curves", "runs")) -> None:
+    """Copy each view's columns but the vectors and packed sets (tables.HEAVY) into a temporary table of the
+    same name, which the connection reads from then on (temp shadows main): a report's dozen queries then
+    scan each table's files once, not once a query (at 400 cells: 1.2 s once, instead of ~1 s a query).
+    A table without a view (unreadable) is left as it is."""
+    for table in tables:
+        try:
+            columns = [r[0] for r in con.execute(f"DESCRIBE main.{table}").fetchall()]
+        except duckdb.Error:
+            continue
+        heavy = [c for c in HEAVY if c in columns]
+        exclude = f" EXCLUDE ({', '.join(heavy)})" if heavy else ""
+        try:
+            con.execute(f"CREATE TEMP TABLE {table} AS SELECT *{exclude} FROM main.{table}")
+        except duckdb.CatalogException:  # a registered in-memory table (no files): it is read once already
+            continue
+
+
+def connect(store: Store, tables: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with a view per table (`sources`, `checkpoints`, `trials`, ...; or of `tables`).
 
     Columns the summary reads that a sweep written before them lacks (COLLAPSE_COLUMNS) are NULL
     (`fill_missing_columns`). Raises CorruptTable (one line, naming the file) if any table has an
     unreadable file, OldTables if the tables are of another schema version."""
-    con, corrupt = open_views(store)
+    con, corrupt = open_views(store, tables)
     if corrupt:
         con.close()
         raise CorruptTable(next(iter(corrupt.values())))
@@ -119,7 +138,10 @@ def one_line(err: BaseException | str) -> str:
 
 def summary(store: Store):
     """The per-cell summary as a pandas DataFrame (accuracies in percent): `orchestrator.sql.summary_sql()`."""
-    return connect(store).execute(sql.summary_sql()).df()
+    from .query import tables_read
+
+    query = sql.summary_sql()
+    return connect(store, [t for t in TABLES if t in tables_read(query)]).execute(query).df()  # views it reads
 
 
 def __getattr__(name: str):  # SUMMARY_SQL, built on first use (its method list comes from pdiff, with torch)

@@ -506,12 +506,13 @@ class Store:
         return data.drop_columns([c for c in HIDDEN if c in data.column_names]).replace_schema_metadata(None)
 
     def read(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None, *,
-             heavy: bool | Iterable[str] = True, writers: bool = False) -> pa.Table:
+             heavy: bool | Iterable[str] = True, writers: bool = False, where=None) -> pa.Table:
         """One table (or one cell of it) as Arrow; files with added columns are unified.
 
         `columns`: those only (a column no file has is left out of an empty table); with no `columns`, `heavy`
         says which of the vector and packed-set columns (HEAVY) come too: all (True), none (False), or those
-        named (e.g. ["test_wrong"]). `writers`: also `_writer` (the file
+        named (e.g. ["test_wrong"]). `where`: a pyarrow expression the rows must match (pushed
+        into the scan). `writers`: also `_writer` (the file
         each row came from: a trial id, `snapshots`, ...) and `_written_ns` (that file's modification time)."""
         hidden = list(HIDDEN) if writers else []
         layout = self.layout(table, cell_id)
@@ -530,7 +531,9 @@ class Store:
         names = [c for c in names if c not in HIDDEN] + [c for c in hidden if c in schema.names]
         if writers:
             names.append("__filename")
-        data = dataset.to_table(columns=names, filter=self._skip_filter(layout))
+        skip = self._skip_filter(layout)
+        data = dataset.to_table(columns=names, filter=skip if where is None else where if skip is None else
+                                skip & where)
         if writers:
             data = self._with_writers(data, layout)
         return data.replace_schema_metadata(None)
@@ -582,8 +585,8 @@ class Store:
         return data
 
     def read_pandas(self, table: str, cell_id: str | None = None, columns: Iterable[str] | None = None, *,
-                    heavy: bool | Iterable[str] = True, writers: bool = False):
-        return self.read(table, cell_id, columns, heavy=heavy, writers=writers).to_pandas()
+                    heavy: bool | Iterable[str] = True, writers: bool = False, where=None):
+        return self.read(table, cell_id, columns, heavy=heavy, writers=writers, where=where).to_pandas()
 
     # -- writers: what a writer left, wherever its rows are ----------------------------------
 

@@ -827,7 +827,7 @@ def test_the_report_bounds_panels_for_many_cells(tmp_path, monkeypatch):
         return save(fig, path, title)
 
     monkeypatch.setattr(figures, "_save", counting)
-    monkeypatch.setattr(figures, "cell_importance", lambda trials, knobs: (None, "not computed in this test"))
+    monkeypatch.setattr(figures, "cell_importance", lambda trials, knobs, **kw: (None, "not computed in this test"))
     monkeypatch.setattr(pages, "INDEX_CELLS", 5)
     index = write_report(store, tmp_path / "report")
     assert set(panels_drawn) == set(ALL_FIGURES)
