@@ -41,12 +41,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.tables import SCHEMA_VERSION, TABLES, Store
+from pdiff.names import METHODS
 
 SWEEP = "scale"
 ARCHS = {"mlp": 650, "cnn_small": 394, "cnn_medium": 522, "resnet_tiny": 586}  # arch -> subset size
 DATASETS = ("digits", "digits_shifted")
 K, N, N_VAL, N_TEST, CURVE_POINTS = 50, 50, 144, 359, 24
-METHODS = ("noise", "average", "gaussian")
 TARGETS = {"summary": 3.0, "query": 1.0, "report": 60.0}  # seconds at 400 x 24
 REPORT_RSS_GB = 2.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ from orchestrator.summary import summary
 from orchestrator.tables import Store
 t1 = time.perf_counter()
 from orchestrator import sql
-sql.methods()  # part of summary()'s work: the baseline methods' names, from pdiff.baselines (imports torch)
+sql.methods()  # part of summary()'s work: the baseline methods' names, from pdiff.names (no torch)
 t2 = time.perf_counter()
 df = summary(Store(sys.argv[1], sys.argv[2]))
 print(json.dumps({"seconds": time.perf_counter() - t1, "methods": t2 - t1, "imports": t1 - t0, "rows": len(df)}))
@@ -327,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary.get('rows')}, trials counted {query.get('rows')}")
         if summary["ok"]:
             print(f"summary: {summary['methods']:.2f} s of its {summary['seconds']:.2f} s is orchestrator.sql.methods() "
-                  f"importing torch (pdiff.baselines) for the baseline names; the queries took "
-                  f"{summary['seconds'] - summary['methods']:.2f} s")
+                  f"(the baseline names, from pdiff.names); the queries took {summary['seconds'] - summary['methods']:.2f} s")
         checks = [summary["ok"] and summary["rows"] == args.cells, query["ok"] and query["rows"] == args.cells * args.trials]
         if not all(checks):
             print("error: a measured command failed or returned the wrong count", file=sys.stderr)

@@ -97,7 +97,7 @@ _BASELINE_STYLES = [("#1f77b4", "s"), ("#2ca02c", "^"), ("#ff7f0e", "D"), ("#8c5
 
 def _method_style() -> dict[str, tuple[str, str, str]]:
     """(label, colour, marker) of the snapshots, p-diff and each baseline method (pdiff.baselines, in order)."""
-    from pdiff.baselines import LABELS
+    from pdiff.names import LABELS
 
     style = {"original": ("snapshots", "#555555", "o"), "p-diff": ("p-diff", "#d62728", "o")}
     for i, m in enumerate(methods()):
@@ -262,7 +262,7 @@ SIGNALS = ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")
 
 def _families(cell: CellData, source: dict[str, Any], trials: dict[tuple[str, str], dict[str, Any]]) -> None:
     """The collapse signals the tables hold for each of the cell's families (see CellData.families)."""
-    from pdiff.evaluate import COLLAPSE_IOU
+    from pdiff.names import COLLAPSE_IOU
 
     def known(v: Any) -> bool:
         return v is not None and not (isinstance(v, float) and math.isnan(v))

@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from pdiff.baselines import LABELS
+from pdiff.names import LABELS
 
 from . import paths
 from .query import parse_results_dir
@@ -86,7 +86,7 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
     """The summary's four tables: (title, note, [(group heading, [(column, sub-heading, short heading)])]).
 
     HTML shows the group and sub-headings in two header rows; text and Markdown the short headings."""
-    from pdiff.evaluate import COLLAPSE_IOU, COLLAPSE_SPREAD
+    from pdiff.names import COLLAPSE_IOU, COLLAPSE_SPREAD
 
     def acc(prefix: str, short: str) -> list[tuple[str, str, str]]:
         return [(f"{prefix}_selected", "selected (val)", f"{short} sel"),

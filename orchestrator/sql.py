@@ -8,8 +8,8 @@ The rules:
   `val_max_iou`, then the smaller trial id;
 - the val-selected model of a family (`SELECTED_ORDER`, a baseline's N models): the best val accuracy,
   ties to the lowest index (as torch.argmax);
-- the baseline methods (`methods()`): `pdiff.baselines.BASELINES`, in its order (read on first use:
-  pdiff brings torch, which a query does not need; `METHODS` and `SUMMARY_SQL` are built then too).
+- the baseline methods (`methods()`): `pdiff.names.METHODS`, the keys of `pdiff.baselines.BASELINES` in
+  its order (kept apart from pdiff.baselines so that a query never imports torch).
 
 Each CTE (`CTES`) is a template over the tables' names: `{trials}` is the view `trials` in a connection of
 `orchestrator.summary.connect` (`views`), or `read_parquet('<sweep>/trials/*/*.parquet', ...)` in the
@@ -30,10 +30,9 @@ __all__ = ["BEST_TRIAL_ORDER", "COMPLETED", "CTES", "FAILED", "METHODS", "SELECT
 
 @lru_cache(maxsize=None)
 def methods() -> tuple[str, ...]:
-    """The baseline methods: the names of `pdiff.baselines.BASELINES`, in its order."""
-    from pdiff.baselines import BASELINES
+    """The baseline methods: `pdiff.names.METHODS`, the names of `pdiff.baselines.BASELINES` in its order."""
+    from pdiff.names import METHODS as names
 
-    names = tuple(BASELINES)
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", m) for m in names), names  # used as SQL names below
     return names
 
@@ -156,7 +155,7 @@ def report_sql(knobs: Sequence[str]) -> str:
     """SUMMARY_SQL's row per cell, with the columns the report adds (see `orchestrator.report`): each
     baseline's test-selected best, median and collapse signals, the snapshots' collapse flag, the winning
     trial's id, val accuracy and `knobs` (as `hp_<knob>`), and whether p-diff dominates each baseline."""
-    from pdiff.evaluate import COLLAPSE_IOU
+    from pdiff.names import COLLAPSE_IOU
 
     hp = "".join(f',\n       t."{k}" AS "hp_{k}"' for k in knobs)
     extra = "".join(f",\n       round(base_{m}.best_test, 2) AS {m}_best_test_paper, "

@@ -144,7 +144,4 @@ def summary(store: Store):
     return connect(store, [t for t in TABLES if t in tables_read(query)]).execute(query).df()  # views it reads
 
 
-def __getattr__(name: str):  # SUMMARY_SQL, built on first use (its method list comes from pdiff, with torch)
-    if name == "SUMMARY_SQL":
-        return sql.summary_sql()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+SUMMARY_SQL = sql.summary_sql()

@@ -1,14 +1,27 @@
-"""p-diff, neural network parameter diffusion, in plain PyTorch (no Ray, no Parquet)."""
+"""p-diff, neural network parameter diffusion, in plain PyTorch (no Ray, no Parquet).
 
-from .autoencoder import AEConfig
-from .collect import CollectConfig, TrainConfig
-from .data import DATASETS, DatasetUnavailable, load_dataset
-from .diffusion import LDMConfig
-from .pipeline import PdiffConfig, run_pdiff, run_baselines
-from .subset import ParameterSubset
-from .zoo import ARCHS, DEFAULT_SUBSET, build_model
+The names below are imported on first use: `pdiff.names` (what the table readers need) must not pull
+in torch, and importing any submodule runs this file first.
+"""
 
-__all__ = [
-    "AEConfig", "ARCHS", "CollectConfig", "DATASETS", "DEFAULT_SUBSET", "DatasetUnavailable", "LDMConfig",
-    "ParameterSubset", "PdiffConfig", "TrainConfig", "build_model", "load_dataset", "run_baselines", "run_pdiff",
-]
+from importlib import import_module
+
+_HOME = {
+    "AEConfig": "autoencoder", "ARCHS": "zoo", "CollectConfig": "collect", "DATASETS": "data",
+    "DEFAULT_SUBSET": "zoo", "DatasetUnavailable": "data", "LDMConfig": "diffusion", "ParameterSubset": "subset",
+    "PdiffConfig": "pipeline", "TrainConfig": "collect", "build_model": "zoo", "load_dataset": "data",
+    "run_baselines": "pipeline", "run_pdiff": "pipeline",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        value = getattr(import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOME))

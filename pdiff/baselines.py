@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from .names import LABELS, METHODS
+
 __all__ = ["BASELINES", "LABELS", "snapshot_noise", "snapshot_average", "coordinate_gaussian"]
 
 
@@ -39,9 +41,4 @@ BASELINES: dict[str, Callable[..., torch.Tensor]] = {
     "gaussian": coordinate_gaussian,
 }
 
-# How a report names each method: (label, short label for narrow table headings).
-LABELS: dict[str, tuple[str, str]] = {
-    "noise": ("noise", "noise"),
-    "average": ("average of 16", "avg16"),
-    "gaussian": ("Gaussian", "gauss"),
-}
+assert tuple(BASELINES) == METHODS, "pdiff.names.METHODS lists the baselines, in this order"

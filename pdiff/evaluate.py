@@ -23,16 +23,15 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .data import Dataset, Split
+from .names import COLLAPSE_IOU, COLLAPSE_SPREAD
 from .subset import ParameterSubset
 
 __all__ = ["BatchedEvaluator", "Scores", "Novelty", "COLLAPSE_IOU", "COLLAPSE_SPREAD", "family_stats",
            "iou_matrix", "max_iou", "novelty", "pack_wrong", "unpack_wrong", "unpack_wrong_rows", "spread",
            "summarize"]
 
-# A family of models is collapsed (N copies of one model) when its members make the
-# same mistakes or barely differ in parameter space compared with the snapshots.
-COLLAPSE_IOU = 0.99  # mean pairwise IoU of wrong-prediction sets at or above this
-COLLAPSE_SPREAD = 0.05  # spread relative to the snapshots' below this
+# COLLAPSE_IOU / COLLAPSE_SPREAD (a family that is N copies of one model) live in pdiff.names,
+# which the table readers import without torch.
 
 
 def _chain(module: nn.Module, qualname: str = "") -> Iterator[tuple[str, nn.Module]]:

@@ -20,3 +20,20 @@ def test_report_and_readers_import_no_ray_and_no_stage_module():
             "('orchestrator.sources', 'orchestrator.tuning', 'orchestrator.cluster', 'orchestrator.sweep')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_summary_and_query_import_no_torch():
+    """The summary and a query run in seconds on a sweep of hundreds of cells only if they skip torch's
+    import (seconds on its own): the method names and collapse thresholds come from `pdiff.names`."""
+    code = ("import sys, orchestrator.summary, orchestrator.query, orchestrator.sql, pdiff.names; "
+            "orchestrator.sql.summary_sql(); "
+            "print(sorted(m for m in ('torch', 'pdiff.baselines', 'pdiff.pipeline') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_method_names_are_the_baselines():
+    from pdiff.baselines import BASELINES
+    from pdiff.names import METHODS
+
+    assert tuple(BASELINES) == METHODS
