@@ -22,7 +22,6 @@ import tempfile
 import time
 from typing import Callable
 
-import pyarrow.fs as pafs
 import ray
 import torch
 
@@ -74,9 +73,7 @@ def load_snapshot_scores(store: Store, cell_id: str) -> Scores:
 def drop_run(store: Store, cell_id: str) -> None:
     """Delete a finished cell's run folder, its checkpoints with it (only inside `<sweep>/_ray/`).
     A cell trained again later (healing) then starts afresh instead of resuming a finished run."""
-    path = store.path(paths.source_run_dir(cell_id))
-    if store.fs.get_file_info(path).type == pafs.FileType.Directory:
-        store.fs.delete_dir(path)
+    store.delete_inside(paths.source_run_dir(cell_id))
 
 
 def _state_file(rank: int, world: int) -> str:

@@ -303,6 +303,25 @@ class Store:
             out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {reason}\n".encode())
         return target
 
+    def delete_inside(self, *parts: str) -> None:
+        """Remove the folder `parts` below the sweep's folder (a finished run's checkpoints), if there is one.
+        On a local disk, a symbolic link on the way (the folder itself or one above it, inside the sweep)
+        is unlinked where it is the folder itself and refused otherwise: nothing outside the sweep's
+        folder is ever deleted."""
+        path = self.path(*parts)
+        if not self.is_local:
+            if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+                self.fs.delete_dir(path)
+            return
+        if os.path.islink(path):
+            os.unlink(path)
+            return
+        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        if os.path.commonpath([real, root]) != root or real == root:
+            raise ValueError(f"refusing to delete {path}: it resolves to {real}, outside the sweep's folder {root}")
+        if os.path.isdir(real):
+            shutil.rmtree(real)
+
     def delete_all(self, keep: Iterable[str] = ()) -> None:
         """Remove the sweep's results (for --restart): every entry of its folder but those named in
         `keep` (e.g. the lease of the run that restarts), and the folder itself when nothing is kept.

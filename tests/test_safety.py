@@ -225,6 +225,39 @@ def test_restart_through_a_symlinked_storage_folder_is_fine(tmp_path):
     assert (real / "other" / "trials").is_dir()
 
 
+
+def test_dropping_a_finished_cells_checkpoints_never_follows_a_link_out_of_the_sweep(tmp_path):
+    """`sources.drop_run` deletes `<sweep>/_ray/source-<cell>/` once the cell's rows are written. A link there
+    (the run folder itself, or `_ray` pointing elsewhere) must not take anything outside the sweep with it."""
+    from orchestrator import paths
+    from orchestrator.sources import drop_run
+
+    outside = tmp_path / "precious"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "data.bin").write_bytes(b"x")
+    store = a_sweep(tmp_path / "results", "mine")
+    run = tmp_path / "results" / "mine" / paths.source_run_dir("c1")
+    run.parent.mkdir(parents=True)
+    run.symlink_to(outside / "keep")  # the run folder is a link: unlinked, its target kept
+    drop_run(store, "c1")
+    assert not run.is_symlink() and (outside / "keep" / "data.bin").is_file()
+
+    ray_dir = tmp_path / "results" / "mine" / paths.RAY
+    os.rmdir(ray_dir)
+    ray_dir.symlink_to(outside)  # `_ray` is a link: the run folder below it lies outside, refused
+    (outside / paths.source_run("c9")).mkdir()
+    (outside / paths.source_run("c9") / "data.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="outside the sweep"):
+        drop_run(store, "c9")
+    assert (outside / paths.source_run("c9") / "data.bin").is_file() and (outside / "keep" / "data.bin").is_file()
+
+    os.unlink(ray_dir)
+    (ray_dir / paths.source_run("c2")).mkdir(parents=True)
+    (ray_dir / paths.source_run("c2") / "checkpoint.pt").write_bytes(b"x")
+    drop_run(store, "c2")  # the ordinary case: a real folder inside the sweep goes
+    assert not (ray_dir / paths.source_run("c2")).exists() and ray_dir.is_dir()
+    drop_run(store, "c3")  # nothing there: nothing to do
+
 # -- 5. fail before work ------------------------------------------------------------------------
 
 def test_storage_that_is_a_file(tmp_path, capsys):
