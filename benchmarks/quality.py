@@ -1,7 +1,8 @@
 """p-diff against its snapshots and the three memorisation baselines, with collapse targets, on CPU.
 
     python -m benchmarks.quality [--cells cnn_small mlp mlp-5k] [--seeds 0 1] [--normalize global tensor]
-                                 [--k 200] [--n 200] [--ae-steps 5000] [--ldm-steps 1500]
+                                 [--k 200] [--n 200] [--ae-steps 5000] [--ldm-steps 2000]
+                                 [--ldm-denoiser mlp|unet]
 
 Per cell (digits; cnn_small with subset bn2+fc = 394 numbers, mlp with the linear
 subset fc3 = 650 numbers; each seed a cell of its own) it trains the source model,
@@ -56,9 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ae-min-r2", type=float, default=0.95)
     p.add_argument("--ae-min-fidelity", type=float, default=0.95,
                    help="mean val IoU of each reconstruction's mistakes with its snapshot's (0: off)")
-    p.add_argument("--ldm-steps", type=int, default=1500)
+    p.add_argument("--ldm-steps", type=int, default=2000)
+    p.add_argument("--ldm-batch-size", type=int, default=64)
     p.add_argument("--latent-dim", type=int, default=64)
-    p.add_argument("--ldm-channels", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--ldm-denoiser", choices=("mlp", "unet"), default="mlp")
+    p.add_argument("--ldm-channels", type=int, nargs="+", default=None, help="default: the denoiser's own")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
     p.add_argument("--sample-steps", type=int, default=100, help="DDIM steps (DDPM always walks all T)")
     p.add_argument("--noise-sigma", type=float, default=0.01, help="sigma of the noise baseline")
@@ -105,7 +108,8 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
         cfg = PdiffConfig.from_knobs(
             latent_dim=args.latent_dim, ae_steps=args.ae_steps, ae_min_r2=args.ae_min_r2,
             ae_min_fidelity=args.ae_min_fidelity, normalize=norm,
-            ldm_channels=tuple(args.ldm_channels), ldm_steps=args.ldm_steps, n_generated=args.n,
+            ldm_denoiser=args.ldm_denoiser, ldm_channels=args.ldm_channels and tuple(args.ldm_channels),
+            ldm_steps=args.ldm_steps, ldm_batch_size=args.ldm_batch_size, n_generated=args.n,
             sampler=args.sampler, sample_steps=args.sample_steps)
         t0 = time.perf_counter()
         run = runs[norm] = run_pdiff(coll.snapshots, evaluator, data, coll.scores, cfg, seed=seed)

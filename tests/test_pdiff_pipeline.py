@@ -68,7 +68,7 @@ def test_trained_pipeline_generates_neither_copies_nor_noise(collected, evaluato
     """The headline claim, end to end: trained to quality, the generated family is a family
     (not N copies of one model) and its models work (not noise)."""
     c, data = collected.collection, collected.data
-    cfg = PdiffConfig.from_knobs(latent_dim=32, ae_channels=(32, 64, 64), ae_steps=3000, ldm_channels=(32, 64),
+    cfg = PdiffConfig.from_knobs(latent_dim=32, ae_channels=(32, 64, 64), ae_steps=3000,
                                  ldm_steps=600, n_generated=40, sampler="ddim", sample_steps=50)
     run = run_pdiff(c.snapshots, evaluator, data, c.scores, cfg, seed=0)
     s = run.generated.summary
@@ -76,6 +76,9 @@ def test_trained_pipeline_generates_neither_copies_nor_noise(collected, evaluato
     snap = family_stats(c.snapshots, c.scores.test_wrong, c.snapshots)
     assert not s["collapsed"] and s["pairwise_iou"] < COLLAPSE_IOU and s["spread_ratio"] > 0.05, (s, snap)
     assert s["distinct_sets"] > 1
+    # A family of the snapshots' kind: their spread within 2x, and no more alike than they are + 0.15.
+    assert 0.5 <= s["spread_ratio"] <= 2.0, (s, snap)
+    assert s["pairwise_iou"] <= snap["pairwise_iou"] + 0.15, (s, snap)
     snap_mean = 100 * float(c.scores.test_acc.mean())
     assert abs(s["mean_acc"] - snap_mean) <= 1.0, (s["mean_acc"], snap_mean)
 
