@@ -187,7 +187,8 @@ class Denoiser(nn.Module):
     correlations span the whole vector; the 1-D conv UNet (`UNetDenoiser`) sees a window of it, and
     its samples under-spread: on digits / mlp fc3, K = 200, the UNet's sampled latents had 0.68x the
     encoded latents' spread (DDIM; 0.48x DDPM) and the decoded family a pairwise IoU of 0.83 against
-    the snapshots' 0.62 (1,500 steps); this MLP's, 0.95x and 0.67 (2,000 steps, in half the time).
+    the snapshots' 0.62 (1,500 steps, 82 s); this MLP's, 0.95x and 0.67 (2,000 steps, 33 s):
+    `python -m benchmarks.denoisers`.
     """
 
     def __init__(self, latent_dim: int, channels: tuple[int, ...] = DEFAULT_CHANNELS["mlp"],
