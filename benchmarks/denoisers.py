@@ -22,8 +22,10 @@ import torch
 from pdiff import CollectConfig, ParameterSubset, PdiffConfig, TrainConfig, build_model, load_dataset
 from pdiff.collect import collect
 from pdiff.diffusion import LDMConfig, train_diffusion
-from pdiff.evaluate import BatchedEvaluator, family_stats, max_iou, summarize
+from pdiff.evaluate import BatchedEvaluator
 from pdiff.pipeline import assess, run_pdiff
+
+from .quality import snapshot_summary
 
 
 def _rms(z: torch.Tensor) -> float:
@@ -53,15 +55,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{run.ae_steps} steps, R2 {run.ae_r2:.4f}, fidelity {run.ae_fidelity:.3f}")
     print(f"{'generator':<30}{'latent spread':>14}{'mean acc':>9}{'pair-IoU':>9}{'max-IoU':>8}{'distinct':>9}"
           f"{'spread':>7}{'seconds':>8}")
-    snap = (summarize(coll.scores) | {"test_max_iou": float(max_iou(coll.scores.test_wrong).mean())}
-            | family_stats(coll.snapshots, coll.scores.test_wrong, coll.snapshots))
 
     def row(name: str, z: torch.Tensor | None, s: dict, seconds: float) -> None:
         lat = f"{_rms(z) / _rms(latents):.2f}x" if z is not None else "-"
         print(f"{name:<30}{lat:>14}{s['mean_acc']:>9.2f}{s['pairwise_iou']:>9.3f}{s['test_max_iou']:>8.3f}"
               f"{s['distinct_sets']:>9d}{s['spread_ratio']:>7.2f}{seconds:>8.0f}")
 
-    row("snapshots (max-IoU: to others)", None, snap, 0)
+    row("snapshots (max-IoU: to others)", None, snapshot_summary(coll), 0)
     gen = torch.Generator().manual_seed(args.seed)
     centred = latents - latents.mean(0)
     z = latents.mean(0) + torch.randn(200, len(latents), generator=gen) @ centred / (len(latents) - 1) ** 0.5

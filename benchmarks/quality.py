@@ -96,6 +96,13 @@ def _targets(gen: dict, snap: dict) -> list[tuple[str, bool]]:
     ]
 
 
+def snapshot_summary(coll) -> dict:
+    """The snapshots' row: accuracies, their own novelty (max IoU to any *other* snapshot: to itself it is 1
+    by definition) and collapse signals, keyed as an `Assessment.summary`."""
+    return (summarize(coll.scores) | {"test_max_iou": float(max_iou(coll.scores.test_wrong).mean())}
+            | family_stats(coll.snapshots, coll.scores.test_wrong, coll.snapshots))
+
+
 def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
     arch, patterns, collect_lr = CELLS[cell]
     collect_lr = args.collect_lr or collect_lr
@@ -108,9 +115,7 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
     evaluator = BatchedEvaluator(coll.model, subset)
     seconds = {"source + collect": time.perf_counter() - t0}
 
-    # The snapshots' own novelty: max IoU to any *other* snapshot (to itself it is 1 by definition).
-    snap = (summarize(coll.scores) | {"test_max_iou": float(max_iou(coll.scores.test_wrong).mean())}
-            | family_stats(coll.snapshots, coll.scores.test_wrong, coll.snapshots))
+    snap = snapshot_summary(coll)
     rows = {"snapshots": (snap, float("nan"))}
     runs = {}
     for norm in args.normalize:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 STAGE_DONE = re.compile(r"^\[\s*(\d+)s\] (sources|baselines|trials) (\d+)/(\d+):")
 
@@ -74,7 +75,7 @@ def best_trials(spec: str, storage: str):
     from orchestrator.summary import summary as cell_summary
     from orchestrator.tables import Store
 
-    name = yaml.safe_load(open(spec))["name"]
+    name = yaml.safe_load(Path(spec).read_text())["name"]
     return cell_summary(Store(storage, name))
 
 

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from .sql import literal
 from .tables import TABLES, CorruptTable, OldTables, Store
 
 __all__ = ["QueryRefused", "check_sql", "parse_results_dir", "run_query", "tables_read", "main"]
@@ -108,13 +109,10 @@ def tables_read(sql: str) -> set[str]:
 def _read_only(con, store: Store, temp_dir: str, tables: Sequence[str] = tuple(TABLES)) -> None:
     """Lock the connection down after its views exist: no file outside the tables' own files can be read
     or written (the private `temp_dir` aside, for spilling), no extension loaded, no setting changed."""
-    def text(s: str) -> str:
-        return "'" + s.replace("'", "''") + "'"
-
     paths = [f for t in tables for f in store.files(t)] if store.is_local else []
-    con.execute(f"SET temp_directory = {text(temp_dir)}")
-    con.execute(f"SET allowed_directories = [{text(temp_dir.rstrip('/') + '/')}]")
-    con.execute(f"SET allowed_paths = [{', '.join(text(f) for f in paths)}]")
+    con.execute(f"SET temp_directory = {literal(temp_dir)}")
+    con.execute(f"SET allowed_directories = [{literal(temp_dir.rstrip('/') + '/')}]")
+    con.execute(f"SET allowed_paths = [{', '.join(map(literal, paths))}]")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute("SET enable_external_access = false")

@@ -58,9 +58,14 @@ def views(table: str) -> str:
     return table
 
 
+def literal(text: str) -> str:
+    """`text` as a SQL string literal (single quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def files(root: str) -> Source:
     """The tables read by path from a sweep's folder `root` (the DuckDB CLI, no views)."""
-    return lambda table: f"read_parquet('{root}/{table}/*/*.parquet', union_by_name = true)"
+    return lambda table: f"read_parquet({literal(f'{root}/{table}/*/*.parquet')}, union_by_name = true)"
 
 
 # One row per cell (originals, best_trial, trial_counts, failed), or per cell and baseline method (baseline).

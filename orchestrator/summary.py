@@ -13,10 +13,6 @@ from .tables import HEAVY, HIDDEN, TABLES, WRITER, CorruptTable, Store
 __all__ = ["COLLAPSE_COLUMNS", "connect", "fill_missing_columns", "materialize", "open_views", "one_line", "SUMMARY_SQL", "summary"]
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:
     """An in-memory DuckDB with a view per readable table (of `tables`, default all), and {table: one-line
     error} for the others.
@@ -41,10 +37,10 @@ def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckd
             files = layout.reads
             hidden = f" EXCLUDE ({', '.join(HIDDEN)})" if layout.compacted else ""
             replaced = sorted(f"{path.rsplit('/', 2)[-2]}/{w}" for path, ws in layout.skip.items() for w in ws)
-            where = (f" WHERE {WRITER} IS NULL OR NOT list_contains([{', '.join(map(_quote, replaced))}], "
+            where = (f" WHERE {WRITER} IS NULL OR NOT list_contains([{', '.join(map(sql.literal, replaced))}], "
                      f"cell_id || '/' || {WRITER})") if replaced else ""
             if files and store.is_local:
-                listing = ", ".join(map(_quote, files))
+                listing = ", ".join(map(sql.literal, files))
                 try:  # union_by_name reads every file's footer now, so a truncated file fails here
                     con.execute(f"CREATE VIEW {table} AS SELECT *{hidden} FROM read_parquet([{listing}], "
                                 f"union_by_name = true){where}")

@@ -19,8 +19,8 @@ from torch import nn
 
 from . import checks
 
-__all__ = ["LDMConfig", "Schedule", "Denoiser", "UNetDenoiser", "DENOISERS", "LatentDiffusion", "train_diffusion", "SAMPLERS",
-           "ddpm_step", "ddim_step", "ddim_timesteps", "sample_latents"]
+__all__ = ["LDMConfig", "Schedule", "Denoiser", "UNetDenoiser", "DENOISERS", "LatentDiffusion", "train_diffusion",
+           "SAMPLERS", "ddpm_step", "ddim_step", "ddim_timesteps", "sample_latents"]
 
 SAMPLERS = ("ddpm", "ddim")
 DENOISERS = ("mlp", "unet")
@@ -57,9 +57,6 @@ class LDMConfig:
         checks.integer(self, "batch_size")
         checks.number(self, "ema_decay", high=1)
         checks.flag(self, "amp")
-
-
-_SCHEDULE_DEFAULTS = (LDMConfig.timesteps, LDMConfig.beta_start, LDMConfig.beta_end)
 
 
 class Schedule(nn.Module):
@@ -191,10 +188,8 @@ class Denoiser(nn.Module):
     `python -m benchmarks.denoisers`.
     """
 
-    def __init__(self, latent_dim: int, channels: tuple[int, ...] = DEFAULT_CHANNELS["mlp"],
-                 alpha_bar: torch.Tensor | None = None):
+    def __init__(self, latent_dim: int, channels: tuple[int, ...], alpha_bar: torch.Tensor):
         super().__init__()
-        self.latent_dim = latent_dim
         self.t_dim = 64
         width = channels[0]
         self.time = nn.Sequential(nn.Linear(self.t_dim, width), nn.SiLU(), nn.Linear(width, width))
@@ -202,8 +197,6 @@ class Denoiser(nn.Module):
         self.blocks = nn.ModuleList(_MLPBlock(c_in, c_out, width)
                                     for c_in, c_out in zip((width, *channels[:-1]), channels))
         self.out = nn.Sequential(nn.LayerNorm(channels[-1]), nn.SiLU(), nn.Linear(channels[-1], latent_dim))
-        if alpha_bar is None:
-            alpha_bar = Schedule(*_SCHEDULE_DEFAULTS).alpha_bar
         self.register_buffer("prior_std", (1 - alpha_bar).sqrt().float())
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,11 @@ class Diverged(RuntimeError):
 KNOBS = {
     "latent_dim": ("ae", "latent_dim"), "input_noise": ("ae", "input_noise"),
     "latent_noise": ("ae", "latent_noise"), "ae_steps": ("ae", "steps"), "ae_lr": ("ae", "lr"),
-    "ae_min_r2": ("ae", "min_r2"), "ae_min_fidelity": ("ae", "min_fidelity"), "normalize": ("ae", "normalize"), "ae_token_size": ("ae", "token_size"),
+    "ae_min_r2": ("ae", "min_r2"), "ae_min_fidelity": ("ae", "min_fidelity"), "normalize": ("ae", "normalize"),
+    "ae_token_size": ("ae", "token_size"),
     "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
-    "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"), "ldm_denoiser": ("ldm", "denoiser"),
+    "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
+    "ldm_denoiser": ("ldm", "denoiser"),
     "ae_amp": ("ae", "amp"), "ldm_amp": ("ldm", "amp"),
     "ae_channels": ("ae", "channels"), "ldm_channels": ("ldm", "channels"),
     "n_generated": ("", "n_generated"), "sampler": ("", "sampler"), "sample_steps": ("", "sample_steps"),

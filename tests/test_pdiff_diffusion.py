@@ -34,10 +34,11 @@ def test_schedule():
     torch.testing.assert_close(out[:, 0], s.alpha_bar[t].sqrt())
 
 
-@pytest.mark.parametrize("make", [Denoiser, UNetDenoiser])
+@pytest.mark.parametrize("make", [lambda: Denoiser(20, (32, 64), Schedule(1000, 1e-4, 0.02).alpha_bar),
+                                  lambda: UNetDenoiser(20, (32, 64))], ids=["mlp", "unet"])
 def test_denoiser_conditions_each_sample_on_its_own_timestep(make):
     torch.manual_seed(0)
-    net = make(20, (32, 64)).eval()
+    net = make().eval()
     z = torch.randn(3, 20)
     with torch.no_grad():
         a = net(z, torch.tensor([5, 10, 500]))
@@ -125,7 +126,7 @@ def test_mlp_denoiser_sees_the_whole_latent():
     """Every output coordinate of the MLP denoiser depends on every input coordinate (an AE latent has no
     spatial order to exploit)."""
     torch.manual_seed(0)
-    net = Denoiser(40, (32, 32)).eval()
+    net = Denoiser(40, (32, 32), Schedule(1000, 1e-4, 0.02).alpha_bar).eval()
     z = torch.randn(1, 40, requires_grad=True)
     net(z, torch.tensor([300]))[0, -1].backward()
     assert (z.grad[0, :-1].abs() > 0).all()
