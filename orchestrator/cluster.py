@@ -19,7 +19,7 @@ from .spec import Resources, SpecError, SweepSpec
 from .tables import Store
 
 __all__ = ["HEAD_RESOURCE", "VersionMismatch", "connect_ray", "check_versions", "driver_options", "check_resources", "check_storage", "probe_storage",
-           "remove_created"]
+           "missing_local_dirs", "remove_created"]
 
 HEAD_RESOURCE = "pdiff_head"
 # Where `ray up` leaves the cluster-launcher config on the head node.
@@ -191,6 +191,14 @@ def probe_storage(spec: SweepSpec, store: Store) -> list[str]:
 
 
 def _make_local_dirs(spec: SweepSpec, root: str, created: list[str]) -> None:
+    for folder in reversed(missing_local_dirs(spec, root)[1]):
+        os.mkdir(folder)
+        created.append(folder)
+
+
+def missing_local_dirs(spec: SweepSpec, root: str) -> tuple[str, list[str]]:
+    """The nearest existing folder at or above `root`, and the folders below it still missing (deepest
+    first); SpecError where a file stands in the way. Reads only: also the dry run's check."""
     missing = []
     path = root
     while not os.path.lexists(path):
@@ -202,9 +210,7 @@ def _make_local_dirs(spec: SweepSpec, root: str, created: list[str]) -> None:
     if os.path.lexists(path) and not os.path.isdir(path):
         what = "a file" if os.path.isfile(path) else "not a folder"
         raise SpecError(spec.source_file, "storage", f"{path} is {what}; the sweep's storage must be a folder")
-    for folder in reversed(missing):
-        os.mkdir(folder)
-        created.append(folder)
+    return path, missing
 
 
 def remove_created(created: list[str]) -> None:

@@ -7,7 +7,9 @@ exists). The trials table also has one column per p-diff knob (`pdiff.pipeline.K
 
 from __future__ import annotations
 
+from pdiff.names import LABELS
 from pdiff.pipeline import KNOB_DOCS
+from pdiff.verdicts import COMPARISONS, VERDICTS
 
 __all__ = ["COLUMNS", "KNOB_TABLE", "columns_of"]
 
@@ -23,6 +25,25 @@ _FAMILY = {  # collapse signals of a family of models (pdiff.evaluate.family_sta
     "spread_ratio": ("ratio", "the family's RMS distance to its centroid over the snapshots' (1 = as spread)"),
     "collapsed": ("bool", "pairwise_iou above the collapse threshold or spread_ratio below it; false is better"),
 }
+_VERDICT = ("|".join(VERDICTS), "collapsed: one model; memorising: mean test max-IoU to the snapshots >= the "
+                                "snapshots' leave-one-out (sources.snapshot_loo_max_iou); novel: neither "
+                                "(pdiff.verdicts)")
+_REFERENCES = {"latent_gaussian": "its own autoencoder decoding latents drawn from a Gaussian fitted to the encoded "
+                                  "snapshots (no diffusion model)"} | {
+    m: f"the {label} baseline (the same vectors as the baselines table)" for m, (label, _) in LABELS.items()}
+# Each trial against each reference family: paired bootstrap over test examples and models (pdiff.compare).
+_VERSUS = {
+    column: doc for ref, what in _REFERENCES.items() for column, doc in {
+        f"vs_{ref}": ("|".join(COMPARISONS), f"the trial's family against {what}, judged from the 95% intervals "
+                                             "below (a side counts only when its interval excludes 0)"),
+        f"vs_{ref}_acc_diff": ("pp", f"mean test accuracy of the trial's models minus that of {ref}'s"),
+        f"vs_{ref}_acc_lo": ("pp", "lower end of its 95% interval"),
+        f"vs_{ref}_acc_hi": ("pp", "upper end of its 95% interval"),
+        f"vs_{ref}_iou_diff": ("IoU", f"mean test max-IoU to the snapshots of the trial's models minus {ref}'s "
+                                      "(negative: the trial's are more novel)"),
+        f"vs_{ref}_iou_lo": ("IoU", "lower end of its 95% interval"),
+        f"vs_{ref}_iou_hi": ("IoU", "upper end of its 95% interval"),
+    }.items()}
 _WRONG = {  # a model's wrong-prediction sets, as pdiff.evaluate.pack_wrong stores them
     "val_wrong": ("packed bits", "the validation examples the model gets wrong: bit i (most significant first) "
                                  "is example i; sources.n_val bits (pdiff.evaluate.unpack_wrong)"),
@@ -59,6 +80,16 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "snapshot_pairwise_iou": ("0..1", "mean pairwise IoU of the snapshots' wrong-prediction sets (test)"),
         "snapshot_distinct_sets": ("count", "different wrong-prediction sets among the snapshots (test)"),
         "snapshot_spread": ("L2 distance", "RMS distance of the snapshots to their centroid"),
+        "status": ("healthy|uniform|failed", "the collection's health check (pdiff.health): failed (diverged: no "
+                                             "baselines or trials run for the cell), uniform (novelty unmeasurable)"),
+        "reason": ("text", "why the status is not healthy, with the spec key to change (null when healthy)"),
+        "source_val_acc": ("fraction 0..1", "validation accuracy of the source model (the collection's start)"),
+        "snapshot_val_acc": ("fraction 0..1", "mean validation accuracy of the snapshots"),
+        "snapshot_test_acc": ("fraction 0..1", "mean test accuracy of the snapshots"),
+        "snapshot_loo_max_iou": ("0..1", "each snapshot's max-IoU of test mistakes to the *other* snapshots, "
+                                         "averaged: the memorisation reference of every verdict"),
+        "snapshot_loo_val_max_iou": ("0..1", "the same on the validation split"),
+        "snapshot_loo_l2": ("L2 distance", "each snapshot's distance to its nearest other snapshot, averaged"),
     },
     "checkpoints": _COMMON | {
         "index": ("int", "snapshot number, in collection order"),
@@ -88,12 +119,20 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "ae_steps_taken": ("steps", "AE steps actually run (<= ae_steps)"),
         "ae_converged": ("bool", "whether the AE reached ae_min_r2, ae_min_fidelity and the snapshots' val accuracy within ae_steps"),
         "ldm_loss": ("MSE", "last training loss of the latent diffusion model; lower is better"),
+        "val_mean_acc": ("% 0..100", "mean validation accuracy of the generated models (the Tune metric of the "
+                                     "`mean_accuracy` objective); higher is better"),
+        "verdict": _VERDICT,
+        "snapshot_loo_max_iou": ("0..1", "the cell's sources.snapshot_loo_max_iou, the verdict's reference"),
+        "latent_gaussian_mean_acc": ("% 0..100", f"mean test accuracy of {_REFERENCES['latent_gaussian']}"),
+        "latent_gaussian_test_max_iou": ("0..1", "its mean test max-IoU to the snapshots; lower is more novel"),
+        "latent_gaussian_verdict": (_VERDICT[0], "its verdict"),
         "seconds": ("s", "wall time of the trial"),
         "node_id": ("Ray node id", "node that ran it (null for a trial recorded by the driver)"),
-    },
+    } | _VERSUS,
     "generated": _COMMON | {"trial_id": ("id", "the trial that generated it")} | _VECTOR,
     "baselines": _COMMON | {"method": ("name", "the baseline (pdiff.baselines)")} | _VECTOR
-                 | {f"family_{k}": (u, f"the method's family: {m}") for k, (u, m) in _FAMILY.items()},
+                 | {f"family_{k}": (u, f"the method's family: {m}") for k, (u, m) in _FAMILY.items()}
+                 | {"family_verdict": (_VERDICT[0], f"the method's family: {_VERDICT[1]}")},
     "curves": _COMMON | {  # orchestrator.feedback
         "trial_id": ("id", "the trial whose training it is (written before its trials row)"),
         "phase": ("ae|ldm", "the autoencoder's training or the latent diffusion model's"),

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pdiff import CollectConfig, PdiffConfig, TrainConfig
 from pdiff.pipeline import KNOB_DOCS, KNOBS
 
 from .columns import COLUMNS, KNOB_TABLE
+from .console import ArgumentParser, refuse, run
 from .spec import DISTRIBUTIONS, MAXIMA, OBJECTIVES, SEARCHES
 
 __all__ = ["SPEC_KEYS", "TRAIN_DOCS", "COLLECT_DOCS", "spec_keys", "reference", "REFERENCE_PATH"]
@@ -159,13 +159,15 @@ def reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.explain", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m orchestrator.explain", description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true", help=f"write {REFERENCE_PATH.name} under docs/")
     args = parser.parse_args(argv)
     text = reference()
     if args.write:
-        REFERENCE_PATH.parent.mkdir(parents=True, exist_ok=True)
-        REFERENCE_PATH.write_text(text)
+        try:
+            REFERENCE_PATH.write_text(text)
+        except OSError as err:  # e.g. an installed, read-only copy of the package
+            return refuse(f"cannot write {REFERENCE_PATH} ({err.strerror or err})")
         print(f"wrote {REFERENCE_PATH}")
     else:
         sys.stdout.write(text)
@@ -173,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -234,9 +234,11 @@ def _now() -> datetime:
 class RunRecord:
     """One run of `python -m orchestrator.sweep`, as a row of the `runs` table (`<sweep>/runs/<run_id>.parquet`).
 
-    `start` writes it with outcome 'running' (a row left so: the run was killed, or still runs); `end`
-    replaces it with the outcome, exit status and end time. `exit_hook` (for an ExitStack) ends it as
-    'interrupted' (Ctrl-C) or 'failed' when the run raises."""
+    `start` writes it with outcome 'running'; `end` replaces it with the outcome, exit status and end time.
+    `exit_hook` (for an ExitStack) ends it as 'interrupted' (Ctrl-C) or 'failed' when the run raises. A run
+    starts holding the sweep's lease, so a row still 'running' then is a run that ended without recording it
+    (killed, its lease taken over as stale, or its storage failed): `start` marks it 'abandoned', naming
+    this run as the one that took over."""
 
     store: Store
     command: str
@@ -273,8 +275,21 @@ class RunRecord:
 
     def start(self) -> "RunRecord":
         self.observe_cluster()
+        self._abandon_others()
         self._write("running", None, None, None)
         return self
+
+    def _abandon_others(self) -> None:
+        """Mark the rows of earlier runs still 'running' as 'abandoned' (this run holds the lease now). An
+        unreadable runs file is left to healing, which quarantines it."""
+        for path in self.store.writer_rows("runs"):
+            rows = self.store.read_writer(path) or []
+            if len(rows) != 1 or rows[0].get("outcome") != "running" or rows[0].get("run_id") == self.run_id:
+                continue
+            row = rows[0] | {"outcome": "abandoned", "error": (
+                f"abandoned: ended without recording it (killed, or its lease taken over as stale, or its storage "
+                f"failed); run {self.run_id} took the sweep over")}
+            self.store.write("runs", None, path.rsplit("/", 1)[1].removesuffix(".parquet"), [row])
 
     def end(self, outcome: str, exit_status: int | None, error: str | None = None) -> None:
         self.ended = True
@@ -289,7 +304,10 @@ class RunRecord:
         elif issubclass(exc_type, KeyboardInterrupt):
             self.end("interrupted", 130)
         else:
-            self.end("failed", 1, " ".join(f"{exc_type.__name__}: {exc}".split())[:500])
+            try:
+                self.end("failed", 1, " ".join(f"{exc_type.__name__}: {exc}".split())[:500])
+            except OSError:  # the storage that failed the run: its row stays 'running' until the next run
+                pass
         return False  # the exception (if any) goes on
 
 
@@ -413,7 +431,8 @@ def feedback_sections(store: Store, con, df: pd.DataFrame, out: Path, log: Calla
 
     runs = runs_frame(con)
     note = (f"Each run of the sweep command (the latest {MAX_RUNS}, newest first; table `runs`). Outcome "
-            "'running' with no end: the run is still going, or was killed. commit: the git commit of "
+            "'running' with no end: the run is still going, or was killed; 'abandoned': a run that ended without "
+            "recording it, found so by the next run (its error column names that run). commit: the git commit of "
             "orchestrator's source (+dirty: with uncommitted changes; empty: not a git checkout). hosts: "
             "alive Ray nodes.")
     if len(runs):

@@ -5,27 +5,37 @@
 Each completed trial saves its autoencoder, normaliser and EMA denoiser (with the
 configs and its seed) to `models/trials/<cell>/<trial>.pt` before its `trials` row.
 This command restores them, samples and decodes n vectors and writes them to
-`<sweep>/generated_more/<trial>-<n>-<seed>.parquet` (or `--out FILE`, `.parquet` or
-`.pt`); an existing file is never overwritten. With the trial's own seed (the
-default) the first vectors are the trial's stored `generated` ones. `--score`
-evaluates them on the cell's test split and prints the mean accuracy beside the
-novelty and collapse signals (max IoU to the snapshots, family statistics).
+`<sweep>/generated_more/<trial>-<n>-<seed>.parquet` (or `--out FILE`, a new `.parquet`
+or `.pt` file in an existing folder outside the sweep); an existing file is never
+overwritten. With the trial's own seed (the default) the first vectors are the
+trial's stored `generated` ones. `--score` evaluates them on the cell's test split
+and prints the mean accuracy beside the novelty and collapse signals (max IoU to the
+snapshots, family statistics).
+
+`-n` is at most 10,000 per call (MAX_N: every vector is sampled and held at once; draw
+more with another `--seed`), `--seed` 0 to 2**63 - 1, `--device` cpu or a cuda / mps
+device this machine has. Exit status: 0 done, 2 bad input (one line on stderr, checked
+before any file or folder is made).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import sys
+import tempfile
 from typing import Any, Sequence
 
+import pyarrow as pa
 import torch
 
 from pdiff.pipeline import PdiffRun, PdiffConfig, generator_state, restore_generator, sample_vectors
 
 from . import paths
-from .tables import Store
+from .console import ArgumentParser, refuse, run
+from .heal import ModelFileError, read_model
+from .query import parse_results_dir
+from .summary import one_line as summary_line
+from .tables import CorruptTable, OldTables, Store
 
 __all__ = ["trial_model_relpath", "save_trial_model", "load_trial_model", "main"]
 
@@ -45,7 +55,13 @@ def save_trial_model(store: Store, cell_id: str, trial_id: str, run: PdiffRun, c
 
 
 def load_trial_model(store: Store, cell_id: str, trial_id: str) -> dict[str, Any]:
-    return torch.load(io.BytesIO(store.read_bytes(paths.trial_model(cell_id, trial_id))), map_location="cpu")
+    """A completed trial's generator; Refused (one line) where its file is missing or does not load."""
+    try:
+        return read_model(store, paths.trial_model(cell_id, trial_id))
+    except ModelFileError as err:
+        raise Refused(f"trial {trial_id} has no usable generator: {store.path(err.relpath)} is {err.problem}. "
+                      f"Re-running the sweep rebuilds it: healing runs the trial again, as a new trial with "
+                      f"its own id") from None
 
 
 def _find_trial(store: Store, trial_id: str) -> dict[str, Any]:
@@ -87,45 +103,115 @@ def _score(store: Store, cell_id: str, vectors: torch.Tensor, device: str) -> st
             + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fam.items()))
 
 
-def _write(store: Store, out: str | None, trial_id: str, seed: int, vectors: torch.Tensor) -> str:
+MAX_N = 10_000  # vectors per call: all of them are sampled, decoded and held at once; more with another --seed
+MAX_SEED = 2**63 - 1
+
+
+def _device(text: str) -> str:
+    """--device, checked before anything loads: cpu, or a cuda / mps device this machine has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise Refused(f"--device {text}: not a device ({err}); use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Refused(f"--device {text}: no CUDA GPU here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise Refused(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise Refused(f"--device {text}: no MPS device here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise Refused(f"--device {text}: use cpu, cuda, cuda:N or mps")
+    return str(device)
+
+
+def _out_path(store: Store, out: str) -> str:
+    """--out, checked before any sampling: a new .parquet or .pt file in an existing folder outside the sweep."""
+    try:
+        path = os.path.abspath(os.path.expanduser(out))
+        if not path.endswith((".parquet", ".pt")):
+            raise Refused(f"--out {out}: use a .parquet or .pt file name")
+        if os.path.lexists(path):
+            raise Refused(f"--out {out} exists; not overwriting it")
+        folder, sweep = os.path.dirname(path), os.path.realpath(store.root)
+        if not os.path.isdir(folder):
+            raise Refused(f"--out {out}: no folder {folder} (create it first)")
+        real = os.path.realpath(path)
+        if store.is_local and (real == sweep or real.startswith(sweep + os.sep)):
+            raise Refused(f"--out {out}: inside the sweep's folder; leave out --out to write under "
+                          f"{paths.GENERATED_MORE}/, or give a file outside the sweep")
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        if isinstance(err, Refused):
+            raise
+        raise Refused(f"--out {out}: {err}") from None
+    return path
+
+
+def _rows(trial_id: str, seed: int, vectors: torch.Tensor) -> "pa.Table":
+    import pyarrow as pa
+
+    n, width = vectors.shape
+    params = pa.ListArray.from_arrays(pa.array(range(0, n * width + 1, width), pa.int32()),
+                                      pa.array(vectors.numpy().reshape(-1)))  # list<float32>, no Python floats
+    return pa.table({"trial_id": [trial_id] * n, "index": list(range(n)), "seed": [seed] * n, "params": params})
+
+
+def _write(store: Store, out: str | None, trial_id: str, seed: int, vectors: torch.Tensor,
+           scratch: str | None = None) -> str:
+    """Write the vectors to `<sweep>/generated_more/...` (out None) or to `out` through `scratch`, a file
+    beside it made before sampling (so that an unwritable folder is refused before the work)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = {"trial_id": [trial_id] * len(vectors), "index": list(range(len(vectors))), "seed": [seed] * len(vectors),
-            "params": vectors.tolist()}
     if out is None:  # under the sweep, through the store (local or object storage)
-        relpath = paths.generated_more(trial_id, len(vectors), seed)
-        if store.fs.get_file_info(store.path(relpath)).type.name != "NotFound":
-            raise Refused(f"{store.path(relpath)} exists; remove it or pass --out FILE or another --seed")
         buf = pa.BufferOutputStream()
-        pq.write_table(pa.table(rows), buf, compression="zstd")
-        return store.write_bytes(relpath, buf.getvalue().to_pybytes())
-    if os.path.exists(out):
-        raise Refused(f"{out} exists; not overwriting it")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        pq.write_table(_rows(trial_id, seed, vectors), buf, compression="zstd")
+        return store.write_bytes(paths.generated_more(trial_id, len(vectors), seed), buf.getvalue().to_pybytes())
     if out.endswith(".pt"):
-        torch.save({"trial_id": trial_id, "seed": seed, "vectors": vectors}, out)
-    elif out.endswith(".parquet"):
-        pq.write_table(pa.table(rows), out, compression="zstd")
+        torch.save({"trial_id": trial_id, "seed": seed, "vectors": vectors}, scratch)
     else:
-        raise Refused(f"--out {out}: use a .parquet or .pt file name")
+        pq.write_table(_rows(trial_id, seed, vectors), scratch, compression="zstd")
+    if os.path.lexists(out):
+        raise Refused(f"--out {out} exists; not overwriting it")
+    os.rename(scratch, out)
     return out
 
 
 def generate(store: Store, trial_id: str, n: int, *, seed: int | None = None, out: str | None = None,
              score: bool = False, device: str = "cpu", say=print) -> str:
+    """Sample `n` vectors of a completed trial and write them; Refused (one line) for bad input, before any
+    file or folder is made."""
+    if not 1 <= n <= MAX_N:
+        raise Refused(f"-n {n}: between 1 and {MAX_N} vectors per call (draw more with another --seed)")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise Refused(f"--seed {seed}: between 0 and 2**63 - 1")
+    device = _device(device)
+    out = None if out is None else _out_path(store, out)
     row = _find_trial(store, trial_id)
-    try:
-        state = load_trial_model(store, row["cell_id"], trial_id)
-    except FileNotFoundError:
-        raise Refused(f"trial {trial_id} has no saved model ({paths.trial_model(row['cell_id'], trial_id)}): "
-                      f"it ran before trials kept their models; re-run it to sample more") from None
-    ae, ldm, cfg = restore_generator(state, device)
+    state = load_trial_model(store, row["cell_id"], trial_id)
     seed = state["seed"] if seed is None else seed
-    vectors = sample_vectors(ae, ldm, n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=seed)
-    if not torch.isfinite(vectors).all():
-        raise Refused(f"{int((~torch.isfinite(vectors).all(1)).sum())} of {n} vectors are non-finite")
-    path = _write(store, out, trial_id, seed, vectors)
+    if out is None and store.fs.get_file_info(store.path(paths.generated_more(trial_id, n, seed))).type.name \
+            != "NotFound":
+        raise Refused(f"{store.path(paths.generated_more(trial_id, n, seed))} exists; remove it or pass "
+                      f"--out FILE or another --seed")
+    scratch = None
+    if out is not None:
+        try:
+            fd, scratch = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.")
+            os.close(fd)
+        except OSError as err:
+            raise Refused(f"--out {out}: cannot write there ({err})") from None
+    try:
+        ae, ldm, cfg = restore_generator(state, device)
+        vectors = sample_vectors(ae, ldm, n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=seed).cpu()
+        if not torch.isfinite(vectors).all():
+            raise Refused(f"{int((~torch.isfinite(vectors).all(1)).sum())} of {n} vectors are non-finite")
+        try:
+            path = _write(store, out, trial_id, seed, vectors, scratch)
+        except OSError as err:
+            raise Refused(f"cannot write the vectors ({err})") from None
+    finally:
+        if scratch is not None and os.path.lexists(scratch):
+            os.remove(scratch)
     say(f"wrote {n} vectors of trial {trial_id} (cell {row['cell_id']}, seed {seed}) to {path}")
     if score:
         say(_score(store, row["cell_id"], vectors, device))
@@ -133,27 +219,26 @@ def generate(store: Store, trial_id: str, n: int, *, seed: int | None = None, ou
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .query import parse_results_dir
-
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.generate", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m orchestrator.generate", description=__doc__.split("\n")[0])
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a sweep's folder, e.g. results/smoke or s3://...")
     parser.add_argument("trial_id", metavar="TRIAL_ID")
-    parser.add_argument("-n", type=int, default=1000, help="vectors to draw (default 1000)")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: the trial's own)")
-    parser.add_argument("--out", default=None, help="a .parquet or .pt file (default: <sweep>/generated_more/...)")
+    parser.add_argument("-n", type=int, default=1000, help=f"vectors to draw, 1 to {MAX_N} (default 1000)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="sampling seed, 0 to 2**63 - 1 (default: the trial's own)")
+    parser.add_argument("--out", default=None, help="a new .parquet or .pt file in an existing folder outside the "
+                                                    "sweep (default: <sweep>/generated_more/...)")
     parser.add_argument("--score", action="store_true", help="score them on the cell's test split")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error("-n must be >= 1")
     try:
         generate(parse_results_dir(args.results_dir), args.trial_id, args.n, seed=args.seed, out=args.out,
                  score=args.score, device=args.device)
-    except Refused as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (Refused, CorruptTable, OldTables) as err:
+        return refuse(summary_line(err) if not isinstance(err, Refused) else err)
+    except (ValueError, OSError, pa.ArrowException) as err:  # parse_results_dir: a bad URI; unreadable tables
+        return refuse(summary_line(err))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

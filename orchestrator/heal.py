@@ -11,8 +11,10 @@ Run on every (non-dry) run of a sweep, before any work:
   marker) goes to quarantine, so stage 1 re-runs the cell.
 - A cell about to be re-run by stage 1 has its trials, generated and baselines
   files moved to quarantine: they were built from the old snapshots.
-- A completed trial whose `generated` rows are missing (or not N of them) is
-  re-run: its `trials` row (its commit marker) goes to quarantine.
+- A completed trial whose `generated` rows are missing (or not N of them), or whose
+  generator file (`models/trials/<cell>/<trial>.pt`, what `generate` samples from) is
+  missing or does not load, is re-run: its `trials` row (its commit marker) goes to
+  quarantine (with its generated rows and an unloadable generator file).
 - A baselines file with the wrong number of rows goes to quarantine and is re-run;
   a missing one is re-run anyway (stage 2 runs every cell without one).
 
@@ -34,9 +36,9 @@ from pdiff.baselines import BASELINES
 
 from . import paths
 from .spec import SweepSpec
-from .tables import COMPACT_PREFIX, TABLES, Store
+from .tables import COMPACT_PREFIX, TABLES, Store, storage_fault
 
-__all__ = ["reconcile"]
+__all__ = ["ModelFileError", "read_model", "reconcile"]
 
 _DEPENDENTS = ("trials", "generated", "baselines", "curves")  # built from a cell's snapshots
 
@@ -58,27 +60,49 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[1].removesuffix(".parquet")
 
 
+class ModelFileError(Exception):
+    """A model file of the sweep is missing or does not load; `problem` says which, in a few words."""
+
+    def __init__(self, relpath: str, problem: str):
+        super().__init__(f"{relpath} {problem}")
+        self.relpath, self.problem = relpath, problem
+
+
+def read_model(store: Store, relpath: str) -> dict:
+    """A model file of the sweep (torch.save of a dict), loaded on the CPU. Raises ModelFileError where it is
+    missing, unreadable or corrupt, and a StorageFault where the storage failed (a fault, not a verdict)."""
+    try:
+        payload = store.read_bytes(relpath)
+    except FileNotFoundError:
+        raise ModelFileError(relpath, "missing") from None
+    except OSError as err:
+        if storage_fault(err) is not None:
+            raise storage_fault(err) from err
+        raise ModelFileError(relpath, f"unreadable ({' '.join(str(err).split())[:120]})") from None
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location="cpu")
+    except Exception as err:  # truncated zip, not a torch file, bad pickle: all mean "corrupt"
+        raise ModelFileError(relpath, f"corrupt ({type(err).__name__}: "
+                                      f"{str(err).splitlines()[0][:120] if str(err) else ''})") from None
+    if not isinstance(obj, dict) or not obj:
+        raise ModelFileError(relpath, "corrupt (not a dict of tensors)")
+    return obj
+
+
+def _model_problem(store: Store, relpath: str) -> str | None:
+    """What is wrong with a model file (missing, unreadable, corrupt), or None when it loads."""
+    try:
+        read_model(store, relpath)
+    except ModelFileError as err:
+        return err.problem
+    return None
+
+
 def _model_file_problems(store: Store, cell_id: str) -> dict[str, str]:
     """{relpath: what is wrong} for a finished cell's model files (weights, snapshot scores)
     that are missing or do not load; empty when both are sound."""
-    problems = {}
-    for relpath in paths.source_files(cell_id):
-        try:
-            payload = store.read_bytes(relpath)
-        except FileNotFoundError:
-            problems[relpath] = "missing"
-            continue
-        except OSError as err:
-            problems[relpath] = f"unreadable ({err})"
-            continue
-        try:
-            obj = torch.load(io.BytesIO(payload), map_location="cpu")
-        except Exception as err:  # truncated zip, not a torch file, bad pickle: all mean "corrupt"
-            problems[relpath] = f"corrupt ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
-            continue
-        if not isinstance(obj, dict) or not obj:
-            problems[relpath] = "corrupt (not a dict of tensors)"
-    return problems
+    return {relpath: problem for relpath in paths.source_files(cell_id)
+            if (problem := _model_problem(store, relpath)) is not None}
 
 
 def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print) -> list[str]:
@@ -171,7 +195,7 @@ def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print)
                     move(path, "built from the snapshots of a source that is being rebuilt")
             continue
 
-        # 4. Completed trials need their generated rows.
+        # 4. Completed trials need their generated rows and their generator file.
         generated = cell_files("generated", cid)
         for path in lost_trials:
             gen_path = path.replace(store.path("trials") + "/", store.path("generated") + "/", 1)
@@ -194,9 +218,15 @@ def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print)
                     continue
                 want = row.get("n_generated") or per_method
                 got = generated.get(gen_path)
-                if got == want:
+                model = paths.trial_model(cid, tid)
+                if got != want:
+                    why = "no generated file" if got is None else f"generated holds {got} of {want} rows"
+                elif (problem := _model_problem(store, model)) is not None:
+                    why = f"its generator {model} is {problem}"
+                    if problem != "missing":
+                        move(store.path(model), f"trial re-run: {why}")
+                else:
                     continue
-                why = "no generated file" if got is None else f"generated holds {got} of {want} rows"
             tell(f"heal: trial {tid} of cell {cid}: {why}: its trials row goes to quarantine and a new "
                  f"trial takes its place")
             move(path, f"trial re-run: {why}")

@@ -24,6 +24,7 @@ involved: keep them within a few seconds of each other (NTP).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -184,9 +185,22 @@ class Lease:
 
     def _tmp(self) -> str:
         tmp = f"{os.path.dirname(self.path)}/.{LEASE}.{self.token}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "xb") as f:
-            f.write(self._payload())
+        try:
+            with open(tmp, "xb") as f:
+                f.write(self._payload())
+        except BaseException:  # a full disk fails the write (or the close): leave no half file beside the lease
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return tmp
+
+    def _replace_local(self) -> None:
+        tmp = self._tmp()
+        try:
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def _create_local(self) -> bool:
         tmp = self._tmp()
@@ -222,8 +236,7 @@ class Lease:
             current = self._read()
             if current is not None and current.get("token") != stale.get("token"):
                 return False  # someone else took it over first
-            tmp = self._tmp()
-            os.replace(tmp, self.path)
+            self._replace_local()
             return True
         finally:
             os.unlink(lock)
@@ -258,7 +271,7 @@ class Lease:
                           f"for {self.stale_s:g} s?); two runs may now work on this sweep", file=sys.stderr, flush=True)
                     return
                 if self.store.is_local:
-                    os.replace(self._tmp(), self.path)
+                    self._replace_local()
                 else:
                     self._write_remote()
             except OSError as err:

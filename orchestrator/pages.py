@@ -71,18 +71,19 @@ def group_summary(df: pd.DataFrame) -> pd.DataFrame:
         for m in _methods():
             row[f"{m} sel"] = stat(f"{m}_selected")
             row[f"{m} IoU"] = stat(f"{m}_max_iou", 3)
-            beats = g.get(f"pdiff_beats_{m}_selected")
-            row[f"beats {m}"] = (f"{int((beats == 'yes').sum())} of {int(beats.notna().sum())}"
-                                 if beats is not None else "n/a")
+            versus = g.get(f"vs_{m}")
+            row[f"beats {m}"] = (f"{int(versus.isin(BEATS).sum())} of {int(versus.notna().sum())}"
+                                 if versus is not None else "n/a")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+BEATS = ("dominates", "more novel")  # pdiff.verdicts.comparison's words for "more novel, not less accurate"
 GROUP_NOTE = ("One row per architecture x dataset: the mean ± standard deviation over its cells (seeds) of each "
               "cell's number in the tables below (sel: test accuracy % of the val-selected model; best*: "
               "selected on the test set, the paper's protocol; IoU: mean test max-IoU to the snapshots, lower = "
-              "more novel); collapsed: cells whose val-selected trial collapsed; beats: cells where p-diff "
-              "dominates the baseline on selected accuracy and novelty.")
+              "more novel); collapsed: cells whose val-selected trial collapsed; beats: cells where p-diff is "
+              "more novel than the baseline at equal or better mean accuracy, by 95% intervals.")
 
 
 def groups_html(df: pd.DataFrame, cells_link: str | None = None) -> str:
@@ -146,7 +147,7 @@ def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], t
 
     `trials`: every trials row (any columns); `cells`: the figures' CellData (similarity numbers); `notes`: the
     report's notes (those naming a cell's label go on its page); `where`: cell id -> which figures show it."""
-    from .report import _CSS, _groups, _html_table, collapse_warnings
+    from .report import _CSS, _groups, _html_table, collapse_warnings, trust_warnings
 
     e = html.escape
     by_cell = {c: g for c, g in trials.groupby("cell_id", sort=False)} if len(trials) else {}
@@ -161,6 +162,7 @@ def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], t
                 f"<h1>{e(label)}</h1>", f'<p class="meta">Cell <code>{e(r.cell_id)}</code>. '
                 f"{e(where.get(r.cell_id, NOT_DRAWN))}</p>"]
         body += [f'<p class="warning"><b>COLLAPSED</b>: {e(w)}</p>' for w in collapse_warnings(row)]
+        body += [f'<p class="warning">{e(w)}</p>' for w in trust_warnings(row)]
         for title, note, groups in _groups(shown):
             body += [f"<h3>{e(title)}</h3>", f'<div class="scroll">{_html_table(row, groups)}</div>']
         cell = data.get(r.cell_id)

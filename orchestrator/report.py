@@ -37,10 +37,14 @@ figure; the summary counts the failed ones (`failed_trials`).
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import html
+import json
 import math
+import os
 import re
+import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -49,16 +53,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pdiff.names import LABELS
 
 from . import paths
+from .console import ArgumentParser, refuse, run
 from .query import parse_results_dir
 from .sql import failed_reasons_sql, methods, report_sql, searched_knobs
 from .summary import connect, materialize, one_line
 from .tables import TABLES, CorruptTable, OldTables, Store
 
-__all__ = ["BASELINES", "collapse_warnings", "parse_results_dir", "report_sql", "searched_knobs", "summary_table",
+__all__ = ["BASELINES", "REPORT_MARKER", "Refused", "collapse_warnings", "trust_warnings", "parse_results_dir", "report_sql", "searched_knobs", "summary_table",
            "write_report", "main"]
 
 # Each baseline method (pdiff.baselines, in its order): its label, and its short label for narrow headings.
@@ -97,11 +104,16 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
                 ("p-diff", acc("pdiff", "pdiff") + [("pdiff_collapsed", "collapsed?", "pdiff collapse")])]
     accuracy += [(label, acc(b, SHORT[b])) for b, label in BASELINES.items()]
     novelty = [("mean test max-IoU to the snapshots (lower = more novel)",
-                [("pdiff_max_iou", "p-diff", "pdiff IoU")]
-                + [(f"{b}_max_iou", label, f"{SHORT[b]} IoU") for b, label in BASELINES.items()])]
-    novelty += [(f"p-diff dominates {label}?", [(f"pdiff_beats_{b}_selected", "on selected acc", f"beats {SHORT[b]} sel"),
-                                                (f"pdiff_beats_{b}_mean", "on mean acc", f"beats {SHORT[b]} mean")])
-                for b, label in BASELINES.items()]
+                [("snapshot_loo_max_iou", "snapshots to each other", "snap LOO"),
+                 ("pdiff_max_iou", "p-diff", "pdiff IoU")]
+                + [(f"{b}_max_iou", label, f"{SHORT[b]} IoU") for b, label in BASELINES.items()]),
+               ("verdict", [("collection", "collection", "collection"), ("pdiff_verdict", "p-diff", "verdict"),
+                            ("tied_trials", "trials tied on val", "val ties")])]
+    novelty += [(f"p-diff vs {label} (95% intervals)",
+                 [(f"vs_{b}", "verdict", f"vs {short}"), (f"vs_{b}_acc", "mean acc diff (pp)", f"{short} dAcc"),
+                  (f"vs_{b}_iou", "max-IoU diff", f"{short} dIoU")])
+                for b, label, short in [("latent_gaussian", "its latent Gaussian", "latG")]
+                + [(b, label, SHORT[b]) for b, label in BASELINES.items()]]
     def family(prefix: str, short: str) -> list[tuple[str, str, str]]:
         return [(f"{prefix}_pairwise_iou", "pairwise IoU", f"{short} pairIoU"),
                 (f"{prefix}_distinct_sets", "distinct sets", f"{short} sets"),
@@ -126,11 +138,15 @@ def _groups(shown: Sequence[str]) -> list[tuple[str, str, list[tuple[str, list[t
          "optimistic by construction. med: median. p-diff: the generated models of the val-selected trial; "
          "avg16: average of 16 snapshots; gauss: per-coordinate Gaussian.",
          accuracy),
-        ("Novelty and dominance",
+        ("Novelty, verdicts and comparisons",
          "Novelty: the mean over a method's models of the max IoU between the model's wrong test predictions "
-         "and any snapshot's (1 = the same mistakes as some snapshot). p-diff dominates a baseline when its "
-         "accuracy (val-selected: sel, or mean) is >= and its mean max-IoU <=, at least one strictly, at the "
-         "precision shown.",
+         "and any snapshot's (1 = the same mistakes as some snapshot); snap LOO: the same for each snapshot "
+         "against the other snapshots, the reference: a family at or above it is MEMORISING. verdict: "
+         "collapsed / memorising / novel (pdiff.verdicts). p-diff vs a family: the val-selected trial's mean "
+         "test accuracy and mean max-IoU minus the family's, with 95% paired bootstrap intervals over test "
+         "examples and models; a side counts only when its interval excludes 0 (dominates: more accurate and "
+         "more novel; more novel: at equal accuracy; tie: neither differs). latG: the trial's own autoencoder "
+         "decoding a Gaussian fitted to its latents (no diffusion model).",
          novelty),
         ("Collapse",
          "Does a family hold different models or copies of one? pairIoU: mean IoU of the wrong test-prediction "
@@ -160,7 +176,7 @@ def _fmt(column: str, v: Any) -> str:
         return "yes" if v else "no"
     if isinstance(v, bool):
         return str(v)
-    if column.endswith(("distinct_sets", "collapsed_trials")) and isinstance(v, (int, float)):
+    if column.endswith(("distinct_sets", "collapsed_trials", "tied_trials")) and isinstance(v, (int, float)):
         return f"{v:.0f}"
     if isinstance(v, float):
         if column.startswith("hp_"):
@@ -194,10 +210,39 @@ def collapse_warnings(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def _known(v) -> bool:
+    return v is not None and v is not pd.NA and not (isinstance(v, float) and math.isnan(v))
+
+
+def trust_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per cell whose collection failed or cannot measure novelty, whose val-selected trial is
+    memorising, or whose val-selected trial was one of several tied on val accuracy."""
+    out = []
+    for r in df.itertuples():
+        cell = f"{r.arch} / {r.dataset} / seed {r.seed}"
+        collection = getattr(r, "collection", None)
+        if collection == "failed":
+            out.append(f"{cell}: COLLECTION FAILED, no baselines or trials: {r.collection_reason}")
+        elif collection == "uniform":
+            out.append(f"{cell}: NOVELTY UNMEASURABLE: {r.collection_reason}")
+        if getattr(r, "pdiff_verdict", None) == "memorising":
+            out.append(f"{cell}: the val-selected trial {getattr(r, 'best_trial', '')} is MEMORISING: its models' "
+                       f"mean max-IoU to "
+                       f"the snapshots {_fmt('pdiff_max_iou', r.pdiff_max_iou)} is at or above the snapshots' own "
+                       f"{_fmt('snapshot_loo_max_iou', r.snapshot_loo_max_iou)} (each to the others); "
+                       f"{_fmt('memorising_trials', r.memorising_trials)} of {_fmt('trials', r.trials)} completed "
+                       f"trials memorise")
+        ties = getattr(r, "tied_trials", None)
+        if _known(ties) and ties > 1:
+            out.append(f"{cell}: {ties:.0f} trials tie on val accuracy; the selected one is the lowest val "
+                       f"max-IoU among them, then the smallest trial id")
+    return out
+
+
 def summary_text(df: pd.DataFrame, shown: Sequence[str]) -> str:
     """The summary's four tables as plain text, for a terminal, after any collapse warning."""
-    warnings = collapse_warnings(df)
-    parts = ["\n".join("COLLAPSED: " + w for w in warnings)] if warnings else []
+    warnings = ["COLLAPSED: " + w for w in collapse_warnings(df)] + trust_warnings(df)
+    parts = ["\n".join(warnings)] if warnings else []
     for title, note, groups in _groups(shown):
         flat = _flat(df, groups)
         parts.append(f"{title}\n{flat.to_string(index=False)}")
@@ -281,11 +326,11 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
         + ", ".join(f"{e(t)} {n}" for t, n in counts.items()) + f". Written {stamp}.</p>",
         "<h2>Summary</h2>",
     ]
-    warnings = collapse_warnings(df)
-    parts += [f'<p class="warning"><b>COLLAPSED</b>: {e(w)}</p>' for w in warnings[:MAX_WARNINGS]]
+    warnings = ["COLLAPSED: " + w for w in collapse_warnings(df)] + trust_warnings(df)
+    parts += [f'<p class="warning">{e(w)}</p>' for w in warnings[:MAX_WARNINGS]]
     if len(warnings) > MAX_WARNINGS:
-        parts.append(f'<p class="warning"><b>COLLAPSED</b>: and {len(warnings) - MAX_WARNINGS} more cells (their '
-                     f"pages, and the Collapse table, say which)</p>")
+        parts.append(f'<p class="warning">and {len(warnings) - MAX_WARNINGS} more warnings (the cells\' '
+                     f"pages, and the Collapse and Novelty tables, say which)</p>")
     on_index = len(df) <= INDEX_CELLS
     if wants_groups(df):  # one row per arch x dataset (orchestrator.pages)
         parts.append(groups_html(df, None if on_index else "cells.html"))
@@ -316,6 +361,7 @@ def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], h
 
     parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
     parts += [line for w in collapse_warnings(df) for line in (f"> **COLLAPSED**: {w}", "")]
+    parts += [line for w in trust_warnings(df) for line in (f"> {w}", "")]
     from .pages import groups_md, wants_groups
 
     if wants_groups(df):
@@ -372,27 +418,154 @@ def _write_pages(store: Store, con, out: Path, df: pd.DataFrame, shown, cells, n
     return links
 
 
+REPORT_MARKER = "_report.json"  # {"tool", "report": the sweep's name, "tables"}: a folder a new report may replace
+
+
+class Refused(ValueError):
+    """A one-line reason to stop with exit status 2 (a report folder that is not ours, a mistyped column)."""
+
+
+def _check_types(store: Store) -> None:
+    """Refuse a table whose files disagree with its declared column types (`tables.TABLES`) or with each other,
+    in one line naming the table, the column and the file, before a query fails deep in the summary."""
+    for table, declared in TABLES.items():
+        schemas = {}
+        for f in store.files(table):
+            try:
+                schemas[f] = pq.read_schema(f, filesystem=store.fs).remove_metadata()
+            except (pa.ArrowException, OSError):
+                continue  # an unreadable file: `connect` names it (CorruptTable)
+        for f, schema in schemas.items():
+            for field in schema:
+                want = declared.field(field.name).type if field.name in declared.names else None
+                if want is not None and field.type != want and not pa.types.is_null(field.type):
+                    raise Refused(f"column {table}.{field.name} is {field.type} in {f}, declared {want}: rewrite "
+                                  f"or remove that file (columns are never retyped)")
+        try:  # the undeclared columns (the trials' knobs): one type across the files, as in Store.read
+            pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+        except (pa.ArrowException, ValueError) as err:
+            raise Refused(f"table {table} of {store.uri}: {one_line(err)}") from None
+
+
+def _is_report_of(folder: Path, store: Store) -> bool:
+    try:
+        mark = json.loads((folder / REPORT_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(mark, dict) and mark.get("tool") == "pdiff-sweep" and mark.get("report") == store.sweep
+
+
+def _target(store: Store, out_dir: str | Path | None) -> Path:
+    """The report folder, checked before anything is written: a new or empty folder, the sweep's own
+    `report/`, or an earlier report of this sweep (its REPORT_MARKER); never a link, a file, or elsewhere
+    inside the sweep's folder (a reader does not write among the tables)."""
+    own = Path(store.path(paths.REPORT))
+    try:
+        out = own if out_dir is None else Path(os.path.abspath(Path(out_dir).expanduser()))
+        real, sweep = os.path.realpath(out), os.path.realpath(store.root)
+        if out.is_symlink():
+            raise Refused(f"--out {out}: a link; give the folder itself")
+        if out.exists() and not out.is_dir():
+            raise Refused(f"--out {out}: not a folder")
+        if out != own and (real == sweep or real.startswith(sweep + os.sep)) and real != os.path.realpath(own):
+            raise Refused(f"--out {out}: inside the sweep's folder {store.root}; leave out --out for "
+                          f"{own}, or give a folder outside the sweep")
+        if out != own and out.is_dir() and any(out.iterdir()) and not _is_report_of(out, store):
+            raise Refused(f"--out {out}: a folder holding files that is not a report of sweep {store.sweep} (no "
+                          f"{REPORT_MARKER} naming it); give a new or empty folder")
+        ancestor = next(p for p in out.parents if p.exists())
+        if not ancestor.is_dir():
+            raise Refused(f"--out {out}: {ancestor} is not a folder")
+    except (OSError, ValueError) as err:  # an unreadable folder, a name too long, a NUL byte
+        if isinstance(err, Refused):
+            raise
+        raise Refused(f"--out {out_dir}: {one_line(err)}") from None
+    return out
+
+
+def _scratch(target: Path) -> tuple[Path, list[Path]]:
+    """A new folder beside `target` to write the report into, and the missing parent folders made for it;
+    nothing is left behind when it cannot be made."""
+    created: list[Path] = []
+    try:
+        for parent in reversed([p for p in target.parents if not p.exists()]):
+            parent.mkdir()
+            created.append(parent)
+        scratch = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+        scratch.mkdir()
+    except OSError as err:
+        _remove(created)
+        raise Refused(f"--out {target}: cannot write there ({one_line(err)})") from None
+    return scratch, created
+
+
+def _remove(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _swap(scratch: Path, target: Path) -> None:
+    """Put the finished report in place of the earlier one (if any), which is removed."""
+    old = scratch.with_name(scratch.name.replace(".tmp-", ".old-"))
+    had = target.exists()
+    if had:
+        target.rename(old)
+    try:
+        scratch.rename(target)
+    except OSError:
+        if had:
+            old.rename(target)
+        raise
+    if had:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_report(store: Store, out_dir: str | Path | None = None, *,
                  log: Callable[[str], None] | None = None) -> Path:
     """Write the report folder of a sweep and return the path of its `index.html`.
 
-    `out_dir` defaults to `<sweep>/report/`; for a sweep on an object store the
-    report is built in a local temporary folder and copied to `<sweep>/report/`.
+    `out_dir` defaults to `<sweep>/report/`. The report is written into a new folder beside it and renamed into
+    place once complete, so no half-written report is ever there; for a sweep on an object store it is built in
+    a local temporary folder and copied to `<sweep>/report/`. Raises Refused (one line) for an `out_dir` that
+    is not a report folder of this sweep (`_target`) or tables whose columns are mistyped.
     """
     log = log or (lambda s: None)
     upload = out_dir is None and not store.is_local
-    out = Path(tempfile.mkdtemp(prefix=f"report-{store.sweep}-")) if upload else \
-        Path(out_dir) if out_dir is not None else Path(store.path(paths.REPORT))
-    out.mkdir(parents=True, exist_ok=True)
-
-    from .figures import draw_all
-
+    target = None if upload else _target(store, out_dir)
+    _check_types(store)
     t0 = time.perf_counter()
     con = connect(store)
     materialize(con)  # the light columns, read once for the report's many queries
     df, searched, shown = summary_table(store, con)
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
     log(f"summary of {len(df)} cell(s) ({time.perf_counter() - t0:.1f}s)")
+    out, created = (Path(tempfile.mkdtemp(prefix=f"report-{store.sweep}-")), []) if upload else _scratch(target)
+    try:
+        (out / REPORT_MARKER).write_text(json.dumps({"tool": "pdiff-sweep", "report": store.sweep,
+                                                     "tables": store.uri}) + "\n")
+        _write_files(store, con, out, df, searched, shown, counts, log)
+        if upload:
+            for f in sorted(out.iterdir()):
+                store.write_bytes(f"{paths.REPORT}/{f.name}", f.read_bytes())
+            log(f"copied to {store.uri}/{paths.REPORT}/")
+        else:
+            _swap(out, target)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        _remove(created)
+        raise
+    if upload:
+        shutil.rmtree(out, ignore_errors=True)
+    log(f"report written in {time.perf_counter() - t0:.1f}s")
+    return Path(store.path(paths.REPORT, "index.html")) if upload else target / "index.html"
+
+
+def _write_files(store: Store, con, out: Path, df: pd.DataFrame, searched, shown, counts: dict[str, int],
+                 log: Callable[[str], None]) -> None:
+    """The report's files (figures, summary.csv and .md, the pages, index.html) into `out`."""
+    from .figures import draw_all
+
     best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
     figures, how, cells = draw_all(store, out, best, searched, log=log)
     from .feedback import feedback_sections
@@ -430,29 +603,21 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
     links = _write_pages(store, con, out, df, shown, cells, notes, panels)
     (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes, extra, links))
     log(f"{len(links)} cell page(s)")
-    if upload:
-        for f in sorted(out.iterdir()):
-            store.write_bytes(f"{paths.REPORT}/{f.name}", f.read_bytes())
-        log(f"copied to {store.uri}/{paths.REPORT}/")
-    log(f"report written in {time.perf_counter() - t0:.1f}s")
-    return out / "index.html"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n")[0])
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a sweep's folder, e.g. results/smoke or s3://...")
-    parser.add_argument("--out", help="report folder (default: RESULTS_DIR/report)")
+    parser.add_argument("--out", help="report folder (default: RESULTS_DIR/report): new, empty, or an earlier "
+                                      "report of this sweep")
     parser.add_argument("--quiet", action="store_true", help="print only where the report is")
     args = parser.parse_args(argv)
     try:
         store = parse_results_dir(args.results_dir)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not store.files("sources"):
-        print(f"error: {args.results_dir}: no sweep tables here (expected {store.uri}/sources/*/*.parquet)",
-              file=sys.stderr)
-        return 2
+        if not store.files("sources"):
+            return refuse(f"{args.results_dir}: no sweep tables here (expected {store.uri}/sources/*/*.parquet)")
+    except (ValueError, OSError, pa.ArrowException) as err:  # a bad URI, an unreadable folder
+        return refuse(one_line(err))
     say = (lambda s: None) if args.quiet else (lambda s: print(f"  {s}", flush=True))
     t0 = time.perf_counter()
     try:
@@ -461,13 +626,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             df, _, shown = summary_table(store)
             with pd.option_context("display.width", 250, "display.max_columns", None):
                 print("\n" + summary_text(df, shown) + "\n")
-    except (CorruptTable, OldTables) as err:  # one line naming the file (or folder), not a traceback
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+    except Refused as err:  # one line naming the folder or the column
+        return refuse(err)
+    except (CorruptTable, OldTables) as err:  # one line naming the file (or folder)
+        return refuse(one_line(err))
     where = f"{store.uri}/{paths.REPORT}/index.html" if args.out is None and not store.is_local else str(index)
     print(f"report: {where} ({time.perf_counter() - t0:.1f}s)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

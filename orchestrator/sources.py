@@ -28,7 +28,9 @@ import torch
 from pdiff import ParameterSubset, build_model, load_dataset
 from pdiff.data import Dataset
 from pdiff.collect import collect_snapshots, train_source
+from pdiff.compare import leave_one_out
 from pdiff.evaluate import BatchedEvaluator, Scores, family_stats, pack_wrong, spread
+from pdiff.health import Health, collection_health
 
 from .cluster import driver_options
 from . import paths
@@ -38,7 +40,7 @@ from .progress import Progress, worker_log
 from .spec import Cell, SweepSpec
 from .tables import Store
 
-__all__ = ["run_sources", "load_source_model", "load_snapshot_scores", "pending_cells"]
+__all__ = ["run_sources", "load_source_model", "load_snapshot_scores", "pending_cells", "cell_health"]
 
 
 def _save(store: Store, relpath: str, obj) -> None:
@@ -49,6 +51,17 @@ def _save(store: Store, relpath: str, obj) -> None:
 
 def _load(store: Store, relpath: str, device: torch.device | str = "cpu"):
     return torch.load(io.BytesIO(store.read_bytes(relpath)), map_location=device)
+
+
+def cell_health(store: Store) -> dict[str, tuple[str, str | None]]:
+    """cell id -> (status, reason) of each collected cell (`healthy` where the tables predate the check)."""
+    rows = store.read_pandas("sources")
+    if rows.empty:
+        return {}
+    status = rows["status"] if "status" in rows else ["healthy"] * len(rows)
+    reason = rows["reason"] if "reason" in rows else [None] * len(rows)
+    return {c: (st if isinstance(st, str) else "healthy", r if isinstance(r, str) else None)
+            for c, st, r in zip(rows["cell_id"], status, reason)}
 
 
 def pending_cells(spec: SweepSpec, store: Store) -> list[Cell]:
@@ -122,6 +135,51 @@ def _load_checkpoint(rank: int, world: int) -> dict | None:
         return torch.load(path, map_location="cpu") if os.path.exists(path) else None  # RNG states stay on the CPU
 
 
+def _health_advice(cell: Cell, health: Health) -> str | None:
+    """The health check's reason, with the spec key to change."""
+    if health.status == "failed":
+        return f"{health.reason}; lower sources.collect.lr (now {cell.collect.lr:g})"
+    if health.status == "uniform":
+        return (f"{health.reason}; raise sources.collect.lr (now {cell.collect.lr:g}) or sources.collect.interval "
+                f"(now {cell.collect.interval})")
+    return None
+
+
+def _write_cell(store: Store, cell: Cell, model: torch.nn.Module, subset: ParameterSubset, data: Dataset,
+                snapshots: torch.Tensor, start: torch.Tensor, losses: list[float], test_acc: float, log,
+                *, seconds: float, resumed_from: int, max_acc_drop: float) -> None:
+    """Score the snapshots, judge the collection, and write the cell's rows (the `sources` row last)."""
+    evaluator = BatchedEvaluator(model, subset)
+    scores = evaluator.score(snapshots, data)
+    source = evaluator.score(start[None].to(snapshots.dtype), data)
+    family = family_stats(snapshots, scores.test_wrong, snapshots)  # the reference for collapse
+    health = collection_health(float(source.val_acc[0]), scores.val_acc.tolist(), losses, family["pairwise_iou"],
+                               family["distinct_sets"], max_acc_drop=max_acc_drop)
+    store.write("checkpoints", cell.cell_id, "snapshots", [
+        {"index": i, "val_acc": float(scores.val_acc[i]), "test_acc": float(scores.test_acc[i]),
+         "val_wrong": pack_wrong(scores.val_wrong[i]), "test_wrong": pack_wrong(scores.test_wrong[i]),
+         "params": snapshots[i].tolist()} for i in range(len(snapshots))
+    ])
+    with torch.no_grad():
+        subset.load(model, start)  # the stored model is the source itself, whose accuracy `sources` reports
+    _save(store, paths.source_model(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
+    _save(store, paths.snapshot_scores(cell.cell_id), {k: v.cpu() for k, v in dataclasses.asdict(scores).items()})
+    store.write("sources", cell.cell_id, "source", [{
+        "arch": cell.arch, "dataset": cell.dataset, "seed": cell.seed, "subset": list(subset.names),
+        "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),
+        "k": len(snapshots), "test_acc": test_acc, "seconds": seconds,
+        "node_id": ray.get_runtime_context().get_node_id(), "model_path": paths.source_model(cell.cell_id),
+        "resumed_from_epoch": resumed_from, "n_val": len(data.val), "n_test": len(data.test),
+        "status": health.status, "reason": _health_advice(cell, health),
+        "source_val_acc": float(source.val_acc[0]), "snapshot_val_acc": float(scores.val_acc.mean()),
+        "snapshot_test_acc": float(scores.test_acc.mean()),
+    } | {f"snapshot_{k}": v for k, v in family.items() if k in ("pairwise_iou", "distinct_sets")}
+      | {"snapshot_spread": spread(snapshots)} | leave_one_out(snapshots, scores.test_wrong, scores.val_wrong)])
+    log(f"source test acc {100 * test_acc:.2f}%, {len(snapshots)} snapshots, "
+        f"mean snapshot test acc {100 * float(scores.test_acc.mean()):.2f}%"
+        + (f"; {health.status.upper()}: {_health_advice(cell, health)}" if health.status != "healthy" else ""))
+
+
 def _train_cell(config: dict) -> None:
     """Ray Train worker loop: train, collect, and (rank 0) write the cell's tables.
 
@@ -158,31 +216,20 @@ def _train_cell(config: dict) -> None:
             model, data, cell.train, seed=cell.seed, log=log, log_every=max(1, cell.train.epochs // 3), wrap=wrap,
             rank=rank, world_size=world, resume=resumed and resumed["state"],
             save_state=lambda state: save({"stage": "train", "epochs": state["epoch"], "state": state}))
+    # The source's own subset, the collection's start: the stored model and the health check's reference.
+    # (A checkpoint written before it was kept has none: the first snapshot stands in.)
+    start = resumed.get("source_subset") if resumed and resumed["stage"] == "collect" else subset.flatten(model)
+    losses: list[float] = []
     snapshots = collect_snapshots(
         model, subset, data, cell.collect, seed=cell.seed, batch_size=cell.train.batch_size, log=log, wrap=wrap,
         rank=rank, world_size=world, resume=resumed["state"] if resumed and resumed["stage"] == "collect" else None,
+        losses=losses,
         save_state=lambda state: save({"stage": "collect", "epochs": cell.train.epochs + state["epoch"],
-                                       "state": state, "test_acc": test_acc}))
+                                       "state": state, "test_acc": test_acc, "source_subset": start}))
     if rank == 0:
-        scores = BatchedEvaluator(model, subset).score(snapshots, data)
-        family = family_stats(snapshots, scores.test_wrong, snapshots)  # the reference for collapse
-        store.write("checkpoints", cell.cell_id, "snapshots", [
-            {"index": i, "val_acc": float(scores.val_acc[i]), "test_acc": float(scores.test_acc[i]),
-             "val_wrong": pack_wrong(scores.val_wrong[i]), "test_wrong": pack_wrong(scores.test_wrong[i]),
-             "params": snapshots[i].tolist()} for i in range(len(snapshots))
-        ])
-        _save(store, paths.source_model(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
-        _save(store, paths.snapshot_scores(cell.cell_id), {k: v.cpu() for k, v in dataclasses.asdict(scores).items()})
-        store.write("sources", cell.cell_id, "source", [{
-            "arch": cell.arch, "dataset": cell.dataset, "seed": cell.seed, "subset": list(subset.names),
-            "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),
-            "k": len(snapshots), "test_acc": test_acc, "seconds": time.perf_counter() - t0,
-            "node_id": ray.get_runtime_context().get_node_id(), "model_path": paths.source_model(cell.cell_id),
-            "resumed_from_epoch": resumed_from, "n_val": len(data.val), "n_test": len(data.test),
-        } | {f"snapshot_{k}": v for k, v in family.items() if k in ("pairwise_iou", "distinct_sets")}
-          | {"snapshot_spread": spread(snapshots)}])
-        log(f"source test acc {100 * test_acc:.2f}%, {len(snapshots)} snapshots, "
-            f"mean snapshot test acc {100 * float(scores.test_acc.mean()):.2f}%")
+        start = snapshots[0] if start is None else start
+        _write_cell(store, cell, model, subset, data, snapshots, start, losses, test_acc, log,
+                    seconds=time.perf_counter() - t0, resumed_from=resumed_from, max_acc_drop=config["max_acc_drop"])
     ray.train.report({"test_acc": test_acc})
 
 
@@ -196,7 +243,8 @@ def _cell_run(cell: Cell, store: Store, spec: SweepSpec, sink=None) -> str:
     per_worker = {"CPU": res.cpus} | ({"GPU": res.gpus} if res.gpus else {})
     trainer = TorchTrainer(
         _train_cell,
-        train_loop_config={"cell": cell, "store": store, "threads": max(1, int(res.cpus)), "progress": sink},
+        train_loop_config={"cell": cell, "store": store, "threads": max(1, int(res.cpus)), "progress": sink,
+                           "max_acc_drop": spec.max_acc_drop},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0, resources_per_worker=per_worker),
         # The cell's own run name: a retried driver or a re-run sweep resumes the cell's
         # last checkpoint. Safe because a cell id is its training content, and drop_run
@@ -230,5 +278,8 @@ def run_sources(spec: SweepSpec, store: Store, progress: Progress) -> None:
         ray.get(ready[0])  # re-raises a cell's failure after Ray's retries
         row = store.read_pandas("sources", cell.cell_id).iloc[0]
         resumed = f", resumed from epoch {row.resumed_from_epoch}" if row.resumed_from_epoch else ""
+        health = f"; {row.status.upper()}: {row.reason}" if row.status != "healthy" else ""
         progress.advance("sources", f"{cell.cell_id}: source {100 * row.test_acc:.2f}% test acc, "
-                                    f"{row.k} snapshots of {row.n_subset} params ({row.seconds:.0f}s{resumed})")
+                                    f"{row.k} snapshots of {row.n_subset} params ({row.seconds:.0f}s{resumed}), "
+                                    f"their mean val acc {100 * row.snapshot_val_acc:.2f}% "
+                                    f"(source {100 * row.source_val_acc:.2f}%){health}")

@@ -11,6 +11,7 @@
       subset: {cnn_small: ["bn2.*", "fc.*"]}     # optional; default pdiff.DEFAULT_SUBSET
       collect: {k: 50, interval: 2, unit: step, lr: 0.01}
       max_failures: 5                 # restarts of a cell's Ray Train run (a lost spot node); it resumes
+      max_acc_drop: 5                 # points the snapshots' mean val acc may fall below the source's (pdiff.health)
     pdiff:
       knobs:                          # a value is fixed; a mapping with `type` is searched
         latent_dim: {type: choice, values: [32, 64]}
@@ -19,7 +20,8 @@
         ae_min_r2: 0.95               # share of the snapshots' variance the AE must reconstruct
         normalize: global             # global (per-coordinate centre, one scale) | tensor (per-tensor)
         sampler: ddim
-      objective: [accuracy]           # or [accuracy, novelty] for a multi-objective search
+      objective: [accuracy]           # best val acc of the N models; mean_accuracy: their mean (more resolution);
+                                      # either may be followed by novelty for a multi-objective search
       num_samples: 4                  # with no searched knob: repeats of the fixed configuration
       max_concurrent: 2
       search: tpe                     # tpe | random | grid (all searched knobs choices)
@@ -40,8 +42,10 @@ Rules beyond the types:
   letter or a digit, at most 128 characters. It names the sweep's folder
   `<storage>/<name>`, so it can never be '.', '..' or hold a separator.
 - The file is UTF-8 YAML of at most 1 MB. YAML aliases (`*anchor`, and so `<<:`
-  merges) are refused: a few aliases can expand to gigabytes (an alias bomb).
-- Numbers are finite, and sizes have a documented maximum each (larger values
+  merges) are refused: a few aliases can expand to gigabytes (an alias bomb). So is a
+  key written twice in one mapping (YAML would keep the last one silently), naming both
+  lines; a syntax error is one line with its line and column.
+- Numbers are finite, and every number has a documented maximum (larger values
   are typos or runs of weeks; a message names the field and its maximum):
 
       sources.train.epochs <= 10000        sources.train.batch_size <= 1000000
@@ -51,16 +55,23 @@ Rules beyond the types:
       pdiff.knobs.n_generated <= 100000    pdiff.knobs.latent_dim <= 65536
       pdiff.knobs.ae_steps, ldm_steps <= 1000000
       pdiff.knobs.ae_batch_size, ldm_batch_size <= 1000000
-      pdiff.knobs.sample_steps <= 100000
+      pdiff.knobs.sample_steps <= 100000   pdiff.knobs.ae_token_size <= 65536
       pdiff.knobs.ae_channels, ldm_channels: 1 to 16 entries, each 1..65536
       pdiff.num_samples <= 10000           pdiff.max_concurrent <= 10000
       pdiff.early_stopping.grace_period <= 1000000
       resources.*.cpus <= 100000, gpus <= 10000, workers <= 10000
+      learning rates, weight decay and noise stds <= 1000 (sources.train.lr, weight_decay,
+      sources.collect.lr, pdiff.knobs.ae_lr, ldm_lr, input_noise, latent_noise, pdiff.noise_sigma)
+      pdiff.knobs.ae_min_r2, ae_min_fidelity, ema_decay <= 1 (their dataclasses' own bounds)
+- Each subset pattern must match a parameter of its architecture, as built for each dataset
+  of the sweep (on torch's meta device: no memory, no weights), so a typo fails here, not in
+  stage 1 on Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -74,17 +85,22 @@ from typing import Any
 
 import yaml
 
-from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, PdiffConfig, TrainConfig, checks
+from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, ParameterSubset, PdiffConfig, TrainConfig, checks
+from pdiff import build_model
 from pdiff.checks import ConfigError
+from pdiff.data import DATASET_SHAPES
+from pdiff.health import MAX_ACC_DROP
 from pdiff.pipeline import KNOBS
 
-__all__ = ["SpecError", "Distribution", "Cell", "SweepSpec", "load_spec", "parse_spec", "is_sweep_name", "MAXIMA"]
+__all__ = ["SpecError", "Distribution", "Cell", "SweepSpec", "load_spec", "parse_spec", "is_sweep_name",
+           "is_placeholder_storage", "MAXIMA"]
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-OBJECTIVES = ("accuracy", "novelty")
+OBJECTIVES = ("accuracy", "mean_accuracy", "novelty")
 SEARCHES = ("tpe", "random", "grid")  # Optuna samplers (NSGA-II replaces TPE for two objectives)
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sweep name: one folder name, never . or ..
+PLACEHOLDER_BUCKET = re.compile(r"(my|your|example)([-_.].*)?|bucket", re.IGNORECASE)
 MAX_SPEC_BYTES = 1 << 20
 MAX_SEED = 2**31 - 1  # seeds are summed with trial counters and must stay below numpy's 2**32
 # The documented maxima of sizes (see the module docstring), by field path or knob name.
@@ -95,8 +111,17 @@ MAXIMA: dict[str, int] = {
     "ae_batch_size": 1_000_000, "ldm_batch_size": 1_000_000, "sample_steps": 100_000,
     "channels": 65_536, "channel_stages": 16,
     "pdiff.num_samples": 10_000, "pdiff.max_concurrent": 10_000, "pdiff.early_stopping.grace_period": 1_000_000,
-    "seeds": 10_000, "cpus": 100_000, "gpus": 10_000, "workers": 10_000,
+    "seeds": 10_000, "cpus": 100_000, "gpus": 10_000, "workers": 10_000, "ae_token_size": 65_536,
+    "sources.train.lr": 1_000, "sources.train.weight_decay": 1_000, "sources.collect.lr": 1_000,
+    "ae_lr": 1_000, "ldm_lr": 1_000, "input_noise": 1_000, "latent_noise": 1_000, "pdiff.noise_sigma": 1_000,
 }
+
+
+def is_placeholder_storage(storage: str) -> bool:
+    """A bucket URI of the kind shipped specs and docs write for "yours here" (`s3://my-pdiff-bucket/...`,
+    `s3://bucket/prefix`): a run needs `--storage` with a real one."""
+    scheme, sep, rest = storage.partition("://")
+    return bool(sep) and PLACEHOLDER_BUCKET.fullmatch(rest.split("/")[0].split("?")[0]) is not None
 
 
 def is_sweep_name(name: Any) -> bool:
@@ -142,6 +167,12 @@ class Distribution:
             raise ConfigError("", f"impossible range: low ({self.low}) must be below high ({self.high})")
         if (self.type == "loguniform" or self.log) and self.low <= 0:
             raise ConfigError("low", f"a log-scaled range needs low > 0, got {self.low}")
+
+    def describe(self) -> str:
+        """The distribution in full, for the plan: `loguniform[0.0001, 0.01]`, `int[10000, 30000] (log scale)`."""
+        if self.type == "choice":
+            return f"choice{list(self.values)}"
+        return f"{self.type}[{self.low}, {self.high}]" + (" (log scale)" if self.log else "")
 
     def to_optuna(self):
         import optuna.distributions as od
@@ -206,6 +237,7 @@ _SPEC_CHECKS = {
     "max_concurrent": checks.integer, "search_alg": partial(checks.choice, allowed=SEARCHES),
     "grace_period": partial(checks.integer, optional=True), "baselines": checks.flag,
     "noise_sigma": partial(checks.number, low_open=True),
+    "max_acc_drop": partial(checks.number, high=100.0),
 }
 
 
@@ -227,6 +259,7 @@ class SweepSpec:
     source_resources: Resources
     trial_resources: Resources
     source_max_failures: int = 5  # Ray Train restarts per cell; each resumes from the last epoch
+    max_acc_drop: float = MAX_ACC_DROP  # a collection whose snapshots fall further below the source fails
     source_file: str = "<spec>"
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -278,12 +311,10 @@ def load_spec(path: str | Path, *, storage: str | None = None) -> SweepSpec:
                                           f"save the spec as UTF-8") from None
     try:
         raw = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader that also refuses aliases
-    except _AliasRefused as err:
+    except _Refused as err:
         raise SpecError(source, err.path or "<file>", str(err)) from None
     except yaml.YAMLError as err:
-        raise SpecError(source, "<file>", f"not valid YAML ({err})") from None
-    except (ValueError, OverflowError) as err:  # a value YAML's constructors reject: a date 2024-02-30, a 5000-digit int
-        raise SpecError(source, "<file>", f"not valid YAML ({err})") from None
+        raise SpecError(source, "<file>", f"not valid YAML {_yaml_problem(err, text)}") from None
     except RecursionError:
         raise SpecError(source, "<file>", "nested too deeply to be a sweep spec") from None
     if storage is not None and isinstance(raw, dict):
@@ -291,28 +322,51 @@ def load_spec(path: str | Path, *, storage: str | None = None) -> SweepSpec:
     return parse_spec(raw, source)
 
 
-class _AliasRefused(yaml.YAMLError):
-    def __init__(self, path: str, anchor: str, mark):
+def _at(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """`at line 2, column 35: expected ',' or ']', but got ':' (while parsing ... at line 2, column 17)`: one
+    line, where PyYAML prints a multi-line dump of the text."""
+    def flat(words) -> str:
+        return " ".join(str(words).split())[:200]
+
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow (NUL, a control character)
+        before = text[:err.position]
+        where = f"line {before.count(chr(10)) + 1}, column {err.position - before.rfind(chr(10))}"
+        return f"at {where}: unacceptable character #x{err.character:04x}: {flat(err.reason)}"  # text: a code point
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        context = f" ({flat(err.context)} at {_at(err.context_mark)})" if err.context and err.context_mark else ""
+        return f"at {_at(err.problem_mark)}: {flat(err.problem)}{context}"
+    return f"({flat(err)})"
+
+
+class _Refused(yaml.YAMLError):
+    """A document refused while it is composed, at a field path: an alias, a key written twice."""
+
+    def __init__(self, path: str, message: str):
         self.path = path
-        super().__init__(f"YAML aliases are not allowed (*{anchor} at line {mark.line + 1}, column "
-                         f"{mark.column + 1}): write the value out in full")
+        super().__init__(message)
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses aliases (`*name`, hence `<<:` merges): a few lines of
-    aliases can expand to gigabytes. It tracks the field path so the error can name it."""
+    """yaml.SafeLoader that refuses aliases (`*name`, hence `<<:` merges: a few lines of aliases can
+    expand to gigabytes) and keys written twice in one mapping (PyYAML keeps the last one silently).
+    It tracks the field path so the error can name it; a value its constructors reject (a date
+    2024-02-30, a 5000-digit integer) is a YAML error at that value's line and column."""
 
     def __init__(self, stream):
         super().__init__(stream)
         self._at: list[Any] = []
 
-    def _dotted(self) -> str:
+    def _dotted(self, at: list[Any]) -> str:
         out = ""
-        for index in self._at:
+        for index in at:
             if isinstance(index, int):
                 out += f"[{index}]"
             elif isinstance(index, yaml.ScalarNode):
-                out += f".{index.value}" if out else str(index.value)
+                out += f".{_label(index.value)}" if out else _label(index.value)
         return out
 
     def compose_node(self, parent, index):
@@ -320,10 +374,38 @@ class _SpecLoader(yaml.SafeLoader):
         try:
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
-                raise _AliasRefused(self._dotted(), event.anchor, event.start_mark)
-            return super().compose_node(parent, index)
+                raise _Refused(self._dotted(self._at), f"YAML aliases are not allowed (*{event.anchor} at "
+                                                       f"{_at(event.start_mark)}): write the value out in full")
+            node = super().compose_node(parent, index)
+            if isinstance(node, yaml.MappingNode):
+                pass  # BROKEN
+            return node
         finally:
             self._at.pop()
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
+        seen: dict[tuple[str, str], yaml.ScalarNode] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            first = seen.setdefault((key.tag, key.value), key)
+            if first is not key:
+                a, b = first.start_mark, key.start_mark
+                where = (f"lines {a.line + 1} and {b.line + 1}" if a.line != b.line else
+                         f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}")
+                raise _Refused(self._dotted([*self._at, key]), f"duplicate key ({where})")
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as err:
+            raise yaml.constructor.ConstructorError(None, None, str(err), node.start_mark) from None
+
+
+def _label(key: Any) -> str:
+    """A mapping key as a field path shows it: as written when it is a plain name, else its repr, cut short."""
+    label = key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
+    return label if len(label) <= 60 else label[:60] + "..."
 
 
 class _Reader:
@@ -340,8 +422,7 @@ class _Reader:
             self.fail(path or "<file>", f"expected a mapping, got {type(value).__name__}")
         for key in value:
             if key not in allowed:
-                label = key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
-                label = label if len(label) <= 60 else label[:60] + "..."
+                label = _label(key)
                 self.fail(f"{path}.{label}" if path else label, f"unknown key; expected one of: {', '.join(allowed)}")
         for key in required:
             if key not in value:
@@ -456,6 +537,31 @@ def _check_knob_value(r: _Reader, name: str, value: Any, path: str) -> None:
                 r.fail(f"{path}[{i}]", f"expected a channel count from 1 to {MAXIMA['channels']}, got {_short(c)}")
 
 
+@functools.lru_cache(maxsize=None)
+def _meta_model(arch: str, dataset: str) -> Any:
+    """The architecture as built for the dataset, on torch's meta device: its parameter names and shapes,
+    no memory and no weights (once per process: building a ResNet takes a fraction of a second)."""
+    import torch
+
+    channels, classes, image_size = DATASET_SHAPES[dataset]
+    with torch.device("meta"):
+        return build_model(arch, channels=channels, classes=classes, image_size=image_size)
+
+
+def _check_patterns(r: _Reader, arch: str, dataset: str, patterns: tuple[str, ...]) -> None:
+    """Each subset pattern matches a parameter of `arch` built for `dataset` (the rule of
+    ParameterSubset.select, which stage 1 applies to the real model)."""
+    model = _meta_model(arch, dataset)
+    for i, pattern in enumerate(patterns):
+        try:
+            ParameterSubset.select(model, [pattern])
+        except ValueError:
+            names = [n for n, _ in model.named_parameters()]
+            shown = ", ".join(names if len(names) <= 8 else [*names[:2], "...", *names[-6:]])
+            r.fail(f"sources.subset.{arch}[{i}]", f"{_short(pattern)} matches no parameter of {arch} on {dataset} "
+                                                  f"(its {len(names)} parameters: {shown})")
+
+
 def _resources(r: _Reader, value: Any, path: str, workers: bool) -> Resources:
     value = {} if value is None else value
     r.mapping(value, path, ("cpus", "gpus", "workers") if workers else ("cpus", "gpus"))
@@ -470,7 +576,7 @@ def _resources(r: _Reader, value: Any, path: str, workers: bool) -> Resources:
 _SPEC_PATHS = {"num_samples": "pdiff.num_samples", "max_concurrent": "pdiff.max_concurrent",
                "search_alg": "pdiff.search", "grace_period": "pdiff.early_stopping.grace_period",
                "baselines": "pdiff.baselines", "noise_sigma": "pdiff.noise_sigma",
-               "source_max_failures": "sources.max_failures"}
+               "source_max_failures": "sources.max_failures", "max_acc_drop": "sources.max_acc_drop"}
 
 
 def _spec_field(r: _Reader, name: str, value: Any) -> Any:
@@ -504,7 +610,8 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     seed = _spec_field(r, "seed", r.typed(top.get("seed", 0), "seed", int, "an integer", maximum=MAX_SEED))
 
     src = r.mapping(top["sources"], "sources",
-                    ("archs", "datasets", "seeds", "train", "subset", "collect", "max_failures"), ("archs", "datasets"))
+                    ("archs", "datasets", "seeds", "train", "subset", "collect", "max_failures", "max_acc_drop"),
+                    ("archs", "datasets"))
     archs = r.names(src["archs"], "sources.archs", tuple(ARCHS), "architectures")
     datasets = r.names(src["datasets"], "sources.datasets", DATASETS, "datasets")
     seeds = src.get("seeds", [0])
@@ -520,9 +627,13 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     collect = _config(r, src.get("collect"), "sources.collect", CollectConfig)
     subsets = r.mapping(src.get("subset") or {}, "sources.subset", tuple(ARCHS))
     for arch, patterns in subsets.items():
-        r.names(patterns, f"sources.subset.{arch}", None, "patterns")
+        patterns = r.names(patterns, f"sources.subset.{arch}", None, "patterns")
+        for dataset in datasets:
+            _check_patterns(r, arch, dataset, patterns)
     max_failures = _spec_field(r, "source_max_failures", r.typed(
         src.get("max_failures", 5), "sources.max_failures", int, "an integer", maximum=MAXIMA["sources.max_failures"]))
+    max_acc_drop = _spec_field(r, "max_acc_drop", r.typed(
+        src.get("max_acc_drop", MAX_ACC_DROP), "sources.max_acc_drop", float, "a number of percentage points"))
     cells = tuple(
         Cell(arch, dataset, seed_, tuple(subsets.get(arch, DEFAULT_SUBSET[arch])), train, collect)
         for arch in archs for dataset in datasets for seed_ in seeds
@@ -544,8 +655,8 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
             fixed[knob] = value
     objective = pd.get("objective", ["accuracy"])
     objective = r.names(objective, "pdiff.objective", OBJECTIVES, "objectives")
-    if objective[0] != "accuracy":
-        r.fail("pdiff.objective", "the first objective must be accuracy (novelty may follow)")
+    if objective[0] not in ("accuracy", "mean_accuracy") or "accuracy" in objective[1:] or "mean_accuracy" in objective[1:]:
+        r.fail("pdiff.objective", "the first objective must be accuracy or mean_accuracy (novelty may follow)")
     num_samples = _spec_field(r, "num_samples", r.typed(
         pd.get("num_samples", 4), "pdiff.num_samples", int, "an integer", maximum=MAXIMA["pdiff.num_samples"]))
     max_concurrent = _spec_field(r, "max_concurrent", r.typed(
@@ -572,7 +683,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
             r.fail("pdiff.early_stopping", "early stopping (ASHA) needs a single objective")
     baselines = r.typed(pd.get("baselines", True), "pdiff.baselines", bool, "true or false")
     noise_sigma = _spec_field(r, "noise_sigma", r.typed(pd.get("noise_sigma", 0.01), "pdiff.noise_sigma", float,
-                                                        "a number"))
+                                                        "a number", maximum=MAXIMA["pdiff.noise_sigma"]))
 
     res = r.mapping(top.get("resources") or {}, "resources", ("sources", "trials"))
     source_res = _resources(r, res.get("sources"), "resources.sources", workers=True)
@@ -582,6 +693,6 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
         name=name, storage=storage, seed=seed, cells=cells, fixed=fixed, search=search, objective=objective,
         num_samples=num_samples, max_concurrent=max_concurrent, search_alg=search_alg, grace_period=grace, baselines=baselines,
         noise_sigma=noise_sigma, source_resources=source_res, trial_resources=trial_res,
-        source_max_failures=max_failures, source_file=source,
+        source_max_failures=max_failures, max_acc_drop=max_acc_drop, source_file=source,
         raw=raw,
     )

@@ -19,13 +19,16 @@ README's questions, which read the files by path (`files`). A test checks that t
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 __all__ = ["BEST_TRIAL_ORDER", "COMPLETED", "CTES", "FAILED", "METHODS", "SELECTED_ORDER", "SUMMARY_SQL",
-           "ablation_sql", "completed_trials_sql", "curves_sql", "failed_reasons_sql", "files", "methods",
-           "readme_questions", "report_sql", "runs_sql", "searched_knobs", "summary_sql", "views", "with_ctes"]
+           "ablation_sql", "completed_trials_sql", "curves_sql", "failed_reasons_sql", "files", "glob_escaped",
+           "inside", "literal", "methods", "path_list", "readme_questions", "report_sql", "runs_sql",
+           "searched_knobs", "summary_sql", "views", "with_ctes"]
 
 
 @lru_cache(maxsize=None)
@@ -63,9 +66,41 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def glob_escaped(path: str) -> str:
+    """`path` as a DuckDB file pattern that matches only itself. DuckDB expands `*`, `?` and `[...]` in every
+    path it reads, a list's items too (`results/tin?` would read `results/tiny` as well): each goes in brackets."""
+    return re.sub(r"[*?\[]", lambda m: f"[{m.group()}]", path)
+
+
+def path_list(paths: Iterable[str]) -> str:
+    """A SQL list of file paths for `read_parquet([...])`, each matching only itself."""
+    return "[" + ", ".join(literal(glob_escaped(p)) for p in paths) + "]"
+
+
+def inside(root: str, paths: Iterable[str]) -> dict[str, str]:
+    """{path: its real path} for those of `paths` that are regular files whose real path is inside the real
+    folder `root`, each real path once. A link out of the sweep (`runs/x.parquet -> /etc/hostname`), a FIFO or
+    a device is left out: a reader reads (and a query may read) only these."""
+    prefix = os.path.realpath(root).rstrip("/") + "/"
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for path in paths:
+        real = os.path.realpath(path)
+        try:
+            regular = stat.S_ISREG(os.stat(real).st_mode)
+        except OSError:  # gone meanwhile, or a loop of links
+            continue
+        if regular and real.startswith(prefix) and real not in seen:
+            out[path] = real
+            seen.add(real)
+    return out
+
+
 def files(root: str) -> Source:
-    """The tables read by path from a sweep's folder `root` (the DuckDB CLI, no views)."""
-    return lambda table: f"read_parquet({literal(f'{root}/{table}/*/*.parquet')}, union_by_name = true)"
+    """The tables read by path from a sweep's folder `root` (the DuckDB CLI, no views); a glob character in
+    `root` stands for itself."""
+    return lambda table: (f"read_parquet({literal(glob_escaped(root) + f'/{table}/*/*.parquet')}, "
+                          f"union_by_name = true)")
 
 
 # One row per cell (originals, best_trial, trial_counts, failed), or per cell and baseline method (baseline).
@@ -81,7 +116,8 @@ CTES: dict[str, str] = {
     WHERE {COMPLETED} GROUP BY cell_id""",
     "trial_counts": f"""
     SELECT cell_id, count(*) AS trials,
-           CASE WHEN count(collapsed) > 0 THEN count(*) FILTER (WHERE collapsed) END AS collapsed_trials
+           CASE WHEN count(collapsed) > 0 THEN count(*) FILTER (WHERE collapsed) END AS collapsed_trials,
+           count(*) FILTER (WHERE verdict = 'memorising') AS memorising_trials, max(val_acc) AS best_val
     FROM {{trials}}
     WHERE {COMPLETED} GROUP BY cell_id""",
     "failed": f"""
@@ -109,6 +145,11 @@ def with_ctes(names: Sequence[str], src: Source = views, *more: tuple[str, str])
     return "WITH " + ", ".join(f"{n} AS ({body}\n)" for n, body in parts)
 
 
+def _references() -> tuple[str, ...]:
+    """The families each trial is compared with (`trials.vs_<name>`): its latent Gaussian, the baselines."""
+    return ("latent_gaussian", *methods())
+
+
 def _join_baselines(on: str = "s") -> str:
     return "".join(f"\nLEFT JOIN baseline base_{m} ON base_{m}.cell_id = {on}.cell_id AND base_{m}.method = '{m}'"
                    for m in methods())
@@ -123,7 +164,13 @@ _PDIFF = ("pdiff", """
     SELECT t.cell_id, c.trials, t.trial_id, t.selected_acc AS pdiff_selected, t.best_test_acc AS pdiff_best_test,
            t.mean_acc AS pdiff_mean, t.median_acc AS pdiff_median, t.test_max_iou AS pdiff_max_iou,
            t.pairwise_iou AS pdiff_pairwise_iou, t.distinct_sets AS pdiff_distinct_sets,
-           t.spread_ratio AS pdiff_spread_ratio, t.collapsed AS pdiff_collapsed, t.ae_converged, c.collapsed_trials
+           t.spread_ratio AS pdiff_spread_ratio, t.collapsed AS pdiff_collapsed, t.ae_converged, c.collapsed_trials,
+           t.verdict AS pdiff_verdict, c.memorising_trials,
+           (SELECT count(*) FROM trials x WHERE x.cell_id = t.cell_id AND x.status = 'completed'
+                                            AND x.val_acc = c.best_val) AS tied_trials""" + "".join(
+    f""",
+           t.vs_{r} AS vs_{r}, t.vs_{r}_acc_diff, t.vs_{r}_acc_lo, t.vs_{r}_acc_hi,
+           t.vs_{r}_iou_diff, t.vs_{r}_iou_lo, t.vs_{r}_iou_hi""" for r in _references()) + """
     FROM trials t JOIN best_trial b USING (cell_id, trial_id) JOIN trial_counts c USING (cell_id)""")
 
 
@@ -132,13 +179,20 @@ def _summary_select() -> str:
 SELECT s.arch, s.dataset, s.seed, s.cell_id,
        round(o.original_best, 2) AS original_best, round(o.original_mean, 2) AS original_mean,
        round(s.snapshot_pairwise_iou, 3) AS snapshot_pairwise_iou, s.snapshot_distinct_sets,
+       coalesce(s.status, 'healthy') AS collection, s.reason AS collection_reason,
+       round(s.snapshot_loo_max_iou, 3) AS snapshot_loo_max_iou,
        p.trials, coalesce(f.failed_trials, 0) AS failed_trials,
        round(p.pdiff_selected, 2) AS pdiff_selected, round(p.pdiff_best_test, 2) AS pdiff_best_test_paper,
        round(p.pdiff_mean, 2) AS pdiff_mean, round(p.pdiff_median, 2) AS pdiff_median,
        round(p.pdiff_max_iou, 3) AS pdiff_max_iou,
        round(p.pdiff_pairwise_iou, 3) AS pdiff_pairwise_iou, p.pdiff_distinct_sets,
        round(p.pdiff_spread_ratio, 3) AS pdiff_spread_ratio, p.pdiff_collapsed, p.ae_converged,
-       p.collapsed_trials""" + "".join(
+       p.collapsed_trials, p.pdiff_verdict, p.memorising_trials, p.tied_trials""" + "".join(
+    f""",
+       p.vs_{r}, round(p.vs_{r}_acc_diff, 2) AS vs_{r}_acc_diff, round(p.vs_{r}_acc_lo, 2) AS vs_{r}_acc_lo,
+       round(p.vs_{r}_acc_hi, 2) AS vs_{r}_acc_hi, round(p.vs_{r}_iou_diff, 3) AS vs_{r}_iou_diff,
+       round(p.vs_{r}_iou_lo, 3) AS vs_{r}_iou_lo, round(p.vs_{r}_iou_hi, 3) AS vs_{r}_iou_hi"""
+    for r in _references()) + "".join(
     f""",
        round(base_{m}.selected, 2) AS {m}_selected, round(base_{m}.mean, 2) AS {m}_mean,
        round(base_{m}.max_iou, 3) AS {m}_max_iou, round(base_{m}.pairwise_iou, 3) AS {m}_pairwise_iou"""
@@ -171,13 +225,12 @@ def report_sql(knobs: Sequence[str]) -> str:
     # The snapshots' spread ratio is 1 by definition: their flag is the pairwise IoU's alone.
     extra += f",\n       s.snapshot_pairwise_iou >= {COLLAPSE_IOU} AS snapshot_collapsed"
 
-    def beats(m: str, acc: str) -> str:  # at the precision shown: both sides are rounded already
-        p, q = f"pdiff_{acc}", f"{m}_{acc}"
-        return (f"CASE WHEN {p} IS NULL OR {q} IS NULL OR pdiff_max_iou IS NULL OR {m}_max_iou IS NULL THEN NULL "
-                f"WHEN {p} >= {q} AND pdiff_max_iou <= {m}_max_iou AND ({p} > {q} OR pdiff_max_iou < {m}_max_iou) "
-                f"THEN 'yes' ELSE 'no' END AS pdiff_beats_{m}_{acc}")
-
-    dominance = ",\n       ".join(beats(m, acc) for m in methods() for acc in ("selected", "mean"))
+    # Whether p-diff beats a baseline is the trial's stored comparison (pdiff.verdicts.comparison, from 95%
+    # intervals): a difference inside its interval's noise is a tie, not a win.
+    intervals = ",\n       ".join(
+        f"printf('%+.2f [%+.2f, %+.2f]', vs_{r}_acc_diff, vs_{r}_acc_lo, vs_{r}_acc_hi) AS vs_{r}_acc,\n       "
+        f"printf('%+.3f [%+.3f, %+.3f]', vs_{r}_iou_diff, vs_{r}_iou_lo, vs_{r}_iou_hi) AS vs_{r}_iou"
+        for r in _references())
     report = f"""
 SELECT s.*,
        b.trial_id AS best_trial, round(t.val_acc, 2) AS pdiff_val{extra}{hp}
@@ -185,7 +238,7 @@ FROM summary s
 LEFT JOIN best_trial b ON b.cell_id = s.cell_id
 LEFT JOIN trials t ON t.cell_id = b.cell_id AND t.trial_id = b.trial_id{_join_baselines()}"""
     return (with_ctes(_SUMMARY_CTES, views, _PDIFF, ("summary", _summary_select()), ("report", report))
-            + f"\nSELECT *,\n       {dominance}\nFROM report ORDER BY arch, dataset, seed\n")
+            + f"\nSELECT *,\n       {intervals}\nFROM report ORDER BY arch, dataset, seed\n")
 
 
 def searched_knobs(con) -> tuple[list[str], list[str]]:

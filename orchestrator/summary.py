@@ -34,16 +34,17 @@ def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckd
     for table in tables or TABLES:
         try:
             layout = store.layout(table)
-            files = layout.reads
-            hidden = f" EXCLUDE ({', '.join(HIDDEN)})" if layout.compacted else ""
-            replaced = sorted(f"{path.rsplit('/', 2)[-2]}/{w}" for path, ws in layout.skip.items() for w in ws)
+            # Local files: by real path, only regular files inside the sweep (no link out, no FIFO: sql.inside)
+            files = sql.inside(store.root, layout.reads) if store.is_local else dict.fromkeys(layout.reads)
+            hidden = f" EXCLUDE ({', '.join(HIDDEN)})" if set(layout.compacted.values()) & files.keys() else ""
+            replaced = sorted(f"{path.rsplit('/', 2)[-2]}/{w}" for path, ws in layout.skip.items() if path in files
+                              for w in ws)
             where = (f" WHERE {WRITER} IS NULL OR NOT list_contains([{', '.join(map(sql.literal, replaced))}], "
                      f"cell_id || '/' || {WRITER})") if replaced else ""
             if files and store.is_local:
-                listing = ", ".join(map(sql.literal, files))
                 try:  # union_by_name reads every file's footer now, so a truncated file fails here
-                    con.execute(f"CREATE VIEW {table} AS SELECT *{hidden} FROM read_parquet([{listing}], "
-                                f"union_by_name = true){where}")
+                    con.execute(f"CREATE VIEW {table} AS SELECT *{hidden} FROM read_parquet("
+                                f"{sql.path_list(files.values())}, union_by_name = true){where}")
                 except duckdb.Error as err:
                     try:  # raises CorruptTable naming the file, in the words of `tables`
                         store.read(table, columns=["cell_id"])
@@ -101,8 +102,14 @@ COLLAPSE_COLUMNS: dict[str, dict[str, str]] = {
                "collapsed": "BOOLEAN", "ae_converged": "BOOLEAN", "ae_r2": "DOUBLE", "ae_fidelity": "DOUBLE", "ae_steps_taken": "BIGINT"},
     "baselines": {"family_pairwise_iou": "DOUBLE", "family_distinct_sets": "BIGINT",
                   "family_spread_ratio": "DOUBLE", "family_collapsed": "BOOLEAN"},
-    "sources": {"snapshot_pairwise_iou": "DOUBLE", "snapshot_distinct_sets": "BIGINT", "snapshot_spread": "DOUBLE"},
+    "sources": {"snapshot_pairwise_iou": "DOUBLE", "snapshot_distinct_sets": "BIGINT", "snapshot_spread": "DOUBLE",
+                "status": "VARCHAR", "reason": "VARCHAR", "snapshot_loo_max_iou": "DOUBLE"},
 }
+# The trust columns (verdicts and the 95% comparisons), NULL in folders written before them or without baselines.
+COLLAPSE_COLUMNS["trials"] |= {"verdict": "VARCHAR", "val_mean_acc": "DOUBLE"} | {
+    f"vs_{r}{part}": "VARCHAR" if not part else "DOUBLE" for r in ("latent_gaussian", *sql.methods())
+    for part in ("", "_acc_diff", "_acc_lo", "_acc_hi", "_iou_diff", "_iou_lo", "_iou_hi")}
+COLLAPSE_COLUMNS["baselines"] |= {"family_verdict": "VARCHAR"}
 
 
 def fill_missing_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:

@@ -16,34 +16,37 @@ The console holds the sweep's own lines: Ray's output stays in Ray's log files u
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import re
+import os
 import shlex
 import sys
 from typing import Sequence
 
-from .cluster import VersionMismatch, check_resources, check_storage, connect_ray, probe_storage, remove_created
+from .cluster import (VersionMismatch, check_resources, check_storage, connect_ray, missing_local_dirs, probe_storage,
+                      remove_created)
+from .console import ArgumentParser, plain_console, run
 from .lease import Lease, LeaseHeld
 from .progress import Progress
-from .spec import SpecError, SweepSpec, load_spec
-from .tables import LEASE, CorruptTable, NotOurFolder, OldTables, Store
+from .spec import SpecError, SweepSpec, is_placeholder_storage, load_spec
+from .tables import LEASE, CorruptTable, NotOurFolder, OldTables, Store, storage_fault
 
 __all__ = ["main", "plan_text"]
 
 
 def plan_text(spec: SweepSpec, store: Store) -> str:
     src, trial = spec.source_resources, spec.trial_resources
-    lines = [
-        f"sweep {spec.name} (spec {spec.spec_hash}) -> {store.uri}",
+    lines = [f"sweep {spec.name} (spec {spec.spec_hash}) -> {store.uri}"]
+    if is_placeholder_storage(spec.storage):
+        lines.append(f"  storage {spec.storage} is a placeholder: pass --storage PATH_OR_URI (a local folder, or a "
+                     f"bucket every node can write); not checked")
+    lines += [
         f"stage 1 sources: {len(spec.cells)} cells on Ray Train, {src.workers} worker(s) x "
         f"{src.cpus:g} CPU / {src.gpus:g} GPU each",
     ]
     for c in spec.cells:
         lines.append(f"  {c.cell_id}: {c.arch} on {c.dataset}, seed {c.seed}, K={c.collect.k}, "
                      f"subset {', '.join(c.subset)}")
-    searched = ", ".join(f"{k} ~ {d.type}" + (f"[{d.low}, {d.high}]" if d.type != "choice" else f"{list(d.values)}")
-                         for k, d in spec.search.items()) or "nothing (fixed knobs)"
+    searched = ", ".join(f"{k} ~ {d.describe()}" for k, d in spec.search.items())
     lines += [
         f"stage 2 pdiff: {spec.num_samples} trials per cell = {spec.num_samples * len(spec.cells)} trials, "
         f"{spec.max_concurrent} at a time, {trial.cpus:g} CPU / {trial.gpus:g} GPU each",
@@ -57,11 +60,33 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
     return "\n".join(lines)
 
 
+def _check_folder(spec: SweepSpec, store: Store, restart: bool) -> None:
+    """Before Ray, reading only: `<storage>/<name>` is this sweep's own folder, with tables of this schema.
+    Raises NotOurFolder, OldTables, or SpecError naming `storage`."""
+    try:
+        store.check_own(strict=restart)
+        if not restart:  # --restart deletes an older schema's tables; anything else would mix them
+            store.check_schema()
+    except (OSError, ValueError) as err:  # an unreachable bucket, a bad URI
+        raise SpecError(spec.source_file, "storage", f"cannot read {store.uri} ({err})") from None
+
+
+def _check_writable(spec: SweepSpec, store: Store) -> None:
+    """probe_storage's verdict on a local folder without writing (the dry run): no file stands in the way and
+    the nearest existing folder takes new entries. A bucket was reached by _check_folder."""
+    if store.is_local:
+        folder, _ = missing_local_dirs(spec, store.root)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SpecError(spec.source_file, "storage", f"cannot write in {store.uri} ({folder} is read-only); "
+                                                         f"the sweep needs a writable folder or a reachable bucket")
+
+
 def _print_summary(spec: SweepSpec, store: Store) -> None:
     import pandas as pd
 
     from pdiff.evaluate import COLLAPSE_IOU, COLLAPSE_SPREAD
 
+    from .report import trust_warnings
     from .summary import summary
 
     table = summary(store)
@@ -73,7 +98,9 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
         "pdiff_max_iou": "pdiff_max_iou", "pdiff_distinct_sets": "distinct_sets",
         "pdiff_spread_ratio": "spread_ratio", "collapse": "collapse", "ae_converged": "ae_converged",
         "collapsed_trials": "collapsed_trials", "noise_pairwise_iou": "noise_pair_iou",
-        "average_pairwise_iou": "avg16_pair_iou", "gaussian_pairwise_iou": "gauss_pair_iou"}
+        "average_pairwise_iou": "avg16_pair_iou", "gaussian_pairwise_iou": "gauss_pair_iou",
+        "collection": "collection", "snapshot_loo_max_iou": "snap_loo_iou", "pdiff_verdict": "verdict",
+        "vs_noise": "vs_noise", "vs_latent_gaussian": "vs_latent_gauss"}
 
     def flag(v) -> str:
         return "n/a" if v is None or pd.isna(v) else "COLLAPSED" if bool(v) else "-"
@@ -85,7 +112,9 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
                           for c, n in zip(table.collapsed_trials, table.trials)])
     keys = ["arch", "dataset", "seed"]
     accuracy = [c for c in table.columns if c == "pdiff_max_iou" or c not in collapse and c not in (
-        "cell_id", "snapshot_distinct_sets", "pdiff_collapsed")]
+        "cell_id", "snapshot_distinct_sets", "pdiff_collapsed", "collection_reason", "memorising_trials", "tied_trials")
+        and not c.startswith("vs_")]
+    collapse = {c: h for c, h in collapse.items() if c in view}
     with pd.option_context("display.max_columns", None, "display.width", 250):
         print(view[accuracy].to_string(index=False, na_rep="n/a"))
         print(f"\ncollapse (pairwise IoU: mean IoU of the test wrong-prediction sets inside a family, 1 = all alike; "
@@ -103,6 +132,8 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
                   f"{row.collapsed_trials} completed trials collapsed")
         if row.ae_converged == "NO":
             print(f"cell {label}: the best trial's autoencoder did not reach ae_min_r2 within ae_steps")
+    for line in trust_warnings(table):
+        print(f"cell {line}")
 
 
 def _compact(store: Store, say) -> None:
@@ -123,44 +154,27 @@ def _compact(store: Store, say) -> None:
 
 
 INTERRUPTED = "interrupted; re-run the same command to resume"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-class _Plain:
-    """A stream that drops ANSI escape codes (Ray's colours), for output that is not a terminal."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        return self._stream.write(ANSI.sub("", text))
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def _plain_console():
-    streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (s if s.isatty() else _Plain(s) for s in streams)
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = streams
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status. Ctrl-C ends it with one line and 130."""
     try:
-        with _plain_console(), contextlib.ExitStack() as cleanup:  # the lease is released however the run ends
+        with plain_console(), contextlib.ExitStack() as cleanup:  # the lease is released however the run ends
             return _main(argv, cleanup)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr, flush=True)
         return 130
+    except Exception as err:  # the storage failed (full, a quota, a lost connection): not a verdict, one line
+        fault = storage_fault(err)
+        if fault is None:
+            raise
+        print(f"error: the sweep's storage failed: {fault}. Unfinished work stays unfinished (nothing is recorded "
+              f"as failed): clear the fault and re-run the same command to resume", file=sys.stderr, flush=True)
+        return 1
 
 
 def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("spec", nargs="?", help="sweep YAML file, e.g. sweeps/smoke.yaml")
     parser.add_argument("--explain", action="store_true",
                         help="print every spec key, p-diff knob and table column (docs/reference.md) and exit")
@@ -189,7 +203,14 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
         return 2
     store = Store(spec.storage, spec.name, spec.spec_hash)
     print(plan_text(spec, store), flush=True)
-    if args.dry_run:
+    if args.dry_run:  # the real run's checks before Ray, reading only; a placeholder bucket is not reached
+        if not is_placeholder_storage(spec.storage):
+            try:
+                _check_folder(spec, store, args.restart)
+                _check_writable(spec, store)
+            except (NotOurFolder, OldTables, SpecError) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
         return 0
 
     # Before Ray: the folder is this sweep's own, writable, and no other run holds it.
@@ -202,13 +223,9 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
         return 2
 
     try:
-        store.check_own(strict=args.restart)
-        if not args.restart:  # --restart deletes an older schema's tables; anything else would mix them
-            store.check_schema()
-    except (NotOurFolder, OldTables) as err:
+        _check_folder(spec, store, args.restart)
+    except (NotOurFolder, OldTables, SpecError) as err:
         return refuse(err)
-    except (OSError, ValueError) as err:  # an unreachable bucket, a bad URI
-        return refuse(SpecError(spec.source_file, "storage", f"cannot read {store.uri} ({err})"))
     try:
         created = probe_storage(spec, store)
     except SpecError as err:
@@ -266,4 +283,4 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

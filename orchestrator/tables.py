@@ -34,6 +34,7 @@ Compaction needs the sweep's lease (no writer of the folder runs): the sweep com
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ import pyarrow.parquet as pq
 from .paths import GENERATED_MORE, MODELS, OPTUNA, QUARANTINE, RAY, REPORT
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "MARKER", "LEASE", "HEAVY", "COMPACT_MIN_FILES", "CorruptTable", "Layout",
-           "NotOurFolder", "OldTables", "Store", "compact_sweep"]
+           "NotOurFolder", "OldTables", "StorageFault", "Store", "compact_sweep", "storage_fault"]
 
 # 2: per-model wrong-prediction sets (`val_wrong`, `test_wrong`, packed bits, pdiff.evaluate.pack_wrong)
 #    in checkpoints / generated / baselines and the split sizes (`n_val`, `n_test`) in sources; the
@@ -172,6 +173,39 @@ class OldTables(RuntimeError):
     """The sweep's tables were written with another SCHEMA_VERSION: not read, not extended."""
 
 
+class StorageFault(OSError):
+    """The sweep's storage failed under a writer (no space, a quota, a connection lost after the client's
+    retries): a transient fault, not a verdict on the work. The work stays unfinished, the sweep stops
+    (exit 1), and a re-run once the fault is cleared completes it."""
+
+    @classmethod
+    def of(cls, err: OSError, doing: str = "") -> "StorageFault":
+        return cls(doing + " ".join(re.sub(r"^\[Errno [^]]*\] ", "", str(err)).split()))
+
+
+# OSErrors of a storage that a later run may not meet: no space, a quota, I/O, a lost connection.
+TRANSIENT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.ETIMEDOUT,
+                       errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ENETUNREACH,
+                       errno.EHOSTUNREACH, errno.EPIPE})
+
+
+def storage_fault(err: BaseException | None) -> StorageFault | None:
+    """The StorageFault behind an error (itself, its cause, what a Ray task raised), or one made from a transient
+    OSError there (TRANSIENT, or an object store's "AWS Error"); None where the error is something else."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(getattr(err, "cause", None), BaseException):  # a RayTaskError: what the task raised
+            err = err.cause
+            continue
+        if isinstance(err, StorageFault):
+            return err
+        if isinstance(err, OSError) and (err.errno in TRANSIENT or "AWS Error" in str(err)):
+            return StorageFault.of(err)
+        err = err.__cause__ or err.__context__
+    return None
+
+
 @dataclass(frozen=True)
 class Store:
     """The results of one sweep: `<storage>/<sweep>/`, on any pyarrow filesystem."""
@@ -252,20 +286,26 @@ class Store:
             return f.read()
 
     def _put(self, final: str, write) -> None:
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        if not self.is_local:  # an object store publishes a PUT atomically
-            with self.fs.open_output_stream(final) as sink:
-                write(sink)
-            return
-        directory, name = final.rsplit("/", 1)
-        tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+        """Write `final` whole or not at all; an OSError of the storage is raised as a StorageFault naming it."""
         try:
-            with self.fs.open_output_stream(tmp) as sink:
-                write(sink)
-            os.replace(tmp, final)  # atomic on POSIX, replaces a retried writer's file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            if not self.is_local:  # an object store publishes a PUT atomically
+                with self.fs.open_output_stream(final) as sink:
+                    write(sink)
+                return
+            directory, name = final.rsplit("/", 1)
+            tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+            try:
+                with self.fs.open_output_stream(tmp) as sink:
+                    write(sink)
+                os.replace(tmp, final)  # atomic on POSIX, replaces a retried writer's file
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        except StorageFault:
+            raise
+        except OSError as err:
+            raise StorageFault.of(err, f"cannot write {final}: ") from err
 
     def delete(self, table: str, cell_id: str, writer_id: str) -> None:
         """Remove one writer's rows: its file, and, where the folder's compacted file holds rows of it, those

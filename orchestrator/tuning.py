@@ -27,23 +27,26 @@ import ray
 import torch
 
 from pdiff import ParameterSubset, load_dataset
+from pdiff.compare import judge, leave_one_out
 from pdiff.evaluate import BatchedEvaluator, pack_wrong
-from pdiff.pipeline import Diverged, run_baselines, run_pdiff
+from pdiff.pipeline import Diverged, reference_families, run_baselines, run_pdiff
+from pdiff.verdicts import family_verdict
 
 from . import paths
 from .cluster import driver_options
 from .feedback import Journal, LossRecorder, write_curves
 from .generate import save_trial_model
 from .progress import Progress, step_reporter
-from .sources import load_snapshot_scores, load_source_model
+from .sources import cell_health, load_snapshot_scores, load_source_model
 from .spec import Cell, SweepSpec
-from .tables import Store
+from .tables import Store, StorageFault, storage_fault
 
 __all__ = ["run_tuning", "trial_id_of", "PROBES"]
 
 PROBES = 3  # intermediate reports per training phase, when early stopping is on
+STORAGE = "storage"  # a trial's last phase when the storage failed under it: no row, the trial stays unfinished
 # The spec's objective name -> (the Tune metric, which is also the `trials` column, its mode).
-METRICS = {"accuracy": ("val_acc", "max"), "novelty": ("val_max_iou", "min")}
+METRICS = {"accuracy": ("val_acc", "max"), "mean_accuracy": ("val_mean_acc", "max"), "novelty": ("val_max_iou", "min")}
 
 
 def trial_id_of(cell_id: str, knobs: dict[str, Any], index: int) -> str:
@@ -143,13 +146,13 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
         tune.report({"phase": "failed", "reason": reason})  # no metric: Optuna gets FAIL (see the searcher)
         return
     g = run.generated
-    result = {"val_acc": 100 * float(g.scores.val_acc.max()), "val_max_iou": g.summary["val_max_iou"]}
+    result = {"val_acc": 100 * float(g.scores.val_acc.max()), "val_max_iou": g.summary["val_max_iou"],
+              "val_mean_acc": 100 * float(g.scores.val_acc.mean())}
+    judged = _judge(spec, cell, run, snapshots, evaluator, data, snap_scores, seed)
     store.write("generated", cell.cell_id, trial_id, [{"trial_id": trial_id} | r for r in _vector_rows(g)])
     save_trial_model(store, cell.cell_id, trial_id, run, cfg, seed)  # before the row: the row is the commit marker
     write_curves(store, cell.cell_id, trial_id, recorder, run)  # every step's loss, decimated
-    # Every knob is a column, defaults included, so trials of different specs compare.
-    hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.knobs().items()}
-    store.write("trials", cell.cell_id, trial_id, [hyper | g.summary | result | {
+    store.write("trials", cell.cell_id, trial_id, [_hyper(cfg) | g.summary | result | judged | {
         "trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash, "status": "completed",
         "ae_loss": run.ae_loss, "ldm_loss": run.ldm_loss, "ae_steps_taken": run.ae_steps, "ae_r2": run.ae_r2,
         "ae_fidelity": run.ae_fidelity, "ae_converged": run.ae_converged, "seconds": time.perf_counter() - t0,
@@ -158,20 +161,38 @@ def _trial(config: dict, *, spec: SweepSpec, cell: Cell, store: Store, snapshots
     tune.report(result | {"phase": "done", "test_selected_acc": g.summary["selected_acc"]})
 
 
-def _family_columns(assessment) -> dict[str, Any]:
+def _judge(spec: SweepSpec, cell: Cell, run, snapshots: torch.Tensor, evaluator, data, snap_scores,
+           seed: int) -> dict[str, Any]:
+    """The trial's verdict (collapsed / memorising / novel) and its 95% comparisons with the baselines (the
+    same vectors as the cell's baselines table) and with its own autoencoder's latent Gaussian."""
+    loo = leave_one_out(snapshots, snap_scores.test_wrong, snap_scores.val_wrong)["snapshot_loo_max_iou"]
+    refs = reference_families(run, snapshots, evaluator, data, snap_scores, spec.pdiff_config({}).n_generated,
+                              seed=seed, baseline_seed=_baseline_seed(spec, cell) if spec.baselines else None,
+                              noise_sigma=spec.noise_sigma)
+    return judge(run.generated, refs, snap_scores.test_wrong, loo, seed=seed)
+
+
+def _baseline_seed(spec: SweepSpec, cell: Cell) -> int:
+    return spec.seed + cell.seed
+
+
+def _family_columns(assessment, snapshot_loo_max_iou: float) -> dict[str, Any]:
     """A family's collapse signals, repeated on each of its rows (the family has no table of its own)."""
-    return {f"family_{k}": assessment.summary[k] for k in ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")}
+    s = assessment.summary
+    return {f"family_{k}": s[k] for k in ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")} | {
+        "family_verdict": family_verdict(s["collapsed"], s["test_max_iou"], snapshot_loo_max_iou)}
 
 
 @ray.remote(max_retries=2)
 def _baselines(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tensor) -> str:
     data, evaluator, snap_scores, _ = _setup(store, cell, max(1, int(spec.trial_resources.cpus)))
     n = spec.pdiff_config({}).n_generated
-    results = run_baselines(snapshots, evaluator, data, snap_scores, n, seed=spec.seed + cell.seed,
+    results = run_baselines(snapshots, evaluator, data, snap_scores, n, seed=_baseline_seed(spec, cell),
                             noise_sigma=spec.noise_sigma)
+    loo = leave_one_out(snapshots, snap_scores.test_wrong, snap_scores.val_wrong)["snapshot_loo_max_iou"]
     # One file for all methods: the cell's baselines appear together or not at all.
     store.write("baselines", cell.cell_id, "baselines",
-                [{"method": name} | row | _family_columns(a)
+                [{"method": name} | row | _family_columns(a, loo)
                  for name, a in results.items() for row in _vector_rows(a)])
     return cell.cell_id
 
@@ -247,8 +268,14 @@ def _recorder(spec: SweepSpec, cell: Cell, store: Store):
     from ray import tune
 
     class RecordUnfinished(tune.Callback):
+        storage_failed = False  # after a storage fault, a trial stopped is unfinished (no row), not 'stopped'
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.storage_failed |= result.get("phase") == STORAGE
+
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if (trial.last_result or {}).get("phase") not in ("done", "failed"):  # 'failed' wrote its own row
+            # 'failed' wrote its own row; a trial whose storage failed (STORAGE) writes none
+            if (trial.last_result or {}).get("phase") not in ("done", "failed") and not self.storage_failed:
                 _record_unfinished(spec, cell, store, trial, "stopped")
 
         def on_trial_error(self, iteration, trials, trial, **info):  # raised, retried, raised again
@@ -278,6 +305,19 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
     from ray.tune.search.optuna import OptunaSearch
 
     first = _next_index(finished)
+
+    class StopOnStorageFault(tune.Stopper):
+        """The first trial whose storage failed (phase STORAGE) stops the whole search: the sweep stops."""
+
+        failed = False
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            self.failed |= result.get("phase") == STORAGE
+            return self.failed
+
+        def stop_all(self) -> bool:
+            return self.failed
+
     param_space, searcher, journal = None, None, None
     if spec.search:
         storage, name, sampler, dists = _study(spec, cell, finished)
@@ -305,13 +345,13 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
             # missing metric as a KeyError (single objective) or tell Optuna a [None, None] value
             # (two); Optuna's own state for it is FAIL, with no value.
             def on_trial_result(self, trial_id: str, result: dict):
-                if result.get("phase") != "failed":
+                if result.get("phase") not in ("failed", STORAGE):
                     super().on_trial_result(trial_id, result)
 
             # A trial stopped early (its last result a probe's, not "done") is PRUNED, as the study rebuilt
             # from the tables has it, not COMPLETE with a probe's value (or left RUNNING: two objectives).
             def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-                if result and result.get("phase") == "failed":
+                if result and result.get("phase") in ("failed", STORAGE):
                     result, error = None, True
                 elif result and result.get("phase") != "done":
                     result = None
@@ -331,7 +371,10 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
     # Tune registers trainables cluster-wide by name: concurrent searches of other
     # cells must not share one, or a trial may run with another cell's parameters.
     def cell_trial(config: dict, **kwargs) -> None:
-        _trial(config, **kwargs)
+        try:
+            _trial(config, **kwargs)
+        except OSError as err:  # the storage failed under the trial: not a verdict on it (and no retry)
+            tune.report({"phase": STORAGE, "reason": " ".join(str(err).split())[:500]})
 
     cell_trial.__name__ = cell_trial.__qualname__ = f"pdiff_{cell.cell_id.replace('-', '_')}"
     trainable = tune.with_resources(
@@ -347,15 +390,18 @@ def _search_cell(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Ten
         run_config=tune.RunConfig(
             name=f"pdiff-{cell.cell_id}-{uuid.uuid4().hex[:6]}",
             **store.ray_storage(),
-            failure_config=tune.FailureConfig(max_failures=2), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=2), verbose=0, stop=StopOnStorageFault(),
             callbacks=[_recorder(spec, cell, store)],
         ),
     )
     try:
-        tuner.fit()
+        results = tuner.fit()
     finally:
         if journal is not None:
             journal.close()
+    faults = [r.metrics.get("reason") for r in results if (r.metrics or {}).get("phase") == STORAGE]
+    if faults:  # its trials stay unfinished: the re-run after the fault is cleared runs them
+        raise StorageFault(faults[0] or "the storage failed under a trial")
     return cell.cell_id
 
 
@@ -366,6 +412,12 @@ def _drop_orphans(store: Store, cell: Cell) -> None:
     for table in ("generated", "curves"):
         for writer in sorted(store.writer_ids(table, cell.cell_id) - committed):
             store.delete(table, cell.cell_id, writer)
+
+
+def _interval(row: dict, prefix: str, fmt: str) -> str:
+    """`+0.12 [-0.30, +0.51]`: a stored difference and its 95% interval."""
+    return (f"{format(row[prefix + '_diff'], fmt)} [{format(row[prefix + '_lo'], fmt)}, "
+            f"{format(row[prefix + '_hi'], fmt)}]")
 
 
 class _TrialWatcher:
@@ -406,6 +458,12 @@ class _TrialWatcher:
                                 f"quality: R2 {row.get('ae_r2', float('nan')):.3f} (ae_min_r2 {row.get('ae_min_r2')}), "
                                 f"fidelity {row.get('ae_fidelity', float('nan')):.3f} "
                                 f"(ae_min_fidelity {row.get('ae_min_fidelity')})")
+            if row.get("verdict") == "memorising":
+                warnings.append(f"MEMORISING: its models' mean max-IoU to the snapshots {row['test_max_iou']:.3f} >= "
+                                f"the snapshots' own {row.get('snapshot_loo_max_iou', float('nan')):.3f}")
+            if row.get("vs_noise"):
+                warnings.append(f"vs noise: {row['vs_noise']} (acc {_interval(row, 'vs_noise_acc', '+.2f')} pp, "
+                                f"max-IoU {_interval(row, 'vs_noise_iou', '+.3f')})")
             self.progress.advance("trials", f"{cell}: val {row['val_acc']:.2f}%, test (val-selected) "
                                             f"{row['selected_acc']:.2f}%, test max IoU to snapshots {row['test_max_iou']:.3f}, "
                                             f"pairwise IoU {row.get('pairwise_iou', float('nan')):.3f} "
@@ -414,24 +472,30 @@ class _TrialWatcher:
 
 
 def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:
-    """Baselines and one Tune + Optuna search per cell, all cells side by side, for the missing trials."""
-    snapshots = {cell.cell_id: ray.put(_snapshots(store, cell)) for cell in spec.cells}
+    """Baselines and one Tune + Optuna search per cell, all cells side by side, for the missing trials.
+    A cell whose collection failed its health check (`sources.status = 'failed'`) gets neither."""
+    health = cell_health(store)
+    cells = [c for c in spec.cells if health.get(c.cell_id, ("healthy", None))[0] != "failed"]
+    for c in spec.cells:
+        if c not in cells:
+            progress.say(f"{c.cell_id}: no baselines or trials: {health[c.cell_id][1]}")
+    snapshots = {cell.cell_id: ray.put(_snapshots(store, cell)) for cell in cells}
     pending: dict[ray.ObjectRef, str] = {}
     if spec.baselines:
         have = set(store.read("baselines", columns=["cell_id"]).column("cell_id").to_pylist())
-        todo = [c for c in spec.cells if c.cell_id not in have]
-        progress.stage("baselines", total=len(spec.cells), done=len(spec.cells) - len(todo))
+        todo = [c for c in cells if c.cell_id not in have]
+        progress.stage("baselines", total=len(cells), done=len(cells) - len(todo))
         res = spec.trial_resources
         for c in todo:
             ref = _baselines.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(spec, c, store, snapshots[c.cell_id])
             pending[ref] = "baselines"
 
     plan = []
-    for cell in spec.cells:
+    for cell in cells:
         _drop_orphans(store, cell)
         finished = _finished_trials(store, spec, cell)
         plan.append((cell, finished, max(0, spec.num_samples - len(finished))))
-    total = spec.num_samples * len(spec.cells)
+    total = spec.num_samples * len(cells)
     progress.stage("trials", total=total, done=total - sum(r for _, _, r in plan))
     search = _search_cell.options(**driver_options())
     for cell, finished, remaining in plan:
@@ -446,7 +510,13 @@ def run_tuning(spec: SweepSpec, store: Store, progress: Progress) -> None:
         progress.poll()
         for ref in ready:
             kind = pending.pop(ref)
-            cell_id = ray.get(ref)  # re-raises a failure
+            try:
+                cell_id = ray.get(ref)  # re-raises a failure
+            except ray.exceptions.RayTaskError as err:  # a storage fault stops the sweep in one line, not a trace
+                fault = storage_fault(err)
+                if fault is None:
+                    raise
+                raise fault from None
             if kind == "baselines":
                 progress.advance("baselines", cell_id)
     watcher.poll()

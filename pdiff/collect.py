@@ -14,7 +14,8 @@ from torch import nn
 
 from . import checks
 from .data import Dataset, Split
-from .evaluate import BatchedEvaluator, Scores
+from .evaluate import BatchedEvaluator, Scores, family_stats
+from .health import MAX_ACC_DROP, Health, collection_health
 from .subset import ParameterSubset
 
 __all__ = ["TrainConfig", "CollectConfig", "Collection", "train_source", "collect_snapshots", "accuracy"]
@@ -80,6 +81,14 @@ class Collection:
     snapshots: torch.Tensor  # (K, n_subset) float32
     scores: Scores  # of each snapshot
     seconds: float
+    source_scores: Scores | None = None  # of the source's own subset (the collection's start), one row
+    losses: tuple[float, ...] = ()  # each collection step's training loss
+
+    def health(self, max_acc_drop: float = MAX_ACC_DROP) -> Health:
+        """Are these snapshots fit for stage 2 (`pdiff.health`)?"""
+        family = family_stats(self.snapshots, self.scores.test_wrong, self.snapshots)
+        return collection_health(float(self.source_scores.val_acc[0]), self.scores.val_acc.tolist(), self.losses,
+                                 family["pairwise_iou"], family["distinct_sets"], max_acc_drop=max_acc_drop)
 
 
 def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -261,8 +270,11 @@ def train_source(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int
 def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, cfg: CollectConfig, *,
                       seed: int, batch_size: int = 128, log: Log = print, wrap: Wrap | None = None,
                       rank: int = 0, world_size: int = 1, save_state: SaveState | None = None,
-                      resume: State | None = None) -> torch.Tensor:
+                      resume: State | None = None, losses: list[float] | None = None) -> torch.Tensor:
     """Keep training only the subset and return K snapshots of it, (K, n_subset) float32.
+
+    `losses`, when given, receives each collection step's training loss (since the last resume), for
+    the stage-1 health check (`pdiff.health`).
 
     The network stays in eval mode while the subset trains: BatchNorm running
     statistics are frozen, so every snapshot pairs with the same buffers that
@@ -295,6 +307,7 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
         snapshots = [s.to(device) for s in resume["snapshots"]]
         step, epoch = resume["step"], resume["epoch"]
     model.eval()
+    step_losses: list[torch.Tensor] = []  # on the device: one copy to the host at the end
 
     def take(count: int) -> None:
         if count % cfg.interval == 0 and len(snapshots) < cfg.k:
@@ -310,6 +323,8 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
             loss.backward()
             opt.step()
             step += 1
+            if losses is not None:
+                step_losses.append(loss.detach().float())
             if cfg.unit == "step":
                 take(step)
             if len(snapshots) == cfg.k:
@@ -320,6 +335,8 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
         if save_state and len(snapshots) < cfg.k:
             save_state({"epoch": epoch, "step": step, "snapshots": list(snapshots), "model": model.state_dict(),
                         "optimizer": opt.state_dict(), "rng": _rng_state(device, batches=gen)})
+    if losses is not None and step_losses:
+        losses.extend(torch.stack(step_losses).cpu().tolist())
     return torch.stack(snapshots).cpu()
 
 
@@ -329,7 +346,11 @@ def collect(arch_model: nn.Module, subset: ParameterSubset, data: Dataset, train
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     test_acc = train_source(arch_model, data, train, seed=seed, log=log)
+    evaluator = BatchedEvaluator(arch_model, subset)
+    source_scores = evaluator.score(subset.flatten(arch_model)[None], data)
+    losses: list[float] = []
     snapshots = collect_snapshots(arch_model, subset, data, collect_cfg, seed=seed,
-                                  batch_size=train.batch_size, log=log)
-    scores = BatchedEvaluator(arch_model, subset).score(snapshots, data)
-    return Collection(arch_model, subset, test_acc, snapshots, scores, time.perf_counter() - t0)
+                                  batch_size=train.batch_size, log=log, losses=losses)
+    scores = evaluator.score(snapshots, data)
+    return Collection(arch_model, subset, test_acc, snapshots, scores, time.perf_counter() - t0,
+                      source_scores, tuple(losses))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DatasetUnavailable", "Dataset", "Split", "load_dataset"]
+__all__ = ["DATASETS", "DATASET_SHAPES", "DatasetUnavailable", "Dataset", "Split", "load_dataset"]
 
 
 class DatasetUnavailable(RuntimeError):
@@ -51,6 +51,8 @@ _TORCHVISION = {
     "stl10": ("STL10", 3, 10, 96, "split"),
 }
 DATASETS = ("digits", *_TORCHVISION)
+# name -> (channels, classes, image size): what a network is built for, known without loading the data.
+DATASET_SHAPES = {"digits": (1, 10, 8), **{name: spec[1:4] for name, spec in _TORCHVISION.items()}}
 
 _MANUAL_FILES = {
     "mnist": "MNIST/raw/ (train-images-idx3-ubyte.gz and the other three files)",
@@ -106,7 +108,7 @@ def _digits(seed: int) -> tuple[Split, Split, tuple[int, int, int]]:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_test = round(0.2 * len(y))
     test, train = order[:n_test], order[n_test:]
-    return Split(x[train], y[train]), Split(x[test], y[test]), (1, 10, 8)
+    return Split(x[train], y[train]), Split(x[test], y[test]), DATASET_SHAPES["digits"]
 
 
 def _torchvision(name: str, root: Path, download: bool) -> tuple[Split, Split, tuple[int, int, int]]:

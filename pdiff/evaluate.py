@@ -23,15 +23,15 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .data import Dataset, Split
-from .names import COLLAPSE_IOU, COLLAPSE_SPREAD
+from .verdicts import COLLAPSE_IOU, COLLAPSE_SPREAD, is_collapsed
 from .subset import ParameterSubset
 
 __all__ = ["BatchedEvaluator", "Scores", "Novelty", "COLLAPSE_IOU", "COLLAPSE_SPREAD", "family_stats",
            "iou_matrix", "max_iou", "novelty", "pack_wrong", "unpack_wrong", "unpack_wrong_rows", "spread",
            "summarize"]
 
-# COLLAPSE_IOU / COLLAPSE_SPREAD (a family that is N copies of one model) live in pdiff.names,
-# which the table readers import without torch.
+# COLLAPSE_IOU / COLLAPSE_SPREAD and every verdict live in pdiff.verdicts, which the table readers
+# import without torch.
 
 
 def _chain(module: nn.Module, qualname: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -247,4 +247,4 @@ def family_stats(vectors: torch.Tensor, wrong: torch.Tensor, snapshots: torch.Te
     pairwise = float((iou.sum() - iou.diagonal().sum()) / (n * (n - 1))) if n > 1 else 1.0
     ratio = spread(vectors) / max(spread(snapshots), 1e-30)
     return {"pairwise_iou": pairwise, "distinct_sets": int(torch.unique(wrong, dim=0).shape[0]),
-            "spread_ratio": ratio, "collapsed": bool(pairwise >= COLLAPSE_IOU or ratio < COLLAPSE_SPREAD)}
+            "spread_ratio": ratio, "collapsed": is_collapsed(pairwise, ratio)}

@@ -7,6 +7,8 @@ here, so each rule still has one home.
 
 from __future__ import annotations
 
+from .verdicts import COLLAPSE_IOU, COLLAPSE_SPREAD  # their home is pdiff.verdicts
+
 __all__ = ["METHODS", "LABELS", "COLLAPSE_IOU", "COLLAPSE_SPREAD"]
 
 # The memorisation baselines (`pdiff.baselines.BASELINES` in this order) and how a report names each
@@ -17,8 +19,3 @@ LABELS: dict[str, tuple[str, str]] = {
     "gaussian": ("Gaussian", "gauss"),
 }
 METHODS: tuple[str, ...] = tuple(LABELS)
-
-# A family is collapsed (its members are one model) when its mean pairwise IoU of wrong-prediction sets
-# is at or above COLLAPSE_IOU, or its spread relative to the snapshots' is below COLLAPSE_SPREAD.
-COLLAPSE_IOU = 0.99
-COLLAPSE_SPREAD = 0.05

@@ -16,10 +16,11 @@ from .baselines import BASELINES
 from .checks import ConfigError, short
 from .data import Dataset
 from .diffusion import SAMPLERS, LatentDiffusion, LDMConfig, train_diffusion
+from .health import loss_problem
 from .evaluate import BatchedEvaluator, Scores, family_stats, novelty, paired_iou, summarize
 
 __all__ = ["PdiffConfig", "Assessment", "PdiffRun", "Diverged", "assess", "run_pdiff", "run_baselines",
-           "replace_knobs", "KNOBS", "KNOB_DOCS", "sample_vectors", "generator_state", "restore_generator"]
+           "latent_gaussian", "reference_families", "replace_knobs", "KNOBS", "KNOB_DOCS", "sample_vectors", "generator_state", "restore_generator"]
 
 
 class Diverged(RuntimeError):
@@ -158,17 +159,11 @@ def _tail_mean(losses: list[float], n: int = 20) -> float:
     return float(sum(losses[-n:]) / max(1, len(losses[-n:])))
 
 
-DIVERGENCE_FACTOR = 1e3  # a final loss this many times the first step's (before any update) is divergence
-
-
 def _finite(losses: list[float], what: str) -> None:
     """Raise `Diverged` when a loss is non-finite or ends `DIVERGENCE_FACTOR` times above where it started."""
-    bad = next((i for i, x in enumerate(losses) if not math.isfinite(x)), None)
-    if bad is not None:
-        raise Diverged(f"{what} loss went non-finite at step {bad} ({losses[bad]})")
-    start, end = (losses[0] if losses else 0.0), _tail_mean(losses)
-    if losses and end > DIVERGENCE_FACTOR * max(start, 1e-12):
-        raise Diverged(f"{what} loss grew from {start:.3g} to {end:.3g} ({end / max(start, 1e-12):.2g}x)")
+    problem = loss_problem(losses, what)
+    if problem:
+        raise Diverged(problem)
 
 
 def run_pdiff(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset, snapshot_scores: Scores,
@@ -300,6 +295,31 @@ def run_baselines(snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Da
         gen = torch.Generator().manual_seed(seed * 1000 + i)
         kwargs = {"sigma": noise_sigma} if name == "noise" else {}
         out[name] = assess(evaluator, data, draw(snapshots, n, gen, **kwargs), snapshots, snapshot_scores)
+    return out
+
+
+def latent_gaussian(ae: TrainedAutoencoder, snapshots: torch.Tensor, n: int, *, seed: int = 0) -> torch.Tensor:
+    """n vectors decoded from latents drawn from a Gaussian fitted to the encoded snapshots (their mean and
+    sample covariance): what the autoencoder alone generates, with no diffusion model. A trial whose
+    diffusion model does no better than this has learnt nothing the latent Gaussian did not."""
+    latents = ae.encode(snapshots).cpu()
+    centred = latents - latents.mean(0)
+    gen = torch.Generator().manual_seed(seed + 5)
+    z = latents.mean(0) + torch.randn(n, len(latents), generator=gen) @ centred / max(1, len(latents) - 1) ** 0.5
+    return ae.decode(z).cpu()
+
+
+def reference_families(run: PdiffRun, snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset,
+                       snapshot_scores: Scores, n: int, *, seed: int, baseline_seed: int | None,
+                       noise_sigma: float = 0.01) -> dict[str, Assessment]:
+    """What a p-diff family is judged against: `latent_gaussian` (its own autoencoder, no diffusion) and,
+    unless `baseline_seed` is None, the three baselines drawn exactly as `run_baselines(..., seed=baseline_seed)`
+    draws them (the same vectors as the sweep's baselines table)."""
+    out = {"latent_gaussian": assess(evaluator, data, latent_gaussian(run.ae, snapshots, n, seed=seed),
+                                     snapshots, snapshot_scores)}
+    if baseline_seed is not None:
+        out |= run_baselines(snapshots, evaluator, data, snapshot_scores, n, seed=baseline_seed,
+                             noise_sigma=noise_sigma)
     return out
 
 

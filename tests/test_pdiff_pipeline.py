@@ -91,7 +91,8 @@ def test_a_diverging_run_raises_diverged(collected, evaluator):
 
 
 def test_a_finite_but_exploding_loss_is_divergence_too():
-    from pdiff.pipeline import DIVERGENCE_FACTOR, _finite
+    from pdiff.health import DIVERGENCE_FACTOR
+    from pdiff.pipeline import _finite
 
     _finite([1.0, 0.5, 0.2, 0.1] * 10, "ae")  # a loss that falls is training
     _finite([1.0] * 40 + [2.0] * 20, "ae")  # one that rises a little is not divergence

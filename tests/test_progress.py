@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from orchestrator.progress import HEARTBEAT, Progress, step_reporter, worker_log
-from orchestrator.sweep import _Plain
+from orchestrator.console import _Plain
 
 
 class Clock:

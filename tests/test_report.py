@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pdiff.verdicts import comparison
+
 from orchestrator.feedback import FIGURES as FEEDBACK_FIGURES
 from orchestrator.feedback import ablation_tables
 from orchestrator.figures import (FIGURES, cell_importance, importance_figure, load_cells, parallel_figure,
@@ -150,11 +152,11 @@ def test_summary_equals_direct_duckdb_queries(reported):
             assert _close(getattr(row, f"{b}_mean"), avg, acc)
             assert _close(getattr(row, f"{b}_median"), med, acc)
             assert _close(getattr(row, f"{b}_max_iou"), max_iou, iou)
-            for kind in ("selected", "mean"):  # dominance on the accuracy-novelty plane, at the precision shown
-                p, q = round(getattr(row, f"pdiff_{kind}"), 2), round(getattr(row, f"{b}_{kind}"), 2)
-                pi, qi = round(row.pdiff_max_iou, 3), round(getattr(row, f"{b}_max_iou"), 3)
-                dominates = p >= q and pi <= qi and (p > q or pi < qi)
-                assert getattr(row, f"pdiff_beats_{b}_{kind}") == ("yes" if dominates else "no")
+            # p-diff against the baseline: the val-selected trial's stored comparison, worded from its intervals.
+            stored = _direct(con, f"""SELECT vs_{b}, vs_{b}_acc_lo, vs_{b}_acc_hi, vs_{b}_iou_lo, vs_{b}_iou_hi
+                                       FROM trials WHERE cell_id = ? AND trial_id = ?""", cell_id, trial[0])
+            assert stored[0] is not None and getattr(row, f"vs_{b}") == stored[0] == comparison(*stored[1:])
+            assert stored[1] <= stored[2] and stored[3] <= stored[4]
 
         # Collapse signals: the trial's own row, the snapshots' (sources), each baseline family's.
         signals = _direct(con, """SELECT pairwise_iou, distinct_sets, spread_ratio, collapsed, ae_converged

@@ -496,9 +496,9 @@ def test_unknown_keys_with_odd_characters_stay_on_one_line():
 @pytest.mark.parametrize("text, fragment", [
     ("name: x\nsources: &s {archs: [mlp]}\npdiff: *s\n", "pdiff: YAML aliases are not allowed (*s at line 3"),
     ("name: x\nbase: &b {k: 1}\nsources:\n  collect:\n    <<: *b\n", "sources.collect.<<: YAML aliases"),
-    ("name: x\nseed: 2024-02-30\n", "<file>: not valid YAML (day is out of range"),
-    ("name: x\nseed: " + "9" * 5000 + "\n", "<file>: not valid YAML"),
-    ("name: x\nseed: !!python/object:os.system x\n", "<file>: not valid YAML"),
+    ("name: x\nseed: 2024-02-30\n", "<file>: not valid YAML at line 2, column 7: day is out of range"),
+    ("name: x\nseed: " + "9" * 5000 + "\n", "<file>: not valid YAML at line 2, column 7: "),
+    ("name: x\nseed: !!python/object:os.system x\n", "<file>: not valid YAML at line 2, column 7: "),
     ("[" * 5000 + "]" * 5000 + "\n", "<file>: "),
 ])
 def test_yaml_that_is_refused(tmp_path, text, fragment):
