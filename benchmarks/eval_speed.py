@@ -18,11 +18,13 @@ Agreement: the two sides' logits must differ by no more than a tolerance
 must match on every (vector, image) whose one-by-one top-2 logit margin exceeds
 that tolerance. Near-ties within it are counted and skipped, not compared: there
 the argmax is float noise (GPU kernels sum in different orders), not a result.
+Exit status 1 when they DISAGREE.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -30,6 +32,8 @@ from torch import nn
 
 from pdiff import DEFAULT_SUBSET, ParameterSubset, build_model
 from pdiff.evaluate import BatchedEvaluator
+
+from .targets import exit_status
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,7 +79,7 @@ def _calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{check['compared']:,} of {check['pairs']:,} (vector, image) pairs, {check['skipped']:,} near-ties "
           f"(top-2 margin <= tolerance) skipped ({check['skipped_differ']} of them with another argmax); "
           f"{check['disagree']} real disagreements -> {'AGREE' if agree else 'DISAGREE'}")
-    return {"batched_s": t_batched, "naive_s": t_naive, "ratio": ratio} | check
+    return exit_status([("batched logits agree with the one-by-one reference", agree)])
 
 
 def agreement(batched: torch.Tensor, ref: torch.Tensor, *, rel_tol: float = 1e-3,
@@ -163,4 +167,4 @@ def _suffix_names(evaluator: BatchedEvaluator):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

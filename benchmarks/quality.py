@@ -19,21 +19,29 @@ novelty and collapse signals. Targets per cell, on the first normalisation:
   spread ratio       in [0.2, 5] (RMS distance to the family's centre, over the snapshots')
 
 Accuracy alone is not a target: a generator that copies one snapshot meets it.
-p-diff against the baselines is reported as measured, whichever way it falls.
+p-diff against the baselines is reported as measured, whichever way it falls: each family's verdict
+(`pdiff.verdicts`: collapsed, memorising = at or above the snapshots' leave-one-out max-IoU, novel),
+and p-diff's and its latent Gaussian's (`pdiff.pipeline.latent_gaussian`: its own autoencoder, no
+diffusion) differences from the baselines with paired-bootstrap 95% intervals (`pdiff.compare`).
+Exit status 1 when a target is MISSED.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
 from pdiff import CollectConfig, ParameterSubset, PdiffConfig, TrainConfig, build_model, load_dataset
-from pdiff.baselines import BASELINES
 from pdiff.collect import collect
+from pdiff.compare import compare_families, leave_one_out
 from pdiff.evaluate import BatchedEvaluator, family_stats, max_iou, summarize
-from pdiff.pipeline import run_baselines, run_pdiff
+from pdiff.pipeline import assess, latent_gaussian, run_baselines, run_pdiff
+from pdiff.verdicts import family_verdict
+
+from .targets import exit_status, mark
 
 # Cells by name: (architecture, subset patterns, subset learning rate during collection).
 # mlp-5k: the linear subset of ~5,000 numbers that issue 8 times (fc2 + fc3 = 4,810 numbers); its trial
@@ -79,10 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _row(summary: dict, l2: float = float("nan")) -> str:
+def _row(summary: dict, l2: float = float("nan"), verdict: str | None = None) -> str:
     return (f"{summary['selected_acc']:>9.2f}{summary['mean_acc']:>8.2f}{summary['test_max_iou']:>9.3f}"
             f"{summary['pairwise_iou']:>10.3f}{summary['distinct_sets']:>9d}{summary['spread_ratio']:>8.2f}"
-            f"{l2:>9.4f}{'  COLLAPSED' if summary['collapsed'] else ''}")
+            f"{l2:>9.4f}  {verdict or '-'}")
+
+
+def _interval(diff: float, lo: float, hi: float, fmt: str) -> str:
+    return f"{format(diff, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
 
 
 def _targets(gen: dict, snap: dict) -> list[tuple[str, bool]]:
@@ -116,8 +128,9 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
     seconds = {"source + collect": time.perf_counter() - t0}
 
     snap = snapshot_summary(coll)
+    loo = leave_one_out(coll.snapshots, coll.scores.test_wrong, coll.scores.val_wrong)
     rows = {"snapshots": (snap, float("nan"))}
-    runs = {}
+    runs, gaussians = {}, {}
     for norm in args.normalize:
         cfg = PdiffConfig.from_knobs(
             latent_dim=args.latent_dim, ae_steps=args.ae_steps, ae_min_r2=args.ae_min_r2,
@@ -129,11 +142,24 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
         run = runs[norm] = run_pdiff(coll.snapshots, evaluator, data, coll.scores, cfg, seed=seed)
         seconds[f"p-diff trial ({norm})"] = time.perf_counter() - t0
         rows[f"p-diff ({norm})"] = (run.generated.summary, float(run.generated.nearest_l2.median()))
+        g = gaussians[norm] = assess(evaluator, data, latent_gaussian(run.ae, coll.snapshots, args.n, seed=seed),
+                                     coll.snapshots, coll.scores)
+        rows[f"latent Gaussian ({norm})"] = (g.summary, float(g.nearest_l2.median()))
     t0 = time.perf_counter()
-    for name, a in run_baselines(coll.snapshots, evaluator, data, coll.scores, args.n, seed=seed,
-                                 noise_sigma=args.noise_sigma).items():
+    baselines = run_baselines(coll.snapshots, evaluator, data, coll.scores, args.n, seed=seed,
+                              noise_sigma=args.noise_sigma)
+    for name, a in baselines.items():
         rows[name] = (a.summary, float(a.nearest_l2.median()))
     seconds["baselines"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compared = []  # (A, B, A - B with intervals): p-diff against each reference, its latent Gaussian against noise
+    for norm, run in runs.items():
+        ours, latent = f"p-diff ({norm})", f"latent Gaussian ({norm})"
+        pairs = [(ours, run.generated, name, a) for name, a in (baselines | {latent: gaussians[norm]}).items()]
+        pairs.append((latent, gaussians[norm], "noise", baselines["noise"]))
+        compared += [(a, b, compare_families(fa.scores.test_wrong, fb.scores.test_wrong, coll.scores.test_wrong,
+                                             seed=seed)) for a, fa, b, fb in pairs]
+    seconds["intervals"] = time.perf_counter() - t0
 
     print(f"\n== digits / {arch}, subset {'+'.join(patterns)} = {subset.numel} numbers, seed {seed}: "
           f"K={args.k} (collected at lr {collect_lr:g}), N={args.n}; source test acc {100 * coll.test_acc:.2f}%")
@@ -142,11 +168,16 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
               f"and fidelity {run.ae_fidelity:.3f} ({'reached' if run.ae_converged else 'NOT reached'} "
               f"{args.ae_min_r2} / {args.ae_min_fidelity}); "
               f"AE {run.seconds['ae']:.0f}s, LDM {run.seconds['ldm']:.0f}s, generate {run.seconds['generate']:.0f}s")
-    header = (f"   {'family':<18}{'selected':>9}{'mean':>8}{'max-IoU':>9}{'pair-IoU':>10}{'distinct':>9}"
-              f"{'spread':>8}{'L2 near':>9}")
+    print(f"   snapshots' leave-one-out (each to the others, averaged): max-IoU test "
+          f"{loo['snapshot_loo_max_iou']:.3f}, val {loo['snapshot_loo_val_max_iou']:.3f}; nearest L2 "
+          f"{loo['snapshot_loo_l2']:.4f}. A family at or above the test figure is memorising")
+    header = (f"   {'family':<26}{'selected':>9}{'mean':>8}{'max-IoU':>9}{'pair-IoU':>10}{'distinct':>9}"
+              f"{'spread':>8}{'L2 near':>9}  verdict")
     print(header)
     for name, (summary, l2) in rows.items():
-        print(f"   {name:<18}" + _row(summary, l2))
+        verdict = None if name == "snapshots" else family_verdict(summary["collapsed"], summary["test_max_iou"],
+                                                                   loo["snapshot_loo_max_iou"])
+        print(f"   {name:<26}" + _row(summary, l2, verdict))
     first = rows[f"p-diff ({args.normalize[0]})"][0]
     targets = _targets(first, snap)
     if cell in TIMED:
@@ -160,17 +191,18 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
                     (f"trial {took:.0f} s <= {TIMED[cell]:.0f} s ({args.threads} thread(s))", took <= TIMED[cell])]
     print(f"   targets (p-diff, {args.normalize[0]}):")
     for text, ok in targets:
-        print(f"     {'MET   ' if ok else 'MISSED'} {text}")
-    beats = [name for name in BASELINES
-             if first["mean_acc"] >= rows[name][0]["mean_acc"]
-             and first["test_max_iou"] <= rows[name][0]["test_max_iou"]]
-    print(f"   p-diff dominates on the accuracy-novelty plane (mean acc, mean max-IoU): "
-          f"{', '.join(beats) or 'no baseline'}")
+        print(f"     {mark(ok):<6} {text}")
+    print(f"   A - B, 95% paired-bootstrap intervals over test examples (a side counts only when its interval "
+          f"excludes 0; max-IoU < 0: A more novel):")
+    print(f"   {'A':<26}{'B':<26}{'mean acc (pp)':<26}{'mean max-IoU':<28}word")
+    for a, b, c in compared:
+        print(f"   {a:<26}{b:<26}{_interval(c.acc_diff, c.acc_lo, c.acc_hi, '+.2f'):<26}"
+              f"{_interval(c.iou_diff, c.iou_lo, c.iou_hi, '+.3f'):<28}{c.word}")
     print("   seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     return {"targets": targets, "seconds": seconds}
 
 
-def main(argv: list[str] | None = None) -> bool:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(__doc__.split("\n\n")[0])
@@ -178,14 +210,15 @@ def main(argv: list[str] | None = None) -> bool:
           "over models of the max IoU of its test mistakes to any snapshot's (snapshots: to any other; lower = more "
           "novel); pair-IoU = mean IoU between two models of the family; distinct = distinct sets of mistakes; "
           "spread = RMS distance to the family's centre over the snapshots'; L2 near = median distance to the "
-          "nearest snapshot")
+          "nearest snapshot; verdict = collapsed, memorising (max-IoU at or above the snapshots' leave-one-out "
+          "figure) or novel (pdiff.verdicts)")
     t0 = time.perf_counter()
     results = [run_cell(cell, seed, args) for cell in args.cells for seed in args.seeds]
-    met = sum(ok for r in results for _, ok in r["targets"])
-    total = sum(len(r["targets"]) for r in results)
-    print(f"\n{met}/{total} targets MET over {len(results)} cell(s); {time.perf_counter() - t0:.0f} s in all")
-    return met == total
+    targets = [t for r in results for t in r["targets"]]
+    print(f"\n{sum(ok for _, ok in targets)}/{len(targets)} targets MET over {len(results)} cell(s); "
+          f"{time.perf_counter() - t0:.0f} s in all")
+    return exit_status(targets)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,10 +17,10 @@ Then, each in a fresh Python process (peak memory from `os.wait4`'s ru_maxrss):
 - the report (`orchestrator.report`), after compaction.
 
 The targets (at 400 x 24): summary <= 3 s, one-table query <= 1 s, report <= 60 s and <= 2 GB;
-each is printed MET or MISSED. A target's time is the tool's own work inside its process
-(`summary()`, `run_query()`, `write_report()`); the whole command's wall time, with Python's
-start-up and imports, is printed beside it. The folder (about 1.2 GB at 400 x 24) is deleted at
-the end unless `--keep DIR` (then it is built in DIR and kept).
+each is printed MET or MISSED, and the exit status is 1 when one is missed. A target's time is the
+tool's own work inside its process (`summary()`, `run_query()`, `write_report()`); the whole
+command's wall time, with Python's start-up and imports, is printed beside it. The folder (about
+1.2 GB at 400 x 24) is deleted at the end unless `--keep DIR` (then it is built in DIR and kept).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 
 from orchestrator.tables import SCHEMA_VERSION, TABLES, Store
 from pdiff.names import METHODS
+
+from .targets import exit_status, mark
 
 SWEEP = "scale"
 ARCHS = {"mlp": 650, "cnn_small": 394, "cnn_medium": 522, "resnet_tiny": 586}  # arch -> subset size
@@ -269,13 +271,19 @@ def measure(what: str, store: Store, out: str = "", timeout: float = 1800) -> di
     return result
 
 
+def _targets(r: dict, target: float | None = None, rss_target: float | None = None) -> list[tuple[str, bool]]:
+    """A measured command's targets, each (text, met): its time and its peak memory."""
+    out = []
+    if target is not None:
+        out.append((f"<= {target:g} s", r["ok"] and r["seconds"] <= target))
+    if rss_target is not None:
+        out.append((f"<= {rss_target:g} GB", r["ok"] and r["rss_gb"] <= rss_target))
+    return out
+
+
 def _line(label: str, r: dict, target: float | None = None, rss_target: float | None = None) -> str:
     text = (f"{label:<34}{r['seconds']:>9.2f} s{r['wall']:>10.2f} s{r['rss_gb']:>9.2f} GB")
-    verdicts = []
-    if target is not None:
-        verdicts.append(f"<= {target:g} s " + ("MET" if r["ok"] and r["seconds"] <= target else "MISSED"))
-    if rss_target is not None:
-        verdicts.append(f"<= {rss_target:g} GB " + ("MET" if r["ok"] and r["rss_gb"] <= rss_target else "MISSED"))
+    verdicts = [f"{what} {mark(ok)}" for what, ok in _targets(r, target, rss_target)]
     if not r["ok"]:
         verdicts.append(f"FAILED: {r.get('error')}")
     return text + ("   " + "; ".join(verdicts) if verdicts else "")
@@ -332,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         if not all(checks):
             print("error: a measured command failed or returned the wrong count", file=sys.stderr)
             return 1
-        return 0
+        return exit_status(_targets(summary, TARGETS["summary"]) + _targets(query, TARGETS["query"])
+                           + _targets(report, TARGETS["report"], REPORT_RSS_GB))
     finally:
         if not args.keep:
             shutil.rmtree(storage, ignore_errors=True)

@@ -7,7 +7,8 @@ then once more (a resume with nothing left to do), and prints when each stage
 finished according to the sweep's own progress lines. Targets: the first run
 within 5 minutes on a 2-core machine, and no cell's best (val-selected) trial
 collapsed (`orchestrator.summary`: pairwise IoU >= 0.99 or spread ratio < 0.05),
-with each cell's p-diff pairwise IoU and max IoU to the snapshots printed.
+with each cell's p-diff pairwise IoU and max IoU to the snapshots printed. Exit status 1 when a
+target is MISSED (or the sweep fails).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .targets import exit_status, mark
 
 STAGE_DONE = re.compile(r"^\[\s*(\d+)s\] (sources|baselines|trials) (\d+)/(\d+):")
 
@@ -40,7 +43,7 @@ def run(spec: str, storage: str) -> tuple[float, dict[str, int], str]:
     return wall, finished, proc.stdout
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="sweeps/smoke.yaml")
     args = parser.parse_args()
@@ -56,16 +59,19 @@ def main() -> None:
             print(f"{stage + ' finished at':<32}{stages[stage]:>10}")
     print(f"{'whole command, first run':<32}{wall:>10.1f}")
     print(f"{'whole command, resume (no work)':<32}{resume_wall:>10.1f}")
-    print(f"target <= 300 s: {'MET' if wall <= 300 else 'MISSED'}")
+    targets = [("first run <= 300 s", wall <= 300)]
+    print(f"target <= 300 s: {mark(targets[0][1])}")
     print(f"{'cell (its best trial)':<34}{'pair-IoU':>10}{'max-IoU':>9}{'spread':>8}  collapsed  "
           f"(snapshots' pair-IoU)")
     for r in cells.itertuples():
         print(f"{r.cell_id:<34}{r.pdiff_pairwise_iou:>10.3f}{r.pdiff_max_iou:>9.3f}"
               f"{r.pdiff_spread_ratio:>8.2f}  {'YES' if r.pdiff_collapsed else 'no':<9}  ({r.snapshot_pairwise_iou:.3f})")
     collapsed = int(cells["pdiff_collapsed"].fillna(True).astype(bool).sum())
-    print(f"target no collapsed best trial: {'MET' if collapsed == 0 else 'MISSED'} "
+    targets.append(("no collapsed best trial", collapsed == 0))
+    print(f"target no collapsed best trial: {mark(targets[-1][1])} "
           f"({collapsed} of {len(cells)} cells collapsed or without a completed trial)")
     print(summary)
+    return exit_status(targets)
 
 
 def best_trials(spec: str, storage: str):
@@ -80,4 +86,4 @@ def best_trials(spec: str, storage: str):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

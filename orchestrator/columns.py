@@ -149,9 +149,11 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
         "ended_at": ("UTC time", "when the stages and the summary finished, or it failed (null: still running, "
                                  "or killed)"),
         "seconds": ("s", "ended_at - started_at"),
-        "outcome": ("running|done|failed|interrupted", "how the run ended (running: not ended, or killed)"),
+        "outcome": ("running|done|failed|interrupted|abandoned", "how the run ended (running: not ended, or "
+                    "killed; abandoned: it never recorded its end, found so by the next run)"),
         "exit_status": ("int", "the command's exit status (0 done, 1 failed, 130 interrupted; null while running)"),
-        "error": ("text", "the error a failed run raised (null otherwise)"),
+        "error": ("text", "the error a failed run raised; for an abandoned run, the run that found it (null "
+                  "otherwise)"),
         "git_commit": ("hash", "git commit of orchestrator's source (null: not a git checkout)"),
         "git_dirty": ("bool", "whether tracked files differed from that commit (null: not a git checkout)"),
         "driver_host": ("name", "host name of the machine that ran the command"),

@@ -17,15 +17,20 @@ import sys
 import traceback
 from typing import Callable, NoReturn
 
-__all__ = ["ANSI", "ArgumentParser", "one_line", "plain_console", "refuse", "run"]
+__all__ = ["ANSI", "ArgumentParser", "one_line", "plain_console", "printable", "refuse", "run"]
 
 # CSI (colours, cursor moves), OSC (titles, links) and the two-character escapes.
 ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 
 
+def printable(text: str) -> str:
+    """`text` with its control characters escaped (a path from the user may hold a newline, an ESC, a NUL)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+
+
 def one_line(text: str) -> str:
-    """`text` on one line: a user's value (a path, an unknown flag) may hold line breaks."""
-    return " ".join(ANSI.sub("", str(text)).split())
+    """`text` on one line, printable, colour codes and runs of white space dropped."""
+    return " ".join(printable(" ".join(ANSI.sub("", str(text)).split())).split())
 
 
 def refuse(reason: BaseException | str) -> int:

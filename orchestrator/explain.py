@@ -38,12 +38,15 @@ SPEC_KEYS: list[tuple[str, str, str, str]] = [
      "the parameter tensors p-diff learns, as name patterns"),
     ("sources.collect", "mapping", "{}", "how the K snapshots of the subset are collected (keys below)"),
     ("sources.max_failures", "int", "5", "restarts of a cell's Ray Train run (a lost node); it resumes"),
+    ("sources.max_acc_drop", "float, points", "5.0", "a collection whose snapshots' mean val accuracy falls more "
+     "than this below the source's fails its cell (sources.status = failed: no baselines, no trials)"),
     ("pdiff", "mapping", "(required)", "stage 2: the p-diff search per cell"),
     ("pdiff.knobs", "knob -> value or distribution", "{}",
      "a value is fixed; a mapping {type: " + " | ".join(DISTRIBUTIONS) + ", low, high | values, log} is searched"),
     ("pdiff.objective", "list", "[accuracy]", "objectives: " + ", ".join(OBJECTIVES) +
-     " (accuracy first: maximise trials.val_acc; novelty: minimise trials.val_max_iou, a multi-objective "
-     "search)"),
+     " (accuracy or mean_accuracy first: maximise trials.val_acc, the best model's val accuracy, or "
+     "trials.val_mean_acc, the family's mean, which does not saturate; novelty: minimise trials.val_max_iou, "
+     "a multi-objective search)"),
     ("pdiff.num_samples", "int", "4", "trials per cell (with no searched knob: repeats of the fixed configuration)"),
     ("pdiff.max_concurrent", "int", "2", "trials of a cell running at once"),
     ("pdiff.search", "name", "tpe", " | ".join(SEARCHES) + " (grid: all searched knobs choices; "
@@ -77,6 +80,9 @@ COLLECT_DOCS = {
     "unit": "step | epoch",
     "lr": "learning rate while collecting (the paper: 0.03)",
     "optimizer": "sgd | adamw",
+    "batchnorm": ("eval (running statistics frozen: each snapshot pairs with the buffers evaluation uses) | train "
+                  "(batch statistics, as the official code: keeps a subset that feeds a BatchNorm scale-invariant; "
+                  "scored with the collection's final buffers)"),
 }
 
 

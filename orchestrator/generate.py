@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -31,7 +31,7 @@ import torch
 from pdiff.pipeline import PdiffRun, PdiffConfig, generator_state, restore_generator, sample_vectors
 
 from . import paths
-from .console import ArgumentParser, refuse, run
+from .console import ArgumentParser, printable, refuse, run
 from .heal import ModelFileError, read_model
 from .query import parse_results_dir
 from .summary import one_line as summary_line
@@ -111,8 +111,8 @@ def _device(text: str) -> str:
     """--device, checked before anything loads: cpu, or a cuda / mps device this machine has."""
     try:
         device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise Refused(f"--device {text}: not a device ({err}); use cpu, cuda, cuda:N or mps") from None
+    except (RuntimeError, ValueError, TypeError):
+        raise Refused(f"--device {text}: not a device; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Refused(f"--device {text}: no CUDA GPU here; use --device cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -195,11 +195,11 @@ def generate(store: Store, trial_id: str, n: int, *, seed: int | None = None, ou
                       f"--out FILE or another --seed")
     scratch = None
     if out is not None:
+        scratch = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{secrets.token_hex(4)}.tmp")
         try:
-            fd, scratch = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.")
-            os.close(fd)
+            os.close(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except OSError as err:
-            raise Refused(f"--out {out}: cannot write there ({err})") from None
+            raise Refused(f"--out {out}: cannot write there ({err.strerror or err})") from None
     try:
         ae, ldm, cfg = restore_generator(state, device)
         vectors = sample_vectors(ae, ldm, n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=seed).cpu()
@@ -212,7 +212,7 @@ def generate(store: Store, trial_id: str, n: int, *, seed: int | None = None, ou
     finally:
         if scratch is not None and os.path.lexists(scratch):
             os.remove(scratch)
-    say(f"wrote {n} vectors of trial {trial_id} (cell {row['cell_id']}, seed {seed}) to {path}")
+    say(f"wrote {n} vectors of trial {trial_id} (cell {row['cell_id']}, seed {seed}) to {printable(path)}")
     if score:
         say(_score(store, row["cell_id"], vectors, device))
     return path

@@ -61,7 +61,7 @@ def parse_results_dir(text: str) -> Store:
             raise ValueError(f"{text}: expected SCHEME://BUCKET/.../SWEEP, the folder of one sweep")
         parent, sweep = rest.rsplit("/", 1)
         return Store(f"{scheme}://{parent}", sweep)
-    path = Path(text).expanduser().absolute()
+    path = Path(os.path.expanduser(text)).absolute()  # `~nobody` stays as it is (Path.expanduser raises)
     return Store(str(path.parent), path.name)
 
 
@@ -278,7 +278,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a sweep's folder, e.g. results/smoke or s3://...")
     parser.add_argument("sql", metavar="SQL", help="one SQL statement (DuckDB dialect)")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output (default: table)")
-
     args = parser.parse_args(argv)
 
     import duckdb
@@ -291,13 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         columns, rows = run_query(store, args.sql)
     except (duckdb.Error, ValueError, CorruptTable, OldTables, OSError) as err:  # QueryRefused is a ValueError
         return refuse(_line(err))
-    if args.format == "json":
-        json.dump([dict(zip(columns, (_plain(v) for v in row))) for row in rows], sys.stdout, indent=1, default=str)
-        sys.stdout.write("\n")
-    elif args.format == "csv":
-        _write_csv(columns, rows, sys.stdout)
-    else:
-        _write_table(columns, rows, sys.stdout)
+    try:
+        if args.format == "json":
+            json.dump([dict(zip(columns, (_plain(v) for v in row))) for row in rows], sys.stdout, indent=1,
+                      default=str)
+            sys.stdout.write("\n")
+        elif args.format == "csv":
+            _write_csv(columns, rows, sys.stdout)
+        else:
+            _write_table(columns, rows, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; no error at exit's flush either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

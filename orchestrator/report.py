@@ -18,9 +18,11 @@ The summary table, one row per cell, is one DuckDB query over the tables
   is the one with the best val accuracy, ties to the lowest index (as torch.argmax);
 - novelty: mean `test_max_iou`, the max IoU of each model's test mistakes to any snapshot's
   (lower = more novel);
-- whether p-diff dominates each baseline on the accuracy-novelty plane: its
-  accuracy (selected, or mean) >= the baseline's and its mean max-IoU <=, at least
-  one strictly, compared at the precision shown (0.01 points, 0.001 IoU);
+- the snapshots' leave-one-out max-IoU, the collection's health and the val-selected trial's verdict
+  (collapsed / memorising / novel, `pdiff.verdicts`) with the number of trials tied on val accuracy;
+- p-diff against each baseline and its own latent Gaussian: the mean accuracy and mean max-IoU
+  differences with their 95% intervals and the word they earn (`trials.vs_<family>`; a side counts only
+  when its interval excludes zero);
 - the winning trial's id, val accuracy and hyperparameters (the knobs that vary
   across the sweep's trials; every knob where none varies);
 - collapse, per family (the snapshots, the val-selected trial's generated models, each
@@ -59,7 +61,7 @@ import pyarrow.parquet as pq
 from pdiff.names import LABELS
 
 from . import paths
-from .console import ArgumentParser, refuse, run
+from .console import ArgumentParser, printable, refuse, run
 from .query import parse_results_dir
 from .sql import failed_reasons_sql, methods, report_sql, searched_knobs
 from .summary import connect, materialize, one_line
@@ -442,7 +444,8 @@ def _check_types(store: Store) -> None:
                     raise Refused(f"column {table}.{field.name} is {field.type} in {f}, declared {want}: rewrite "
                                   f"or remove that file (columns are never retyped)")
         try:  # the undeclared columns (the trials' knobs): one type across the files, as in Store.read
-            pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+            if schemas:
+                pa.unify_schemas(list(schemas.values()), promote_options="permissive")
         except (pa.ArrowException, ValueError) as err:
             raise Refused(f"table {table} of {store.uri}: {one_line(err)}") from None
 
@@ -460,6 +463,8 @@ def _target(store: Store, out_dir: str | Path | None) -> Path:
     `report/`, or an earlier report of this sweep (its REPORT_MARKER); never a link, a file, or elsewhere
     inside the sweep's folder (a reader does not write among the tables)."""
     own = Path(store.path(paths.REPORT))
+    if out_dir is not None and not str(out_dir).strip():
+        raise Refused("--out '': give a folder")
     try:
         out = own if out_dir is None else Path(os.path.abspath(Path(out_dir).expanduser()))
         real, sweep = os.path.realpath(out), os.path.realpath(store.root)
@@ -495,7 +500,7 @@ def _scratch(target: Path) -> tuple[Path, list[Path]]:
         scratch.mkdir()
     except OSError as err:
         _remove(created)
-        raise Refused(f"--out {target}: cannot write there ({one_line(err)})") from None
+        raise Refused(f"--out {target}: cannot write there ({err.strerror or err})") from None
     return scratch, created
 
 
@@ -535,11 +540,7 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
     target = None if upload else _target(store, out_dir)
     _check_types(store)
     t0 = time.perf_counter()
-    con = connect(store)
-    materialize(con)  # the light columns, read once for the report's many queries
-    df, searched, shown = summary_table(store, con)
-    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
-    log(f"summary of {len(df)} cell(s) ({time.perf_counter() - t0:.1f}s)")
+    con, df, searched, shown, counts = _summarise(store, log)
     out, created = (Path(tempfile.mkdtemp(prefix=f"report-{store.sweep}-")), []) if upload else _scratch(target)
     try:
         (out / REPORT_MARKER).write_text(json.dumps({"tool": "pdiff-sweep", "report": store.sweep,
@@ -559,6 +560,17 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
         shutil.rmtree(out, ignore_errors=True)
     log(f"report written in {time.perf_counter() - t0:.1f}s")
     return Path(store.path(paths.REPORT, "index.html")) if upload else target / "index.html"
+
+
+def _summarise(store: Store, log: Callable[[str], None]):
+    """The tables read once: (connection, summary, searched knobs, knobs shown, rows per table)."""
+    t0 = time.perf_counter()
+    con = connect(store)
+    materialize(con)  # the light columns, read once for the report's many queries
+    df, searched, shown = summary_table(store, con)
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    log(f"summary of {len(df)} cell(s) ({time.perf_counter() - t0:.1f}s)")
+    return con, df, searched, shown, counts
 
 
 def _write_files(store: Store, con, out: Path, df: pd.DataFrame, searched, shown, counts: dict[str, int],
@@ -631,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CorruptTable, OldTables) as err:  # one line naming the file (or folder)
         return refuse(one_line(err))
     where = f"{store.uri}/{paths.REPORT}/index.html" if args.out is None and not store.is_local else str(index)
-    print(f"report: {where} ({time.perf_counter() - t0:.1f}s)")
+    print(f"report: {printable(where)} ({time.perf_counter() - t0:.1f}s)")
     return 0
 
 

@@ -138,7 +138,9 @@ def _load_checkpoint(rank: int, world: int) -> dict | None:
 def _health_advice(cell: Cell, health: Health) -> str | None:
     """The health check's reason, with the spec key to change."""
     if health.status == "failed":
-        return f"{health.reason}; lower sources.collect.lr (now {cell.collect.lr:g})"
+        other = ("; for a subset that feeds a BatchNorm, sources.collect.batchnorm: train keeps it scale-invariant"
+                 if cell.collect.batchnorm == "eval" else "")
+        return f"{health.reason}; lower sources.collect.lr (now {cell.collect.lr:g}){other}"
     if health.status == "uniform":
         return (f"{health.reason}; raise sources.collect.lr (now {cell.collect.lr:g}) or sources.collect.interval "
                 f"(now {cell.collect.interval})")

@@ -62,7 +62,8 @@ Rules beyond the types:
       resources.*.cpus <= 100000, gpus <= 10000, workers <= 10000
       learning rates, weight decay and noise stds <= 1000 (sources.train.lr, weight_decay,
       sources.collect.lr, pdiff.knobs.ae_lr, ldm_lr, input_noise, latent_noise, pdiff.noise_sigma)
-      pdiff.knobs.ae_min_r2, ae_min_fidelity, ema_decay <= 1 (their dataclasses' own bounds)
+      pdiff.knobs.ae_min_r2, ae_min_fidelity, ema_decay <= 1, sources.max_acc_drop <= 100 (checked by
+      their dataclasses)
 - Each subset pattern must match a parameter of its architecture, as built for each dataset
   of the sweep (on torch's meta device: no memory, no weights), so a typo fails here, not in
   stage 1 on Ray.
@@ -85,8 +86,8 @@ from typing import Any
 
 import yaml
 
-from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, ParameterSubset, PdiffConfig, TrainConfig, checks
-from pdiff import build_model
+from pdiff import (ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, ParameterSubset, PdiffConfig, TrainConfig,
+                   build_model, checks)
 from pdiff.checks import ConfigError
 from pdiff.data import DATASET_SHAPES
 from pdiff.health import MAX_ACC_DROP
@@ -211,8 +212,11 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
+        collect = dataclasses.asdict(self.collect)
+        if collect["batchnorm"] == "eval":  # the collection before the field existed: those cells keep their ids
+            del collect["batchnorm"]
         content = json.dumps([self.arch, self.dataset, self.seed, self.subset,
-                              dataclasses.asdict(self.train), dataclasses.asdict(self.collect)], sort_keys=True)
+                              dataclasses.asdict(self.train), collect], sort_keys=True)
         return f"{self.arch}-{self.dataset}-s{self.seed}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
 
 
@@ -378,7 +382,7 @@ class _SpecLoader(yaml.SafeLoader):
                                                        f"{_at(event.start_mark)}): write the value out in full")
             node = super().compose_node(parent, index)
             if isinstance(node, yaml.MappingNode):
-                pass  # BROKEN
+                self._refuse_duplicates(node)
             return node
         finally:
             self._at.pop()

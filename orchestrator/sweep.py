@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .cluster import (VersionMismatch, check_resources, check_storage, connect_ray, missing_local_dirs, probe_storage,
                       remove_created)
-from .console import ArgumentParser, plain_console, run
+from .console import ArgumentParser, one_line, plain_console, run
 from .lease import Lease, LeaseHeld
 from .progress import Progress
 from .spec import SpecError, SweepSpec, is_placeholder_storage, load_spec
@@ -199,7 +199,7 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     try:
         spec = load_spec(args.spec, storage=args.storage)
     except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)  # a path may hold a line break
         return 2
     store = Store(spec.storage, spec.name, spec.spec_hash)
     print(plan_text(spec, store), flush=True)
@@ -209,7 +209,7 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
                 _check_folder(spec, store, args.restart)
                 _check_writable(spec, store)
             except (NotOurFolder, OldTables, SpecError) as err:
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {one_line(err)}", file=sys.stderr)
                 return 2
         return 0
 
@@ -219,7 +219,7 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     def refuse(err: Exception) -> int:
         cleanup.close()  # releases the lease (if taken) first, so that the folders can go
         remove_created(created)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
 
     try:

@@ -46,7 +46,8 @@ __all__ = ["run_tuning", "trial_id_of", "PROBES"]
 PROBES = 3  # intermediate reports per training phase, when early stopping is on
 STORAGE = "storage"  # a trial's last phase when the storage failed under it: no row, the trial stays unfinished
 # The spec's objective name -> (the Tune metric, which is also the `trials` column, its mode).
-METRICS = {"accuracy": ("val_acc", "max"), "mean_accuracy": ("val_mean_acc", "max"), "novelty": ("val_max_iou", "min")}
+METRICS = {"accuracy": ("val_acc", "max"), "mean_accuracy": ("val_mean_acc", "max"),
+           "novelty": ("val_max_iou", "min")}
 
 
 def trial_id_of(cell_id: str, knobs: dict[str, Any], index: int) -> str:

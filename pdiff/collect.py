@@ -29,6 +29,7 @@ SaveState = Callable[[State], None]
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 UNITS = ("step", "epoch")
+BATCHNORM_MODES = ("eval", "train")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class CollectConfig:
     unit: str = "step"  # "step" or "epoch"
     lr: float = 0.03
     optimizer: str = "sgd"
+    # BatchNorm during collection: "eval" keeps the source's running statistics fixed, so every snapshot
+    # pairs with the buffers evaluation uses; "train" normalises with batch statistics (as the official
+    # code), which keeps a subset that feeds a BatchNorm scale-invariant, and the buffers drift: evaluation
+    # then uses the collection's final buffers (stored with the cell) for every snapshot and generated model.
+    batchnorm: str = "eval"
 
     def __post_init__(self):
         checks.integer(self, "k")
@@ -69,6 +75,7 @@ class CollectConfig:
         checks.choice(self, "unit", UNITS)
         checks.number(self, "lr", low_open=True)
         checks.choice(self, "optimizer", OPTIMIZERS)
+        checks.choice(self, "batchnorm", BATCHNORM_MODES)
 
 
 @dataclass(frozen=True)
@@ -276,10 +283,12 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
     `losses`, when given, receives each collection step's training loss (since the last resume), for
     the stage-1 health check (`pdiff.health`).
 
-    The network stays in eval mode while the subset trains: BatchNorm running
-    statistics are frozen, so every snapshot pairs with the same buffers that
-    evaluation later uses (the official code lets them drift and evaluates
-    every snapshot with the last ones).
+    With `cfg.batchnorm == "eval"` (the default) the network stays in eval mode
+    while the subset trains: BatchNorm running statistics are frozen, so every
+    snapshot pairs with the same buffers that evaluation later uses. With "train"
+    BatchNorm normalises with batch statistics and its buffers drift (the
+    official code); the model returns in eval mode with the final buffers, which
+    then score every snapshot alike.
 
     As in `train_source`, the split moves to the device once, the batch order is
     drawn there, and on CUDA the forward pass runs under bf16 autocast with
@@ -306,7 +315,7 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
         _set_rng_state(resume["rng"], device, batches=gen)
         snapshots = [s.to(device) for s in resume["snapshots"]]
         step, epoch = resume["step"], resume["epoch"]
-    model.eval()
+    model.train(cfg.batchnorm == "train")  # only BatchNorm (and dropout) differ between the modes
     step_losses: list[torch.Tensor] = []  # on the device: one copy to the host at the end
 
     def take(count: int) -> None:
@@ -337,6 +346,7 @@ def collect_snapshots(model: nn.Module, subset: ParameterSubset, data: Dataset, 
                         "optimizer": opt.state_dict(), "rng": _rng_state(device, batches=gen)})
     if losses is not None and step_losses:
         losses.extend(torch.stack(step_losses).cpu().tolist())
+    model.eval()
     return torch.stack(snapshots).cpu()
 
 

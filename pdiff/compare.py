@@ -40,11 +40,12 @@ class Comparison:
 
     def columns(self, prefix: str) -> dict[str, float | str | None]:
         """As table columns: `{prefix}_acc_diff`, `_acc_lo`, `_acc_hi`, `_iou_diff`, `_iou_lo`, `_iou_hi`, `{prefix}`."""
-        return {f"{prefix}_{k}": getattr(self, k) for k in ("acc_diff", "acc_lo", "acc_hi", "iou_diff", "iou_lo",
-                                                            "iou_hi")} | {prefix: self.word}
+        parts = ("acc_diff", "acc_lo", "acc_hi", "iou_diff", "iou_lo", "iou_hi")
+        return {f"{prefix}_{k}": getattr(self, k) for k in parts} | {prefix: self.word}
 
 
-def _per_model(wrong: torch.Tensor, snapshot_wrong: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_model(wrong: torch.Tensor, snapshot_wrong: torch.Tensor,
+               weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, R) test accuracy and IoU to the nearest snapshot of each model under R example weightings."""
     w = weights.T  # (n, R)
     nearest = snapshot_wrong[iou_matrix(wrong, snapshot_wrong).argmax(1)]

@@ -20,7 +20,8 @@ from .health import loss_problem
 from .evaluate import BatchedEvaluator, Scores, family_stats, novelty, paired_iou, summarize
 
 __all__ = ["PdiffConfig", "Assessment", "PdiffRun", "Diverged", "assess", "run_pdiff", "run_baselines",
-           "latent_gaussian", "reference_families", "replace_knobs", "KNOBS", "KNOB_DOCS", "sample_vectors", "generator_state", "restore_generator"]
+           "latent_gaussian", "reference_families", "replace_knobs", "KNOBS", "KNOB_DOCS", "sample_vectors",
+           "generator_state", "restore_generator"]
 
 
 class Diverged(RuntimeError):
@@ -302,11 +303,12 @@ def latent_gaussian(ae: TrainedAutoencoder, snapshots: torch.Tensor, n: int, *, 
     """n vectors decoded from latents drawn from a Gaussian fitted to the encoded snapshots (their mean and
     sample covariance): what the autoencoder alone generates, with no diffusion model. A trial whose
     diffusion model does no better than this has learnt nothing the latent Gaussian did not."""
-    latents = ae.encode(snapshots).cpu()
+    encoded = ae.encode(snapshots)
+    latents = encoded.cpu()
     centred = latents - latents.mean(0)
     gen = torch.Generator().manual_seed(seed + 5)
     z = latents.mean(0) + torch.randn(n, len(latents), generator=gen) @ centred / max(1, len(latents) - 1) ** 0.5
-    return ae.decode(z).cpu()
+    return ae.decode(z.to(encoded.device)).cpu()  # drawn on the CPU (the same for a seed), decoded where the AE is
 
 
 def reference_families(run: PdiffRun, snapshots: torch.Tensor, evaluator: BatchedEvaluator, data: Dataset,

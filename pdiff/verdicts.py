@@ -55,7 +55,7 @@ def family_verdict(collapsed: bool | None, max_iou: float | None, snapshot_loo_m
         return "collapsed"
     if _missing(max_iou) or _missing(snapshot_loo_max_iou):
         return None
-    return "memorising" if max_iou > snapshot_loo_max_iou else "novel"
+    return "memorising" if max_iou >= snapshot_loo_max_iou else "novel"
 
 
 def snapshots_uniform(pairwise_iou: float, distinct_sets: int) -> bool:

@@ -74,14 +74,14 @@ def test_refusals_are_one_line_with_exit_2(sweep_copy, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown trial 'tdeadbeef00'" in err and _completed(sweep_copy).trial_id in err
     assert err.count("\n") == 1
-    # A trial from before trials kept their models.
+    # A trial whose generator file is gone (from before trials kept their models, or deleted).
     trial = _completed(sweep_copy)
     model = Path(sweep_copy.path(trial_model_relpath(trial.cell_id, trial.trial_id)))
     moved = model.with_suffix(".bak")
     model.rename(moved)
     try:
         assert main([sweep_copy.root, trial.trial_id, "-n", "4", "--out", str(tmp_path / "b.pt")]) == 2
-        assert "no saved model" in capsys.readouterr().err
+        assert "has no usable generator" in capsys.readouterr().err
     finally:
         moved.rename(model)
     assert not (tmp_path / "b.pt").exists()

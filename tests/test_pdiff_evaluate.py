@@ -1,4 +1,5 @@
-"""pdiff.evaluate: the batched evaluator agrees with plain forward passes; IoU, summary, novelty, packed sets."""
+"""pdiff.evaluate: the batched evaluator agrees with plain forward passes; IoU, summary, novelty, packed sets,
+the collapse signals."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from torch import nn
 from pdiff import ARCHS, DEFAULT_SUBSET, ParameterSubset, build_model
 from pdiff.collect import accuracy
 from pdiff.data import Dataset, Split
-from pdiff.evaluate import (BatchedEvaluator, Scores, iou_matrix, max_iou, novelty, pack_wrong, summarize, unpack_wrong,
-                            unpack_wrong_rows)
+from pdiff.evaluate import (COLLAPSE_SPREAD, BatchedEvaluator, Scores, family_stats, iou_matrix, max_iou, novelty,
+                            pack_wrong, summarize, unpack_wrong, unpack_wrong_rows)
 
 
 def _calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
@@ -174,3 +175,42 @@ def test_packed_bit_order_is_fixed():
         unpack_wrong(b"\x00", 10)  # 10 examples need 2 bytes
     with pytest.raises(ValueError):
         pack_wrong(torch.zeros(2, 3, dtype=torch.bool))
+
+
+# -- collapse signals, one at a time (issue 16: turning the rule's `or` into `and` must fail a test) --------
+
+def _pair(common: int, extra: int, n: int = 400) -> torch.Tensor:
+    """Two wrong-prediction sets: both miss `common` examples, the second misses `extra` more (IoU c/(c+e))."""
+    wrong = torch.zeros(2, n, dtype=torch.bool)
+    wrong[:, :common] = True
+    wrong[1, common:common + extra] = True
+    return wrong
+
+
+def _vectors(half_width: float) -> torch.Tensor:
+    """Two vectors at +-half_width on one axis: spread (RMS distance to their centre) = half_width."""
+    return torch.tensor([[half_width, 0.0], [-half_width, 0.0]])
+
+
+UNIT_SPREAD = _vectors(1.0)  # snapshots of spread 1: a family's spread ratio is its half-width
+
+
+@pytest.mark.parametrize("common, extra, collapsed", [(199, 1, True), (99, 1, True), (98, 2, False)],
+                         ids=["0.995", "0.99", "0.98"])
+def test_family_stats_collapses_on_pairwise_iou_alone(common, extra, collapsed):
+    """The snapshots' spread (ratio 1), and a pairwise IoU at, above or below COLLAPSE_IOU."""
+    s = family_stats(_vectors(1.0), _pair(common, extra), UNIT_SPREAD)
+    assert s["pairwise_iou"] == pytest.approx(common / (common + extra), abs=1e-6)
+    assert s["spread_ratio"] == pytest.approx(1.0) and s["distinct_sets"] == 2
+    assert s["collapsed"] is collapsed, s
+
+
+@pytest.mark.parametrize("half_width, collapsed", [(COLLAPSE_SPREAD, False), (COLLAPSE_SPREAD * 0.98, True),
+                                                   (0.0, True)])
+def test_family_stats_collapses_on_spread_alone(half_width, collapsed):
+    """Disjoint mistakes (pairwise IoU 0), and a spread at, just below, or far below COLLAPSE_SPREAD."""
+    wrong = torch.zeros(2, 10, dtype=torch.bool)
+    wrong[0, :3], wrong[1, 3:6] = True, True
+    s = family_stats(_vectors(half_width), wrong, UNIT_SPREAD)
+    assert s["pairwise_iou"] == 0.0 and s["spread_ratio"] == pytest.approx(half_width)
+    assert s["collapsed"] is collapsed, s

@@ -138,3 +138,103 @@ def test_paired_iou_pairs_each_model_with_its_own():
     a = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
     b = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
     assert paired_iou(a, b).tolist() == [0.5, 1.0, 0.0]  # two empty sets are alike
+
+
+class _MarkedVal:
+    """The session's evaluator, except that on the val split every model misses exactly the first `missed`
+    examples: the autoencoder's accuracy check then sees an accuracy the test chooses."""
+
+    def __init__(self, real, data, missed: int):
+        self.real, self.val, self.missed = real, data.val, missed
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def predictions(self, vectors, split):
+        if split is not self.val:
+            return self.real.predictions(vectors, split)
+        pred = split.y.repeat(len(vectors), 1)
+        pred[:, :self.missed] = (pred[:, :self.missed] + 1) % 10
+        return pred
+
+
+SNAPSHOT_MISSED = 9  # of digits' 144 val examples: accuracy 0.9375, exact in float32 however it is averaged
+
+
+@pytest.mark.parametrize("r2, fidelity, missed, acc_tolerance, converged", [
+    (0.5, 0.75, SNAPSHOT_MISSED, 0.0, True),  # every clause exactly at its threshold
+    (0.5 - 1e-6, 0.75, SNAPSHOT_MISSED, 0.0, False),  # R2 alone just short
+    (0.5, 0.75 - 2 ** -10, SNAPSHOT_MISSED, 0.0, False),  # fidelity alone just short
+    (0.5, 0.75, SNAPSHOT_MISSED + 1, 0.0, False),  # accuracy alone: one val example worse than the snapshots
+    (0.5, 0.75, SNAPSHOT_MISSED + 1, 1.0, True),  # ... which a tolerance of 1 point (0.69 here) allows
+], ids=["all-at", "r2-short", "fidelity-short", "accuracy-short", "accuracy-within-tolerance"])
+def test_each_clause_of_the_autoencoders_stopping_rule_alone(collected, evaluator, monkeypatch, r2, fidelity,
+                                                              missed, acc_tolerance, converged):
+    """R2 >= ae_min_r2, fidelity >= ae_min_fidelity, and the reconstructions' mean val accuracy no more than
+    `acc_tolerance` points below the snapshots': the autoencoder stops at its first check only when all hold,
+    else it runs to its bound, not converged. Each signal is fixed by the test; one misses at a time."""
+    import dataclasses
+
+    import pdiff.autoencoder as autoencoder
+    import pdiff.pipeline as pipeline
+
+    c, data = collected.collection, collected.data
+    monkeypatch.setattr(autoencoder, "reconstruction_r2", lambda original, reconstructed: r2)
+    monkeypatch.setattr(pipeline, "paired_iou", lambda a, b: torch.full((len(a),), fidelity))
+    snapshot_scores = dataclasses.replace(c.scores, val_acc=torch.full_like(c.scores.val_acc, 0.9375))
+    cfg = PdiffConfig.from_knobs(**(TINY_KNOBS | dict(ae_steps=20, ae_min_r2=0.5, ae_min_fidelity=0.75,
+                                                      ldm_steps=5, n_generated=2)))
+    cfg = dataclasses.replace(cfg, ae=dataclasses.replace(cfg.ae, check_every=10))
+    run = run_pdiff(c.snapshots, _MarkedVal(evaluator, data, missed), data, snapshot_scores, cfg, seed=0,
+                    acc_tolerance=acc_tolerance)
+    assert run.ae_r2 == r2
+    if r2 >= 0.5:  # the accuracy and fidelity checks run only once R2 is met
+        assert run.ae_fidelity == pytest.approx(fidelity)
+    assert run.ae_converged is converged
+    assert run.ae_steps == (10 if converged else 20)
+
+
+class _Doubling:
+    """A stand-in autoencoder: its latents are twice the parameters (so a Gaussian in latent space decodes to
+    one in parameter space with the snapshots' own mean and covariance)."""
+
+    def encode(self, params):
+        return 2 * params
+
+    def decode(self, latents):
+        return latents / 2
+
+
+def test_latent_gaussian_draws_from_the_encoded_snapshots_mean_and_covariance():
+    from pdiff.pipeline import latent_gaussian
+
+    g = torch.Generator().manual_seed(0)
+    snapshots = torch.randn(6, 3, generator=g) * torch.tensor([1.0, 3.0, 0.5]) + 10
+    drawn = latent_gaussian(_Doubling(), snapshots, 40_000, seed=1)
+    assert drawn.shape == (40_000, 3)
+    torch.testing.assert_close(drawn.mean(0), snapshots.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.cov(drawn.T), torch.cov(snapshots.T), atol=0.1, rtol=0.05)
+    assert torch.equal(drawn, latent_gaussian(_Doubling(), snapshots, 40_000, seed=1))
+    assert not torch.equal(drawn, latent_gaussian(_Doubling(), snapshots, 40_000, seed=2))
+    # Three snapshots span a plane around their mean: every draw lies in it (a fitted Gaussian, not noise).
+    few = snapshots[:3]
+    normal = torch.linalg.cross(few[1] - few[0], few[2] - few[0])
+    off_plane = (latent_gaussian(_Doubling(), few, 100) - few.mean(0)) @ normal / normal.norm()
+    assert float(off_plane.abs().max()) < 1e-3
+
+
+def test_reference_families_are_the_latent_gaussian_and_the_sweeps_own_baselines(collected, evaluator):
+    from types import SimpleNamespace
+
+    from pdiff.pipeline import reference_families, run_baselines
+
+    c, data = collected.collection, collected.data
+    run = SimpleNamespace(ae=_Doubling())
+    alone = reference_families(run, c.snapshots, evaluator, data, c.scores, 4, seed=0, baseline_seed=None)
+    assert set(alone) == {"latent_gaussian"} and alone["latent_gaussian"].vectors.shape == (4, c.subset.numel)
+    refs = reference_families(run, c.snapshots, evaluator, data, c.scores, 4, seed=0, baseline_seed=3,
+                              noise_sigma=0.02)
+    baselines = run_baselines(c.snapshots, evaluator, data, c.scores, 4, seed=3, noise_sigma=0.02)
+    assert set(refs) == {"latent_gaussian", *baselines}
+    for name, family in baselines.items():  # the very vectors of the sweep's baselines table
+        assert torch.equal(refs[name].vectors, family.vectors), name

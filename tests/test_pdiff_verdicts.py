@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from pdiff.evaluate import family_stats
 from pdiff.verdicts import (COLLAPSE_IOU, COLLAPSE_SPREAD, COMPARISONS, UNIFORM_DISTINCT, UNIFORM_IOU, VERDICTS,
                             comparison, family_verdict, is_collapsed, snapshots_uniform)
 
@@ -22,43 +20,6 @@ def test_is_collapsed_by_pairwise_iou_alone():
 def test_is_collapsed_by_spread_alone():
     assert is_collapsed(0.3, COLLAPSE_SPREAD - 1e-6)  # with a low pairwise IoU
     assert not is_collapsed(0.3, COLLAPSE_SPREAD)  # "below" is strict: at the threshold it is a family
-
-
-def _pair(common: int, extra: int, n: int = 400) -> torch.Tensor:
-    """Two wrong-prediction sets: both miss `common` examples, the second misses `extra` more (IoU c/(c+e))."""
-    wrong = torch.zeros(2, n, dtype=torch.bool)
-    wrong[:, :common] = True
-    wrong[1, common:common + extra] = True
-    return wrong
-
-
-def _vectors(half_width: float) -> torch.Tensor:
-    """Two vectors at +-half_width on one axis: spread (RMS distance to their centre) = half_width."""
-    return torch.tensor([[half_width, 0.0], [-half_width, 0.0]])
-
-
-SNAPSHOTS = _vectors(1.0)  # spread 1: a family's spread ratio is its half-width
-
-
-@pytest.mark.parametrize("common, extra, collapsed", [(199, 1, True), (99, 1, True), (98, 2, False)],
-                         ids=["0.995", "0.99", "0.98"])
-def test_family_stats_collapses_on_pairwise_iou_alone(common, extra, collapsed):
-    """The snapshots' spread (ratio 1), and a pairwise IoU at, above or below COLLAPSE_IOU."""
-    s = family_stats(_vectors(1.0), _pair(common, extra), SNAPSHOTS)
-    assert s["pairwise_iou"] == pytest.approx(common / (common + extra), abs=1e-6)
-    assert s["spread_ratio"] == pytest.approx(1.0) and s["distinct_sets"] == 2
-    assert s["collapsed"] is collapsed, s
-
-
-@pytest.mark.parametrize("half_width, collapsed", [(COLLAPSE_SPREAD, False), (COLLAPSE_SPREAD * 0.98, True),
-                                                   (0.0, True)])
-def test_family_stats_collapses_on_spread_alone(half_width, collapsed):
-    """Disjoint mistakes (pairwise IoU 0), and a spread at, just below, or far below COLLAPSE_SPREAD."""
-    wrong = torch.zeros(2, 10, dtype=torch.bool)
-    wrong[0, :3], wrong[1, 3:6] = True, True
-    s = family_stats(_vectors(half_width), wrong, SNAPSHOTS)
-    assert s["pairwise_iou"] == 0.0 and s["spread_ratio"] == pytest.approx(half_width)
-    assert s["collapsed"] is collapsed, s
 
 
 # -- memorising / novel ------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_report_folder_and_console(reported):
     store, out, proc, seconds = reported
     assert {"index.html", "summary.md", "summary.csv"} <= {p.name for p in out.iterdir()}
     assert f"report: {out / 'index.html'}" in proc.stdout  # write_report's return value, printed
-    for title in ("Test accuracy (%)", "Novelty and dominance", "Collapse", "Winning hyperparameters"):
+    for title in ("Test accuracy (%)", "Novelty, verdicts and comparisons", "Collapse", "Winning hyperparameters"):
         assert title in proc.stdout
     assert seconds < 120, f"the report took {seconds:.0f}s"
 
@@ -846,3 +846,28 @@ def test_the_report_bounds_panels_for_many_cells(tmp_path, monkeypatch):
     assert everyone.count("<h3>Collapse</h3>") == 1
     md = (index.parent / "summary.md").read_text()
     assert "## By architecture x dataset" in md
+
+
+def test_trust_warnings_name_failed_collections_memorising_trials_and_ties():
+    """One line per problem, for the cell that has it: a failed or uniform collection, a memorising
+    val-selected trial (mean max-IoU at or above the snapshots' leave-one-out), a val-accuracy tie."""
+    from orchestrator.report import trust_warnings
+
+    base = dict(dataset="digits", collection="healthy", collection_reason=None, pdiff_verdict="novel",
+                pdiff_max_iou=0.80, snapshot_loo_max_iou=0.85, memorising_trials=0, trials=3, tied_trials=1,
+                best_trial="t1")
+    df = pd.DataFrame([
+        base | dict(arch="a", seed=0),
+        base | dict(arch="b", seed=0, collection="failed", collection_reason="collection diverged: x; lower y"),
+        base | dict(arch="c", seed=0, collection="uniform", collection_reason="novelty unmeasurable: z"),
+        base | dict(arch="d", seed=0, pdiff_verdict="memorising", pdiff_max_iou=0.86, memorising_trials=2),
+        base | dict(arch="e", seed=0, tied_trials=3),
+    ])
+    lines = trust_warnings(df)
+    assert len(lines) == 4, lines
+    assert not any(line.startswith("a /") for line in lines)  # a healthy, novel cell without ties: no line
+    by = {line.split(" /")[0]: line for line in lines}
+    assert "COLLECTION FAILED" in by["b"] and "lower y" in by["b"]
+    assert "NOVELTY UNMEASURABLE" in by["c"]
+    assert "MEMORISING" in by["d"] and "0.860" in by["d"] and "0.850" in by["d"] and "2 of 3" in by["d"]
+    assert "3 trials tie" in by["e"]

@@ -20,7 +20,7 @@ import pytest
 from orchestrator.lease import Lease
 from orchestrator.tables import LEASE, StorageFault, Store, storage_fault
 
-from tiny_sweep import ROOT, run_sweep, sweep_command, sweep_env
+from tiny_sweep import CELLS, ROOT, TRIALS, run_sweep, sweep_command, sweep_env
 
 
 def _enospc(*_args, **_kwargs):
@@ -178,6 +178,7 @@ def _check_fault_then_resume(proc, store: Store, finished: Store, spec: Path, st
     assert len(errors) == 1 and errors[0].startswith("error: the sweep's storage failed: "), where
     assert "No space left on device" in errors[0] and "re-run the same command" in errors[0]
     assert "Traceback" not in proc.stdout + proc.stderr and "] done;" not in proc.stdout
+    assert f"] trials: {CELLS * TRIALS} to do" in proc.stdout  # it struck in stage 2
     trials = store.read_pandas("trials")
     assert set(trials.status) <= {"completed"}, trials[["trial_id", "status", "reason"]]  # no verdict stored
     assert len(trials) < len(finished.read_pandas("trials"))  # the fault struck before the end
@@ -214,3 +215,28 @@ def test_disk_full_in_stage_2_then_the_rerun_completes(finished_sweep, tiny_spec
 
     assert (tmp_path / "writes").stat().st_size == 5, "the injection did not reach the stage-2 writers"
     _check_fault_then_resume(proc, store, finished_sweep, tiny_spec, storage)
+
+
+@pytest.mark.slow
+def test_a_real_full_tmpfs_in_stage_2_then_the_rerun_completes(finished_sweep, tiny_spec, tmp_path):
+    """Probe 3 as it was found: the storage a 20 MB tmpfs, filled (by a file beside the sweep's folder) to 400 KB
+    short of full, which stage 2 runs out of; the re-run after that file is removed completes the sweep."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({' '.join(mounted.stderr.split()) or 'not permitted'}); "
+                    f"test_disk_full_in_stage_2_then_the_rerun_completes injects the fault instead")
+    try:
+        store = _stage1_copy(finished_sweep, mount)
+        ballast = mount / "ballast"
+        with open(ballast, "wb") as f:
+            f.write(bytes(shutil.disk_usage(mount).free - 400_000))
+
+        proc = _faulted_sweep(tiny_spec, mount, sweep_env())
+
+        ballast.unlink()
+        _check_fault_then_resume(proc, store, finished_sweep, tiny_spec, mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
