@@ -146,9 +146,7 @@ def _out_path(store: Store, out: str) -> str:
     return path
 
 
-def _rows(trial_id: str, seed: int, vectors: torch.Tensor) -> "pa.Table":
-    import pyarrow as pa
-
+def _rows(trial_id: str, seed: int, vectors: torch.Tensor) -> pa.Table:
     n, width = vectors.shape
     params = pa.ListArray.from_arrays(pa.array(range(0, n * width + 1, width), pa.int32()),
                                       pa.array(vectors.numpy().reshape(-1)))  # list<float32>, no Python floats
@@ -159,7 +157,6 @@ def _write(store: Store, out: str | None, trial_id: str, seed: int, vectors: tor
            scratch: str | None = None) -> str:
     """Write the vectors to `<sweep>/generated_more/...` (out None) or to `out` through `scratch`, a file
     beside it made before sampling (so that an unwritable folder is refused before the work)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if out is None:  # under the sweep, through the store (local or object storage)

@@ -33,8 +33,14 @@ The summary table, one row per cell, is one DuckDB query over the tables
   A collapsed val-selected trial is also named above the tables and marked in the figures.
 
 Exit status: 0 done, 2 no sweep tables at RESULTS_DIR, an unreadable table file (one line
-naming the file) or tables of another schema version (one line naming the folder). Trials that did not complete (failed, stopped) are left out of every number and
-figure; the summary counts the failed ones (`failed_trials`).
+naming the file), tables of another schema version (one line naming the folder), a column stored
+with another type than its declaration (naming the table, the column and the file), or an `--out`
+that cannot hold the report: a file, a link, a place inside the sweep's folder other than its
+`report/`, or a folder holding files that is not a report of this sweep (a report carries
+`_report.json` naming its sweep). Nothing is created before a refusal; the report is written into
+a new folder beside its place and renamed into it once complete.
+
+Trials that did not complete (failed, stopped) are left out of every number and figure; the summary counts the failed ones (`failed_trials`).
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -228,8 +233,8 @@ def trust_warnings(df: pd.DataFrame) -> list[str]:
         elif collection == "uniform":
             out.append(f"{cell}: NOVELTY UNMEASURABLE: {r.collection_reason}")
         if getattr(r, "pdiff_verdict", None) == "memorising":
-            out.append(f"{cell}: the val-selected trial {getattr(r, 'best_trial', '')} is MEMORISING: its models' "
-                       f"mean max-IoU to "
+            trial = f" {r.best_trial}" if isinstance(getattr(r, "best_trial", None), str) else ""
+            out.append(f"{cell}: the val-selected trial{trial} is MEMORISING: its models' mean max-IoU to "
                        f"the snapshots {_fmt('pdiff_max_iou', r.pdiff_max_iou)} is at or above the snapshots' own "
                        f"{_fmt('snapshot_loo_max_iou', r.snapshot_loo_max_iou)} (each to the others); "
                        f"{_fmt('memorising_trials', r.memorising_trials)} of {_fmt('trials', r.trials)} completed "
@@ -532,7 +537,7 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
 
     `out_dir` defaults to `<sweep>/report/`. The report is written into a new folder beside it and renamed into
     place once complete, so no half-written report is ever there; for a sweep on an object store it is built in
-    a local temporary folder and copied to `<sweep>/report/`. Raises Refused (one line) for an `out_dir` that
+    a local temporary folder (whose index.html is returned) and copied to `<sweep>/report/`. Raises Refused (one line) for an `out_dir` that
     is not a report folder of this sweep (`_target`) or tables whose columns are mistyped.
     """
     log = log or (lambda s: None)
@@ -556,10 +561,8 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
         shutil.rmtree(out, ignore_errors=True)
         _remove(created)
         raise
-    if upload:
-        shutil.rmtree(out, ignore_errors=True)
     log(f"report written in {time.perf_counter() - t0:.1f}s")
-    return Path(store.path(paths.REPORT, "index.html")) if upload else target / "index.html"
+    return out / "index.html" if upload else target / "index.html"
 
 
 def _summarise(store: Store, log: Callable[[str], None]):
