@@ -192,8 +192,8 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
     print(f"   targets (p-diff, {args.normalize[0]}):")
     for text, ok in targets:
         print(f"     {mark(ok):<6} {text}")
-    print(f"   A - B, 95% paired-bootstrap intervals over test examples (a side counts only when its interval "
-          f"excludes 0; max-IoU < 0: A more novel):")
+    print("   A - B, 95% paired-bootstrap intervals over test examples (a side counts only when its interval "
+          "excludes 0; max-IoU < 0: A more novel):")
     print(f"   {'A':<26}{'B':<26}{'mean acc (pp)':<26}{'mean max-IoU':<28}word")
     for a, b, c in compared:
         print(f"   {a:<26}{b:<26}{_interval(c.acc_diff, c.acc_lo, c.acc_hi, '+.2f'):<26}"

@@ -29,7 +29,7 @@ from orchestrator import explain, generate, report
 from orchestrator import sweep as sweep_cli
 from orchestrator.report import REPORT_MARKER
 
-from tiny_sweep import TINY
+from tiny_sweep import TINY, tree_state
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = dict(max_examples=300, deadline=None, database=None,
@@ -109,14 +109,6 @@ def area(finished_sweep, tmp_path_factory) -> Path:
     return area
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every entry under `root` (links not followed) with its size and mtime."""
-    found = {}
-    for folder, dirs, names in os.walk(root):
-        for n in dirs + names:
-            st_ = os.lstat(os.path.join(folder, n))
-            found[os.path.relpath(os.path.join(folder, n), root)] = (st_.st_size, st_.st_mtime_ns)
-    return found
 
 
 def _weird(area: Path) -> st.SearchStrategy[str]:
@@ -169,20 +161,20 @@ def call(main: Callable, argv: list[str], cwd: Path) -> tuple[int, str, str]:
 def check(area: Path, main: Callable, argv: list[str], own: str | None = None) -> int:
     """Run one example and check the rules; then put the outside folders back as they were. `own`: the
     command's own folder in the sweep (the report's `report/`), which only a run that exits 0 may write."""
-    sweep_before, before = snapshot(area / "results"), snapshot(area)
+    sweep_before, before = tree_state(area / "results"), tree_state(area)
     code, out, err = call(main, argv, area / "new")
     event(f"exit {code}")
     try:
         assert code in (0, 2), (argv, code, out, err)
         assert "Traceback" not in err and "\x1b" not in out + err, (argv, err)
-        after = snapshot(area / "results")
+        after = tree_state(area / "results")
         if code == 0 and own:  # its own folder, and the time its parent folder changed
             after = {k: v for k, v in after.items() if k != own and not k.startswith(own + os.sep)}
             after[os.path.dirname(own)] = sweep_before[os.path.dirname(own)]
         assert after == sweep_before, argv  # nothing inside the sweep, ever
         if code == 2:
             assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
-            assert snapshot(area) == before, argv  # nothing created or changed anywhere before a refusal
+            assert tree_state(area) == before, argv  # nothing created or changed anywhere before a refusal
         else:
             assert err == "", (argv, err)
             assert (area / "outside" / "site" / "index.html").read_text() == "<p>mine</p>", argv

@@ -3,7 +3,6 @@ before any file or folder is made; a good `--out` gets the vectors and nothing b
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+
+from tiny_sweep import tree_state
 
 from orchestrator import generate
 from orchestrator.generate import MAX_N, main
@@ -30,13 +31,6 @@ def trial(sweep_copy) -> str:
     return trials[trials.status == "completed"].trial_id.iloc[0]
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    found = {}
-    for folder, dirs, names in os.walk(root):
-        for n in dirs + names:
-            st = os.lstat(os.path.join(folder, n))
-            found[os.path.relpath(os.path.join(folder, n), root)] = (st.st_size, st.st_mtime_ns)
-    return found
 
 
 def status(argv: list[str]) -> int:
@@ -79,22 +73,22 @@ def test_bad_arguments_are_one_line_before_any_work(sweep_copy, trial, tmp_path,
     monkeypatch.setattr(generate, "sample_vectors", no_work)
     if not torch.cuda.is_available():  # probe 14's own case: --device cuda on a machine without a GPU
         args = ["--device", "cuda"] if args == ["--device", "cuda:97"] else args
-    before, sweep = snapshot(tmp_path), snapshot(Path(sweep_copy.root))
+    before, sweep = tree_state(tmp_path), tree_state(Path(sweep_copy.root))
     assert status([sweep_copy.root, trial, *args]) == 2
     out, err = capsys.readouterr()
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert words in err, err
-    assert snapshot(tmp_path) == before and snapshot(Path(sweep_copy.root)) == sweep
+    assert tree_state(tmp_path) == before and tree_state(Path(sweep_copy.root)) == sweep
 
 
 def test_an_out_inside_the_sweep_is_refused(sweep_copy, trial, capsys, monkeypatch):
     monkeypatch.setattr(generate, "sample_vectors", no_work)
-    before = snapshot(Path(sweep_copy.root))
+    before = tree_state(Path(sweep_copy.root))
     for out in (sweep_copy.path("trials", "x.parquet"), sweep_copy.path("x.pt")):
         assert main([sweep_copy.root, trial, "--out", out]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "inside the sweep's folder" in err, err
-    assert snapshot(Path(sweep_copy.root)) == before
+    assert tree_state(Path(sweep_copy.root)) == before
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".pt"])

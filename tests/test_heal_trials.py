@@ -21,23 +21,14 @@ from orchestrator.feedback import RunRecord, runs_frame
 from orchestrator.generate import main as generate_main
 from orchestrator.heal import reconcile
 from orchestrator.lease import Lease
-from orchestrator.spec import load_spec
 from orchestrator.summary import connect
 from orchestrator.tables import LEASE, Store
 from orchestrator.tuning import _finished_trials
 
-from tiny_sweep import CELLS, TRIALS
+from tiny_sweep import CELLS, TRIALS, copy_sweep, truncate
 
 
-def _copy(finished: Store, tiny_spec: Path, dest: Path):
-    shutil.copytree(finished.root, dest / "tiny", ignore=shutil.ignore_patterns("_ray", "report", "_lease*"))
-    spec = load_spec(tiny_spec, storage=str(dest))
-    return spec, Store(spec.storage, spec.name, spec.spec_hash)
 
-
-def _truncate(path: str) -> None:
-    data = Path(path).read_bytes()
-    Path(path).write_bytes(data[: len(data) // 2])
 
 
 def _completed(store: Store) -> list[tuple[str, str]]:
@@ -49,7 +40,7 @@ def _completed(store: Store) -> list[tuple[str, str]]:
 
 def test_missing_generators_rerun_their_trials(finished_sweep, tiny_spec, tmp_path):
     """Probe 4: `rm -rf <sweep>/models/trials`: every completed trial is re-run, each with a `heal:` line."""
-    spec, store = _copy(finished_sweep, tiny_spec, tmp_path)
+    spec, store = copy_sweep(finished_sweep, tiny_spec, tmp_path)
     done = _completed(store)
     assert len(done) == CELLS * TRIALS
     shutil.rmtree(store.path("models", "trials"))
@@ -71,10 +62,10 @@ def test_missing_generators_rerun_their_trials(finished_sweep, tiny_spec, tmp_pa
 
 
 def test_unloadable_generator_reruns_its_trial_only(finished_sweep, tiny_spec, tmp_path):
-    spec, store = _copy(finished_sweep, tiny_spec, tmp_path)
+    spec, store = copy_sweep(finished_sweep, tiny_spec, tmp_path)
     (cell_id, bad), (_, good) = _completed(store)[:2]
     model = paths.trial_model(cell_id, bad)
-    _truncate(store.path(model))
+    truncate(store.path(model))
     lines: list[str] = []
 
     reconcile(spec, store, lines.append)
@@ -94,7 +85,7 @@ def test_generate_says_what_is_wrong_with_the_generator_in_one_line(finished_swe
     store = Store(str(tmp_path), "tiny")
     cell_id, trial_id = _completed(store)[0]
     model = store.path(paths.trial_model(cell_id, trial_id))
-    {"delete": os.remove, "truncate": _truncate,
+    {"delete": os.remove, "truncate": truncate,
      "folder": lambda p: shutil.rmtree(store.path("models", "trials"))}[damage](model)
 
     assert generate_main([store.root, trial_id, "-n", "2"]) == 2

@@ -25,23 +25,15 @@ import yaml
 from orchestrator.heal import reconcile
 from orchestrator.sources import model_relpath, pending_cells, scores_relpath
 from orchestrator.spec import load_spec
-from orchestrator.tables import TABLES, CorruptTable, Store
+from orchestrator.tables import CorruptTable, Store
 
-from tiny_sweep import CELLS, TINY, TRIALS, run_sweep
+from tiny_sweep import TINY, copy_sweep, run_sweep, truncate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _copy(finished: Store, tiny_spec: Path, dest: Path):
-    """A copy of the finished tiny sweep (tables and models, not Ray's run folders), its spec and store."""
-    shutil.copytree(finished.root, dest / "tiny", ignore=shutil.ignore_patterns("_ray", "report", "_lease*"))
-    spec = load_spec(tiny_spec, storage=str(dest))
-    return spec, Store(spec.storage, spec.name, spec.spec_hash)
 
 
-def _truncate(path: str) -> None:
-    data = Path(path).read_bytes()
-    Path(path).write_bytes(data[: len(data) // 2])
 
 
 def _quarantined(store: Store) -> list[str]:
@@ -59,25 +51,25 @@ PROBES = {
     # name: (damage(store, cell0, cell1), cells stage 1 re-runs, trial rows left, must be in quarantine)
     "nothing": (lambda s, a, b: None, set(), 6, []),
     "checkpoints folder deleted": (lambda s, a, b: shutil.rmtree(s.path("checkpoints")), {0, 1}, 0, []),
-    "checkpoints file truncated": (lambda s, a, b: _truncate(s.path("checkpoints", a, "snapshots.parquet")), {0}, 3,
+    "checkpoints file truncated": (lambda s, a, b: truncate(s.path("checkpoints", a, "snapshots.parquet")), {0}, 3,
                                    ["checkpoints/{a}/snapshots.parquet"]),
     "generated folder deleted": (lambda s, a, b: shutil.rmtree(s.path("generated")), set(), 0, []),
-    "generated file truncated": (lambda s, a, b: _truncate(s.files("generated", b)[0]), set(), 5,
+    "generated file truncated": (lambda s, a, b: truncate(s.files("generated", b)[0]), set(), 5,
                                  ["generated/{b}/{g0}"]),
     "generated file short": (lambda s, a, b: pq.write_table(pq.read_table(s.files("generated", b)[0]).slice(0, 3),
                                                             s.files("generated", b)[0]), set(), 5,
                              ["generated/{b}/{g0}"]),
     "models folder deleted": (lambda s, a, b: shutil.rmtree(s.path("models")), {0, 1}, 0, []),
-    "model weights truncated": (lambda s, a, b: _truncate(s.path(model_relpath(a))), {0}, 3, [model_relpath("{a}")]),
+    "model weights truncated": (lambda s, a, b: truncate(s.path(model_relpath(a))), {0}, 3, [model_relpath("{a}")]),
     "snapshot scores deleted": (lambda s, a, b: os.remove(s.path(scores_relpath(b))), {1}, 3, []),
-    "snapshot scores truncated": (lambda s, a, b: _truncate(s.path(scores_relpath(b))), {1}, 3,
+    "snapshot scores truncated": (lambda s, a, b: truncate(s.path(scores_relpath(b))), {1}, 3,
                                   [scores_relpath("{b}")]),
-    "trials file truncated": (lambda s, a, b: _truncate(s.files("trials", a)[0]), set(), 5,
+    "trials file truncated": (lambda s, a, b: truncate(s.files("trials", a)[0]), set(), 5,
                               ["trials/{a}/{t0}", "generated/{a}/{t0}"]),
-    "sources file truncated": (lambda s, a, b: _truncate(s.path("sources", a, "source.parquet")), {0}, 3,
+    "sources file truncated": (lambda s, a, b: truncate(s.path("sources", a, "source.parquet")), {0}, 3,
                                ["sources/{a}/source.parquet"]),
     "sources file deleted": (lambda s, a, b: os.remove(s.path("sources", a, "source.parquet")), {0}, 3, []),
-    "baselines file truncated": (lambda s, a, b: _truncate(s.path("baselines", b, "baselines.parquet")), set(), 6,
+    "baselines file truncated": (lambda s, a, b: truncate(s.path("baselines", b, "baselines.parquet")), set(), 6,
                                  ["baselines/{b}/baselines.parquet"]),
     "baselines file short": (lambda s, a, b: pq.write_table(pq.read_table(s.path("baselines", b, "baselines.parquet"))
                                                             .slice(0, 5), s.path("baselines", b, "baselines.parquet")),
@@ -87,7 +79,7 @@ PROBES = {
 
 @pytest.mark.parametrize("probe", list(PROBES))
 def test_reconcile_quarantines_and_schedules_rebuild(probe, finished_sweep, tiny_spec, tmp_path):
-    spec, store = _copy(finished_sweep, tiny_spec, tmp_path)
+    spec, store = copy_sweep(finished_sweep, tiny_spec, tmp_path)
     a, b = (c.cell_id for c in spec.cells)
     names = {"a": a, "b": b, "g0": os.path.basename(store.files("generated", b)[0]),
              "t0": os.path.basename(store.files("trials", a)[0])}
@@ -139,7 +131,7 @@ def test_quarantine_never_overwrites(tmp_path):
 def test_corrupt_message_says_what_happens(tmp_path):
     store = Store(str(tmp_path), "s")
     store.write("trials", "c", "t", [{"trial_id": "t"}])
-    _truncate(store.files("trials")[0])
+    truncate(store.files("trials")[0])
     with pytest.raises(CorruptTable) as info:
         store.read("trials")
     assert "quarantine" in str(info.value) and "will be run again" not in str(info.value)
@@ -172,15 +164,15 @@ def test_damaged_sweep_rebuilds_to_clean_counts(finished_sweep, tiny_spec, tmp_p
     truncated baselines file (re-run)."""
     from test_sweep_e2e import _keys
 
-    spec, store = _copy(finished_sweep, tiny_spec, tmp_path)
+    spec, store = copy_sweep(finished_sweep, tiny_spec, tmp_path)
     a, b = (c.cell_id for c in spec.cells)
-    _truncate(store.path(model_relpath(a)))
+    truncate(store.path(model_relpath(a)))
     gen_b = store.files("generated", b)
     os.remove(gen_b[0])
     trials_b = store.files("trials", b)
     lost_trial = next(f for f in trials_b if os.path.basename(f) != os.path.basename(gen_b[0]))
-    _truncate(lost_trial)
-    _truncate(store.path("baselines", b, "baselines.parquet"))
+    truncate(lost_trial)
+    truncate(store.path("baselines", b, "baselines.parquet"))
     kept_b = os.path.basename(next(f for f in trials_b if f != lost_trial and
                                    os.path.basename(f) != os.path.basename(gen_b[0])))
 

@@ -21,7 +21,7 @@ from orchestrator.query import main, unique_names
 from orchestrator.summary import summary
 from orchestrator.tables import TABLES, Store
 
-from tiny_sweep import CELLS, TRIALS
+from tiny_sweep import CELLS, TRIALS, tree_state
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-SWEEP"
 
@@ -53,14 +53,6 @@ def refused(rc: int, out: str, err: str) -> str:
     return err
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every entry under `root` (links not followed) with its size and mtime."""
-    found = {}
-    for folder, dirs, names in os.walk(root):
-        for n in dirs + names:
-            st_ = os.lstat(os.path.join(folder, n))
-            found[os.path.relpath(os.path.join(folder, n), root)] = (st_.st_size, st_.st_mtime_ns)
-    return found
 
 
 def count(store: Store, table: str = "trials") -> int:
@@ -160,9 +152,9 @@ def test_degenerate_folders_are_refused(finished_sweep, tmp_path, monkeypatch, a
     store = copy_sweep(finished_sweep, tmp_path, "tiny")
     os.symlink("/", Path(store.root) / "to_root")
     monkeypatch.chdir(store.root)  # '/' and '.' used to query the current folder: the sweep itself here
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path)
     assert message in refused(*run(arg, "SELECT count(*) FROM trials"))
-    assert snapshot(tmp_path) == before
+    assert tree_state(tmp_path) == before
 
 
 # -- issue 20.3: two output columns of one name ---------------------------------------------------------------
@@ -261,7 +253,7 @@ def _sqls(store: Store) -> st.SearchStrategy[str]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 def test_fuzzed_arguments_exit_0_or_one_line_2(fuzz_sweep, data):
     base = Path(fuzz_sweep.root).parents[1]
-    before = snapshot(base)
+    before = tree_state(base)
     argv = [data.draw(_paths(fuzz_sweep), "results_dir"), data.draw(_sqls(fuzz_sweep), "sql")]
     fmt = data.draw(st.one_of(st.none(), st.sampled_from(["table", "csv", "json"]), st.text(max_size=8)), "format")
     if fmt is not None:
@@ -272,4 +264,4 @@ def test_fuzzed_arguments_exit_0_or_one_line_2(fuzz_sweep, data):
     else:
         refused(rc, out, err)
     assert SECRET not in out + err
-    assert snapshot(base) == before  # nothing written in (or beside) the sweep
+    assert tree_state(base) == before  # nothing written in (or beside) the sweep

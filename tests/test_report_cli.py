@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tiny_sweep import tree_state
+
 from orchestrator import report
 from orchestrator.report import REPORT_MARKER, main, write_report
 from orchestrator.tables import TABLES, Store
@@ -31,14 +33,6 @@ def tables(finished_sweep, tmp_path_factory) -> Store:
     return Store(str(dest.parent), "tiny")
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every entry under `root` (links not followed) with its size and mtime."""
-    found = {}
-    for folder, dirs, names in os.walk(root):
-        for n in dirs + names:
-            st = os.lstat(os.path.join(folder, n))
-            found[os.path.relpath(os.path.join(folder, n), root)] = (st.st_size, st.st_mtime_ns)
-    return found
 
 
 def refused(capsys, argv: list[str]) -> str:
@@ -73,11 +67,11 @@ def test_an_out_that_is_no_report_folder_is_refused_in_one_line(tables, tmp_path
         str(tmp_path / "link"): "a link",
         "x\0y": "--out",
     }
-    before, sweep = snapshot(tmp_path), snapshot(Path(tables.root).parent)
+    before, sweep = tree_state(tmp_path), tree_state(Path(tables.root).parent)
     for out, words in cases.items():
         err = refused(capsys, [tables.root, "--out", out, "--quiet"])
         assert words in err, (out, err)
-        assert snapshot(tmp_path) == before and snapshot(Path(tables.root).parent) == sweep, out
+        assert tree_state(tmp_path) == before and tree_state(Path(tables.root).parent) == sweep, out
     assert (user / "index.html").read_text() == "<p>mine</p>"
 
 
@@ -114,14 +108,14 @@ def test_no_half_written_report_is_left_in_place(tables, tmp_path, monkeypatch):
     target = tmp_path / "report"
     monkeypatch.setattr(report, "_write_files", _stub("good"))
     write_report(tables, target)
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path)
     monkeypatch.setattr(report, "_write_files", _stub("half", fail=True))
     with pytest.raises(OSError):
         write_report(tables, target)
-    assert snapshot(tmp_path) == before  # the earlier report untouched, no scratch folder
+    assert tree_state(tmp_path) == before  # the earlier report untouched, no scratch folder
     with pytest.raises(OSError):
         write_report(tables, tmp_path / "a" / "b" / "report")
-    assert snapshot(tmp_path) == before  # nor the parent folders made for it
+    assert tree_state(tmp_path) == before  # nor the parent folders made for it
 
 
 # -- probe 12: a column stored with another type ---------------------------------------------------------
@@ -135,7 +129,7 @@ def test_a_mistyped_column_is_one_line_naming_table_and_column(tables, tmp_path,
     data = pq.read_table(path)
     data = data.set_column(data.schema.get_field_index(column), column, data.column(column).cast(pa.string()))
     pq.write_table(data, path)
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path)
     err = refused(capsys, [store.root, "--out", str(tmp_path / "out")])
     assert f"{table}.{column} is string" in err and path in err, err
-    assert snapshot(tmp_path) == before
+    assert tree_state(tmp_path) == before

@@ -264,8 +264,10 @@ def test_kills_in_stage_one_and_two_then_resume(tiny_spec, finished, tmp_path):
 
     out = run_sweep(tiny_spec, tmp_path).stdout
     runs = store.read_pandas("runs").sort_values("started_at")
-    assert runs.outcome.tolist() == ["running", "running", "done"]  # the killed runs never ended
+    # The killed runs never ended: each is marked abandoned by the run that found its lease stale, naming it.
+    assert runs.outcome.tolist() == ["abandoned", "abandoned", "done"]
     assert runs.ended_at.isna().tolist() == [True, True, False]
+    assert runs.run_id.iloc[1] in runs.error.iloc[0] and runs.run_id.iloc[2] in runs.error.iloc[1], runs.error.tolist()
 
     uninterrupted, _ = finished
     assert _keys(store) == _keys(uninterrupted)

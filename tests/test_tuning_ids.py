@@ -60,6 +60,7 @@ def captured(monkeypatch):
 
         def fit(self):
             seen["fitted"] = True
+            return []  # a ResultGrid with no trial results
 
     monkeypatch.setattr(tune, "Tuner", FakeTuner)
     monkeypatch.setattr(tune, "with_parameters", lambda fn, **kwargs: fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.spec import load_spec
 from orchestrator.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +76,26 @@ def finished_run(tiny_spec, tmp_path_factory) -> tuple[Store, subprocess.Complet
 @pytest.fixture(scope="session")
 def finished_sweep(finished_run) -> Store:
     return finished_run[0]
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under `root` (links not followed) with its size and mtime: compare two to show nothing changed."""
+    found = {}
+    for folder, dirs, names in os.walk(root):
+        for n in dirs + names:
+            st = os.lstat(os.path.join(folder, n))
+            found[os.path.relpath(os.path.join(folder, n), root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def copy_sweep(finished: Store, tiny_spec: Path, dest: Path):
+    """A copy of the finished tiny sweep (tables and models, not Ray's run folders), its spec and store."""
+    shutil.copytree(finished.root, dest / "tiny", ignore=shutil.ignore_patterns("_ray", "report", "_lease*"))
+    spec = load_spec(tiny_spec, storage=str(dest))
+    return spec, Store(spec.storage, spec.name, spec.spec_hash)
+
+
+def truncate(path: str) -> None:
+    """Cut a file in half: what a crash mid-write or a full disk leaves."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
