@@ -21,9 +21,10 @@ test: $(STAMP)
 report: $(STAMP)
 	$(PY) -m orchestrator.report results/smoke
 
-# Multi-node sweeps on ray.cluster_utils.Cluster (node loss in stage 1 and 2, placement) and a sweep on S3 (moto), ~7 min.
+# Multi-node sweeps on ray.cluster_utils.Cluster (node loss in stage 1 and 2, placement), a sweep on S3 (moto)
+# and one that fills a real 20 MB tmpfs in stage 2, ~9 min.
 test-cluster: $(STAMP)
-	$(PY) -m pytest -q -m cluster tests/test_cluster.py tests/test_storage_s3.py
+	$(PY) -m pytest -q -m cluster tests/test_cluster.py tests/test_storage_s3.py tests/test_storage_faults.py
 
 # `ray up cluster.yaml`'s commands for real, on a local-provider cluster (slow: ~5 min).
 test-launcher: $(STAMP)

@@ -19,11 +19,11 @@ README's questions, which read the files by path (`files`). A test checks that t
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from functools import lru_cache
 from typing import Callable, Iterable, Sequence
+
+from .tables import inside  # re-exported: the readers' one rule for which local files may be read
 
 __all__ = ["BEST_TRIAL_ORDER", "COMPLETED", "CTES", "FAILED", "METHODS", "SELECTED_ORDER", "SUMMARY_SQL",
            "ablation_sql", "completed_trials_sql", "curves_sql", "failed_reasons_sql", "files", "glob_escaped",
@@ -75,25 +75,6 @@ def glob_escaped(path: str) -> str:
 def path_list(paths: Iterable[str]) -> str:
     """A SQL list of file paths for `read_parquet([...])`, each matching only itself."""
     return "[" + ", ".join(literal(glob_escaped(p)) for p in paths) + "]"
-
-
-def inside(root: str, paths: Iterable[str]) -> dict[str, str]:
-    """{path: its real path} for those of `paths` that are regular files whose real path is inside the real
-    folder `root`, each real path once. A link out of the sweep (`runs/x.parquet -> /etc/hostname`), a FIFO or
-    a device is left out: a reader reads (and a query may read) only these."""
-    prefix = os.path.realpath(root).rstrip("/") + "/"
-    out: dict[str, str] = {}
-    seen: set[str] = set()
-    for path in paths:
-        real = os.path.realpath(path)
-        try:
-            regular = stat.S_ISREG(os.stat(real).st_mode)
-        except OSError:  # gone meanwhile, or a loop of links
-            continue
-        if regular and real.startswith(prefix) and real not in seen:
-            out[path] = real
-            seen.add(real)
-    return out
 
 
 def files(root: str) -> Source:

@@ -40,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -159,6 +160,25 @@ class Layout:
     ignored: list[str]  # files never read: older compacted files, writer files a compacted file holds byte for byte
     compacted: dict[str, str]  # folder -> its newest compacted file
     mtimes: dict[str, int | None]  # file -> modification time (ns)
+
+
+def inside(root: str, paths: Iterable[str]) -> dict[str, str]:
+    """{path: its real path} for those of `paths` that are regular files whose real path is inside the real
+    folder `root`, each real path once. A link out of the sweep (`runs/x.parquet -> /etc/hostname`), a FIFO or
+    a device is left out: a reader reads (and a query may read) only these."""
+    prefix = os.path.realpath(root).rstrip("/") + "/"
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for path in paths:
+        real = os.path.realpath(path)
+        try:
+            regular = stat.S_ISREG(os.stat(real).st_mode)
+        except OSError:  # gone meanwhile, or a loop of links
+            continue
+        if regular and real.startswith(prefix) and real not in seen:
+            out[path] = real
+            seen.add(real)
+    return out
 
 
 class CorruptTable(RuntimeError):
@@ -476,7 +496,11 @@ class Store:
         base = self.path(table, cell_id) if cell_id else self.path(table)
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if self.is_local:  # never into a linked folder, never a link out of the sweep, a FIFO or a device
+            found = [os.path.join(folder, n) for folder, _, names in os.walk(base) for n in names]
+            infos = self.fs.get_file_info(list(inside(self.root, found)))
+        else:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
         return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
                        and not i.base_name.startswith(".")), key=lambda i: i.path)
 

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import unavailable
 import yaml
 
 from orchestrator.tables import Store
@@ -76,12 +78,12 @@ def _run(argv, timeout=60, **kw) -> subprocess.CompletedProcess:
 
 def _require_tools() -> None:
     if not sys.platform.startswith("linux"):
-        pytest.skip("needs Linux namespaces")
+        unavailable("needs Linux namespaces")
     if os.geteuid() != 0:
-        pytest.skip("needs root: installs openssh-server and rsync, starts sshd, makes namespaces")
+        unavailable("needs root: installs openssh-server and rsync, starts sshd, makes namespaces")
     for tool in ("unshare", "nsenter", "ip", "mount"):
         if not shutil.which(tool):
-            pytest.skip(f"needs {tool} (util-linux / iproute2)")
+            unavailable(f"needs {tool} (util-linux / iproute2)")
     if not (Path("/usr/sbin/sshd").exists() and shutil.which("rsync") and shutil.which("ssh-keygen")):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "openssh-server", "rsync"]
@@ -90,12 +92,12 @@ def _require_tools() -> None:
             _run(["apt-get", "update", "-qq"], timeout=600, env=env)
             proc = _run(install, timeout=600, env=env)
         if proc.returncode != 0:
-            pytest.skip(f"apt-get could not install openssh-server and rsync: {proc.stderr.strip()[-500:]}")
+            unavailable(f"apt-get could not install openssh-server and rsync: {proc.stderr.strip()[-500:]}")
     probe = _run(["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--net", "--uts", "true"])
     if probe.returncode != 0:
-        pytest.skip(f"cannot create PID/mount/network namespaces here: {probe.stderr.strip()}")
+        unavailable(f"cannot create PID/mount/network namespaces here: {probe.stderr.strip()}")
     if shutil.disk_usage("/var/tmp").free < 12e9:
-        pytest.skip("needs ~12 GB free under /var/tmp for the cluster's venv")
+        unavailable("needs ~12 GB free under /var/tmp for the cluster's venv")
 
 
 class Machine:

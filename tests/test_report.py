@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import unavailable
+
 from pdiff.verdicts import comparison
 
 from orchestrator.feedback import FIGURES as FEEDBACK_FIGURES
@@ -749,18 +751,18 @@ def _chromium() -> str:
         if found:
             return found
     if os.name != "posix" or os.geteuid() != 0:
-        pytest.skip("no chromium and not root, so it cannot be installed: run `apt-get install -y chromium`")
+        unavailable("no chromium and not root, so it cannot be installed: run `apt-get install -y chromium`")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
-                pytest.skip(f"chromium could not be installed ({' '.join(cmd)}: {proc.stderr.strip()[-300:]})")
+                unavailable(f"chromium could not be installed ({' '.join(cmd)}: {proc.stderr.strip()[-300:]})")
     except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"chromium could not be installed: {err}")
+        unavailable(f"chromium could not be installed: {err}")
     found = shutil.which("chromium")
     if not found:
-        pytest.skip("apt-get installed no `chromium` executable")
+        unavailable("apt-get installed no `chromium` executable")
     return found
 
 

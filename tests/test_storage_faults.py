@@ -217,7 +217,7 @@ def test_disk_full_in_stage_2_then_the_rerun_completes(finished_sweep, tiny_spec
     _check_fault_then_resume(proc, store, finished_sweep, tiny_spec, storage)
 
 
-@pytest.mark.slow
+@pytest.mark.cluster  # a storage tier (make test-cluster): the injected fault above covers the default suite
 def test_a_real_full_tmpfs_in_stage_2_then_the_rerun_completes(finished_sweep, tiny_spec, tmp_path):
     """Probe 3 as it was found: the storage a 20 MB tmpfs, filled (by a file beside the sweep's folder) to 400 KB
     short of full, which stage 2 runs out of; the re-run after that file is removed completes the sweep."""

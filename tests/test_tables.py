@@ -342,3 +342,17 @@ def test_check_schema_refuses_another_version_in_one_line(store):
     store.write_marker()
     with pytest.raises(OldTables, match="--restart"):
         store.check_schema()
+
+
+def test_the_store_lists_no_link_out_of_the_sweep_and_walks_no_linked_folder(tmp_path):
+    """A folder link inside a table (`trials/x -> /`) would make every reader walk its target, and a file link
+    (`trials/c/evil.parquet -> /etc/hostname`) would be read as a table file: the store lists neither."""
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "t.parquet").write_bytes(b"PAR1 not ours")
+    store = Store(str(tmp_path / "results"), "sw")
+    store.write("trials", "c1", "w1", [{"trial_id": "t", "status": "completed", "val_acc": 1.0}])
+    os.symlink(outside, store.path("trials", "x"))
+    os.symlink(outside / "deep" / "t.parquet", store.path("trials", "c1", "evil.parquet"))
+    assert store.all_files("trials") == [store.path("trials", "c1", "w1.parquet")]
+    assert len(store.read_pandas("trials")) == 1
