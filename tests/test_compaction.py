@@ -207,9 +207,10 @@ def test_heal_works_by_writer_in_compacted_cells(finished_sweep, tiny_spec, tmp_
     nothing to do; a trial whose generated rows are gone from a compacted file is re-run (its trials row moved
     to quarantine, as its own file), the other trials of the cell stay; a second pass finds nothing."""
     from orchestrator.heal import reconcile
-    from test_healing import _copy, _quarantined
+    from test_healing import _quarantined
+    from tiny_sweep import copy_sweep
 
-    spec, store = _copy(finished_sweep, tiny_spec, tmp_path)
+    spec, store = copy_sweep(finished_sweep, tiny_spec, tmp_path)
     before = store.read("trials", columns=["cell_id", "trial_id", "val_acc"]).to_pylist()
     assert compact_sweep(store, min_files=2) > 0
     b = spec.cells[1].cell_id
