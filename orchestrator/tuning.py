@@ -27,8 +27,8 @@ import ray
 import torch
 
 from pdiff import ParameterSubset, load_dataset
-from pdiff.compare import judge, leave_one_out
-from pdiff.evaluate import BatchedEvaluator, pack_wrong
+from pdiff.compare import judge
+from pdiff.evaluate import BatchedEvaluator, max_iou, pack_wrong
 from pdiff.pipeline import Diverged, reference_families, run_baselines, run_pdiff
 from pdiff.verdicts import family_verdict
 
@@ -166,11 +166,17 @@ def _judge(spec: SweepSpec, cell: Cell, run, snapshots: torch.Tensor, evaluator,
            seed: int) -> dict[str, Any]:
     """The trial's verdict (collapsed / memorising / novel) and its 95% comparisons with the baselines (the
     same vectors as the cell's baselines table) and with its own autoencoder's latent Gaussian."""
-    loo = leave_one_out(snapshots, snap_scores.test_wrong, snap_scores.val_wrong)["snapshot_loo_max_iou"]
+    loo = _snapshot_loo(snap_scores)
     refs = reference_families(run, snapshots, evaluator, data, snap_scores, spec.pdiff_config({}).n_generated,
                               seed=seed, baseline_seed=_baseline_seed(spec, cell) if spec.baselines else None,
                               noise_sigma=spec.noise_sigma)
     return judge(run.generated, refs, snap_scores.test_wrong, loo, seed=seed)
+
+
+def _snapshot_loo(snap_scores) -> float:
+    """The verdicts' reference, `sources.snapshot_loo_max_iou`, from the snapshots' stored mistakes alone (the
+    L2 part of `leave_one_out` is a K x K distance over the whole subset that a verdict does not need)."""
+    return float(max_iou(snap_scores.test_wrong).mean())
 
 
 def _baseline_seed(spec: SweepSpec, cell: Cell) -> int:
@@ -190,7 +196,7 @@ def _baselines(spec: SweepSpec, cell: Cell, store: Store, snapshots: torch.Tenso
     n = spec.pdiff_config({}).n_generated
     results = run_baselines(snapshots, evaluator, data, snap_scores, n, seed=_baseline_seed(spec, cell),
                             noise_sigma=spec.noise_sigma)
-    loo = leave_one_out(snapshots, snap_scores.test_wrong, snap_scores.val_wrong)["snapshot_loo_max_iou"]
+    loo = _snapshot_loo(snap_scores)
     # One file for all methods: the cell's baselines appear together or not at all.
     store.write("baselines", cell.cell_id, "baselines",
                 [{"method": name} | row | _family_columns(a, loo)
