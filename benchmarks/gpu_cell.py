@@ -31,8 +31,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pdiff import DEFAULT_SUBSET, AEConfig, CollectConfig, LDMConfig, ParameterSubset, PdiffConfig, TrainConfig
-from pdiff import build_model, load_dataset
+from pdiff import (DEFAULT_SUBSET, AEConfig, CollectConfig, LDMConfig, ParameterSubset, PdiffConfig, TrainConfig,
+                   build_model, load_dataset)
 from pdiff.collect import collect_snapshots, train_source
 from pdiff.data import Dataset, DatasetUnavailable, Split, data_root
 from pdiff.evaluate import BatchedEvaluator, family_stats, summarize

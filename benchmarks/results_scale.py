@@ -3,7 +3,7 @@
     python -m benchmarks.results_scale [--cells 400] [--trials 24] [--keep DIR]
 
 Builds a sweep folder of `--cells` cells x `--trials` trials with the tables' real schemas
-(`orchestrator.tables.TABLES`) and the sizes of the smoke sweep (K = 50 snapshots, N = 50
+(`orchestrator.store.tables.TABLES`) and the sizes of the smoke sweep (K = 50 snapshots, N = 50
 generated models per trial, 3 baselines x 50, parameter vectors of 394..650 float32, packed
 wrong-prediction sets of digits' 144 val / 359 test examples, 24 loss-curve points per phase):
 one file per writer, as stage 1 and stage 2 write them. The cells span 4 archs x 2 datasets
@@ -13,7 +13,7 @@ Then, each in a fresh Python process (peak memory from `os.wait4`'s ru_maxrss):
 
 - the per-cell summary and the one-table query (`select count(*) from trials`), on the folder as
   written (for comparison) and after compaction;
-- the compaction itself (`orchestrator.tables.compact_sweep`, as the sweep runs it after stage 2);
+- the compaction itself (`orchestrator.store.tables.compact_sweep`, as the sweep runs it after stage 2);
 - the report (`orchestrator.report`), after compaction.
 
 The targets (at 400 x 24): summary <= 3 s, one-table query <= 1 s, report <= 60 s and <= 2 GB;
@@ -40,10 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.tables import SCHEMA_VERSION, TABLES, Store
-from pdiff.names import METHODS
-
+from orchestrator.store.tables import SCHEMA_VERSION, TABLES, Store
 from .targets import exit_status, mark
+from pdiff.names import METHODS
 
 SWEEP = "scale"
 ARCHS = {"mlp": 650, "cnn_small": 394, "cnn_medium": 522, "resnet_tiny": 586}  # arch -> subset size
@@ -176,7 +175,7 @@ def build(storage: Path, n_cells: int, n_trials: int, seed: int = 0, log=print, 
                 | {k: [v] for k, v in knobs.items()}, trial_extra))
         if (c + 1) % 50 == 0 or c + 1 == len(cells):
             log(f"  built {c + 1}/{len(cells)} cells ({time.perf_counter() - t0:.0f}s)")
-    from orchestrator.feedback import RunRecord
+    from orchestrator.store.runs import RunRecord
 
     RunRecord(store, "python -m benchmarks.results_scale").start().end("done", 0)
     return store
@@ -201,10 +200,10 @@ SNIPPETS = {
     "summary": """
 import json, sys, time
 t0 = time.perf_counter()
-from orchestrator.summary import summary
-from orchestrator.tables import Store
+from orchestrator.results.summary import summary
+from orchestrator.store.tables import Store
 t1 = time.perf_counter()
-from orchestrator import sql
+from orchestrator.results import sql
 sql.methods()  # part of summary()'s work: the baseline methods' names, from pdiff.names (no torch)
 t2 = time.perf_counter()
 df = summary(Store(sys.argv[1], sys.argv[2]))
@@ -214,7 +213,7 @@ print(json.dumps({"seconds": time.perf_counter() - t1, "methods": t2 - t1, "impo
 import json, sys, time
 t0 = time.perf_counter()
 from orchestrator.query import run_query
-from orchestrator.tables import Store
+from orchestrator.store.tables import Store
 t1 = time.perf_counter()
 columns, rows = run_query(Store(sys.argv[1], sys.argv[2]), "select count(*) from trials")
 print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows": rows[0][0]}))
@@ -222,7 +221,7 @@ print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows
     "compact": """
 import json, sys, time
 t0 = time.perf_counter()
-from orchestrator.tables import Store, compact_sweep
+from orchestrator.store.tables import Store, compact_sweep
 t1 = time.perf_counter()
 done = compact_sweep(Store(sys.argv[1], sys.argv[2]))
 print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows": done}))
@@ -231,7 +230,7 @@ print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows
 import json, sys, time
 t0 = time.perf_counter()
 from orchestrator.report import write_report
-from orchestrator.tables import Store
+from orchestrator.store.tables import Store
 t1 = time.perf_counter()
 index = write_report(Store(sys.argv[1], sys.argv[2]), sys.argv[3])
 print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows": str(index)}))
@@ -334,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {pages} HTML page(s), {len(pngs)} figure(s), largest {biggest / 1e6:.1f} MB; summary rows "
               f"{summary.get('rows')}, trials counted {query.get('rows')}")
         if summary["ok"]:
-            print(f"summary: {summary['methods']:.2f} s of its {summary['seconds']:.2f} s is orchestrator.sql.methods() "
+            print(f"summary: {summary['methods']:.2f} s of its {summary['seconds']:.2f} s is orchestrator.results.sql.methods() "
                   f"(the baseline names, from pdiff.names); the queries took {summary['seconds'] - summary['methods']:.2f} s")
         checks = [summary["ok"] and summary["rows"] == args.cells, query["ok"] and query["rows"] == args.cells * args.trials]
         if not all(checks):

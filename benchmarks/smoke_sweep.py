@@ -6,7 +6,7 @@ Runs the sweep from scratch into a temporary folder on the embedded local Ray,
 then once more (a resume with nothing left to do), and prints when each stage
 finished according to the sweep's own progress lines. Targets: the first run
 within 5 minutes on a 2-core machine, and no cell's best (val-selected) trial
-collapsed (`orchestrator.summary`: pairwise IoU >= 0.99 or spread ratio < 0.05),
+collapsed (`orchestrator.results.views`: pairwise IoU >= 0.99 or spread ratio < 0.05),
 with each cell's p-diff pairwise IoU and max IoU to the snapshots printed. Exit status 1 when a
 target is MISSED (or the sweep fails).
 """
@@ -78,8 +78,8 @@ def best_trials(spec: str, storage: str):
     """Per cell, its best trial's collapse signals (the sweep's own summary, read from its tables)."""
     import yaml
 
-    from orchestrator.summary import summary as cell_summary
-    from orchestrator.tables import Store
+    from orchestrator.results.summary import summary as cell_summary
+    from orchestrator.store.tables import Store
 
     name = yaml.safe_load(Path(spec).read_text())["name"]
     return cell_summary(Store(storage, name))

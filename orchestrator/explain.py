@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orchestrator.console import ArgumentParser, refuse, run
+from orchestrator.spec import DISTRIBUTIONS, MAXIMA, OBJECTIVES, SEARCHES
+from orchestrator.store.columns import COLUMNS, KNOB_TABLE
 from pdiff import CollectConfig, PdiffConfig, TrainConfig
 from pdiff.pipeline import KNOB_DOCS, KNOBS
-
-from .columns import COLUMNS, KNOB_TABLE
-from .console import ArgumentParser, refuse, run
-from .spec import DISTRIBUTIONS, MAXIMA, OBJECTIVES, SEARCHES
 
 __all__ = ["SPEC_KEYS", "TRAIN_DOCS", "COLLECT_DOCS", "spec_keys", "reference", "REFERENCE_PATH"]
 

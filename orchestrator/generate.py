@@ -20,7 +20,6 @@ before any file or folder is made).
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 from typing import Any, Sequence
@@ -28,30 +27,20 @@ from typing import Any, Sequence
 import pyarrow as pa
 import torch
 
-from pdiff.pipeline import PdiffRun, PdiffConfig, generator_state, restore_generator, sample_vectors
-
-from . import paths
-from .console import ArgumentParser, printable, refuse, run
-from .heal import ModelFileError, read_model
-from .query import parse_results_dir
-from .summary import one_line as summary_line
-from .tables import CorruptTable, OldTables, Store
-
-__all__ = ["trial_model_relpath", "save_trial_model", "load_trial_model", "main"]
+from orchestrator.console import ArgumentParser, printable, refuse, run
+from orchestrator.results.views import one_line as summary_line
+from orchestrator.runtime.heal import ModelFileError, read_model
+from orchestrator.stage1.cells import load_snapshot_scores, load_source_model
+from orchestrator.store import paths
+from orchestrator.store.locate import parse_results_dir
+from orchestrator.store.tables import CorruptTable, OldTables, Store
+from pdiff.pipeline import restore_generator, sample_vectors
 
 
 class Refused(Exception):
     """A one-line reason to stop with exit status 2."""
 
 
-trial_model_relpath = paths.trial_model  # the old name
-
-
-def save_trial_model(store: Store, cell_id: str, trial_id: str, run: PdiffRun, cfg: PdiffConfig, seed: int) -> str:
-    """Write a completed trial's generator (before its `trials` row, the commit marker)."""
-    buf = io.BytesIO()
-    torch.save(generator_state(run, cfg, seed) | {"cell_id": cell_id, "trial_id": trial_id}, buf)
-    return store.write_bytes(paths.trial_model(cell_id, trial_id), buf.getvalue())
 
 
 def load_trial_model(store: Store, cell_id: str, trial_id: str) -> dict[str, Any]:
@@ -83,7 +72,6 @@ def _score(store: Store, cell_id: str, vectors: torch.Tensor, device: str) -> st
     from pdiff import ParameterSubset, load_dataset
     from pdiff.evaluate import BatchedEvaluator, family_stats, novelty
 
-    from .sources import load_snapshot_scores, load_source_model
 
     src = store.read_pandas("sources", columns=["cell_id", "arch", "dataset", "seed", "subset"])
     src = src[src.cell_id == cell_id].iloc[0]

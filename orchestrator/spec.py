@@ -86,6 +86,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.store.paths import is_sweep_name
 from pdiff import (ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, ParameterSubset, PdiffConfig, TrainConfig,
                    build_model, checks)
 from pdiff.checks import ConfigError
@@ -100,7 +101,6 @@ DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 OBJECTIVES = ("accuracy", "mean_accuracy", "novelty")
 SEARCHES = ("tpe", "random", "grid")  # Optuna samplers (NSGA-II replaces TPE for two objectives)
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sweep name: one folder name, never . or ..
 PLACEHOLDER_BUCKET = re.compile(r"(my|your|example)([-_.].*)?|bucket", re.IGNORECASE)
 MAX_SPEC_BYTES = 1 << 20
 MAX_SEED = 2**31 - 1  # seeds are summed with trial counters and must stay below numpy's 2**32
@@ -123,11 +123,6 @@ def is_placeholder_storage(storage: str) -> bool:
     `s3://bucket/prefix`): a run needs `--storage` with a real one."""
     scheme, sep, rest = storage.partition("://")
     return bool(sep) and PLACEHOLDER_BUCKET.fullmatch(rest.split("/")[0].split("?")[0]) is not None
-
-
-def is_sweep_name(name: Any) -> bool:
-    """A slug that names exactly one folder below the storage root (never '.', '..' or a path)."""
-    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
 
 
 class SpecError(ValueError):

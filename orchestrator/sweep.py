@@ -7,7 +7,7 @@ sweep; nothing written),
 
 Before Ray starts, a real run checks that `<storage>/<name>` is this sweep's own
 folder (tables.Store.check_own), writes and removes a small file there
-(cluster.probe_storage) and takes the sweep's lease (orchestrator.lease): one run
+(cluster.probe_storage) and takes the sweep's lease (orchestrator.store.lease): one run
 per sweep at a time. `--restart` deletes only a folder carrying this sweep's marker.
 
 The console holds the sweep's own lines: Ray's output stays in Ray's log files unless
@@ -22,13 +22,22 @@ import shlex
 import sys
 from typing import Sequence
 
-from .cluster import (VersionMismatch, check_resources, check_storage, connect_ray, missing_local_dirs, probe_storage,
-                      remove_created)
-from .console import ArgumentParser, one_line, plain_console, run
-from .lease import Lease, LeaseHeld
-from .progress import Progress
-from .spec import SpecError, SweepSpec, is_placeholder_storage, load_spec
-from .tables import LEASE, CorruptTable, NotOurFolder, OldTables, Store, storage_fault
+from orchestrator.console import ArgumentParser, one_line, plain_console, run
+from orchestrator.explain import reference
+from orchestrator.results.report import Refused, write_report
+from orchestrator.results.summary import summary
+from orchestrator.results.trust import trust_warnings
+from orchestrator.runtime.cluster import (VersionMismatch, check_resources, check_storage, connect_ray,
+                                          missing_local_dirs, probe_storage, remove_created)
+from orchestrator.runtime.heal import reconcile
+from orchestrator.runtime.progress import Progress
+from orchestrator.spec import SpecError, SweepSpec, is_placeholder_storage, load_spec
+from orchestrator.stage1.collection import run_sources
+from orchestrator.stage2.search import run_tuning
+from orchestrator.store.lease import Lease, LeaseHeld
+from orchestrator.store.runs import RunRecord
+from orchestrator.store.tables import LEASE, CorruptTable, NotOurFolder, OldTables, Store, compact_sweep, storage_fault
+from pdiff.names import COLLAPSE_IOU, COLLAPSE_SPREAD
 
 __all__ = ["main", "plan_text"]
 
@@ -84,10 +93,6 @@ def _check_writable(spec: SweepSpec, store: Store) -> None:
 def _print_summary(spec: SweepSpec, store: Store) -> None:
     import pandas as pd
 
-    from pdiff.evaluate import COLLAPSE_IOU, COLLAPSE_SPREAD
-
-    from .report import trust_warnings
-    from .summary import summary
 
     table = summary(store)
     # Only this spec's cells: the folder may also hold cells of an earlier version of it.
@@ -142,7 +147,6 @@ def _compact(store: Store, say) -> None:
     raised."""
     import pyarrow as pa
 
-    from .tables import compact_sweep
 
     try:
         merged = compact_sweep(store)
@@ -189,7 +193,6 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
                              "/tmp/ray/session_latest/logs on a local run)")
     args = parser.parse_args(argv)
     if args.explain:
-        from .explain import reference
 
         sys.stdout.write(reference())
         return 0
@@ -253,17 +256,13 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
             return refuse(err)
         print(f"restart: deleted the results in {store.uri}", flush=True)
     store.write_marker()  # from now on the folder is this sweep's own (--restart may delete it)
-    from .feedback import RunRecord
 
     command = ["python", "-m", "orchestrator.sweep", *(sys.argv[1:] if argv is None else argv)]
     run = RunRecord(store, shlex.join(command)).start()  # the `runs` row: 'running' until it ends
     cleanup.push(run.exit_hook)  # 'interrupted' (Ctrl-C) or 'failed' when what follows raises
 
-    from .sources import run_sources
-    from .tuning import run_tuning
 
     progress = Progress(sys.stdout)
-    from .heal import reconcile
 
     reconcile(spec, store, progress.say)  # quarantines what is corrupt or stale, so the stages rebuild it
     run_sources(spec, store, progress)
@@ -276,7 +275,6 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
     _print_summary(spec, store)
     run.end("done", 0)  # before the report, which shows it
-    from .report import Refused, write_report
 
     try:
         progress.say(f"report: {write_report(store)}")

@@ -22,16 +22,17 @@ def test_report_and_readers_import_no_ray_and_no_stage_module():
     """The report, its figures, the summary and the query read the tables alone: importing them loads no Ray
     and none of the stage modules that build networks or start Ray (the report drawn end to end is checked
     the same way in test_report.py)."""
-    assert loaded_after("import orchestrator.report, orchestrator.figures, orchestrator.summary, orchestrator.query",
-                        "m.split('.')[0] == 'ray' or m in ('orchestrator.sources', 'orchestrator.tuning', "
-                        "'orchestrator.cluster', 'orchestrator.sweep')") == []
+    assert loaded_after("import orchestrator.report, orchestrator.query, orchestrator.results.figures, "
+                        "orchestrator.results.summary",
+                        "m.split('.')[0] == 'ray' or m.startswith(('orchestrator.stage1', 'orchestrator.stage2', "
+                        "'orchestrator.runtime')) or m == 'orchestrator.sweep'") == []
 
 
 def test_summary_and_query_import_no_torch():
     """The summary and a query run in seconds on a sweep of hundreds of cells only if they skip torch's
     import (seconds on its own): the method names and collapse thresholds come from `pdiff.names`."""
-    assert loaded_after("import orchestrator.summary, orchestrator.query, orchestrator.sql, pdiff.names\n"
-                        "orchestrator.sql.summary_sql()",
+    assert loaded_after("import orchestrator.results.views, orchestrator.query, orchestrator.results.sql, pdiff.names\n"
+                        "orchestrator.results.sql.summary_sql()",
                         "m in ('torch', 'pdiff.baselines', 'pdiff.pipeline')") == []
 
 

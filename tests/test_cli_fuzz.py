@@ -22,14 +22,12 @@ from unittest import mock
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-
-from orchestrator import explain, generate, report
-from orchestrator import sweep as sweep_cli
-from orchestrator.report import REPORT_MARKER
-
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 from tiny_sweep import TINY, tree_state
+
+from orchestrator import explain, generate, report as report_cli, sweep as sweep_cli
+from orchestrator.results import report
+from orchestrator.results.report import REPORT_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = dict(max_examples=300, deadline=None, database=None,
@@ -201,12 +199,12 @@ def test_report_arguments(area, data):
     # The report's contents (seconds: DuckDB's summary and the figures) are test_report.py's; here, where it goes.
     with mock.patch.object(report, "_summarise", lambda *a: (None, None, [], [], {})), \
             mock.patch.object(report, "_write_files", _write_files):
-        check(area, report.main, argv, own=os.path.join("tiny", "report"))
+        check(area, report_cli.main, argv, own=os.path.join("tiny", "report"))
 
 
 @pytest.fixture(scope="module")
 def trial(area) -> str:
-    from orchestrator.tables import Store
+    from orchestrator.store.tables import Store
 
     trials = Store(str(area / "results"), "tiny").read_pandas("trials", columns=["trial_id", "status"])
     return trials[trials.status == "completed"].trial_id.iloc[0]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from orchestrator.tables import Store
 from tiny_sweep import CELLS, TINY, sweep_command, sweep_env
+
+from orchestrator.store.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,8 +175,8 @@ def test_losing_the_train_workers_node_resumes_the_cell(cluster, tmp_path):
     import ray
     import torch
 
-    from orchestrator.sources import run_name
     from orchestrator.spec import load_spec
+    from orchestrator.store.paths import source_run as run_name
     from pdiff import ParameterSubset, build_model, load_dataset
     from pdiff.collect import collect_snapshots, train_source
 

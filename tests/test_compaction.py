@@ -1,4 +1,4 @@
-"""Compaction (orchestrator.tables: Store.compact, compact_sweep): each row is read exactly once before,
+"""Compaction (orchestrator.store.tables: Store.compact, compact_sweep): each row is read exactly once before,
 during (a crash at any point) and after it, a writer re-run after it wins, and nothing outside the cell's
 table folder (nor anything it does not provably hold) is ever deleted. No Ray: synthetic writers."""
 
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.summary import open_views
-from orchestrator.tables import COMPACT_PREFIX, Store, compact_sweep
+from orchestrator.results.views import open_views
+from orchestrator.store.tables import COMPACT_PREFIX, Store, compact_sweep
 
 CELLS = ("mlp-digits-s0-aaaa0001", "mlp-digits-s1-aaaa0002")
 TRIALS = [f"t{i:04d}" for i in range(10)]
@@ -163,7 +163,7 @@ def test_a_rerun_after_compaction_wins(store):
         assert len(os.listdir(store.path(table, cell))) == 1
     assert rows(store) == want and len(rows(store, "generated")) == len(expected("generated")) - 3
     # The stage-2 orphan sweep works by writer: compacted generated rows of committed trials stay.
-    from orchestrator.tuning import _drop_orphans
+    from orchestrator.stage2.search import _drop_orphans
 
     _drop_orphans(store, SimpleNamespace(cell_id=cell))
     assert len(rows(store, "generated")) == len(expected("generated")) - 3 - 3  # t0007's rows were orphans
@@ -206,9 +206,10 @@ def test_heal_works_by_writer_in_compacted_cells(finished_sweep, tiny_spec, tmp_
     """The tiny sweep's tables compacted (every folder, min_files=2): the reconcile step before a re-run finds
     nothing to do; a trial whose generated rows are gone from a compacted file is re-run (its trials row moved
     to quarantine, as its own file), the other trials of the cell stay; a second pass finds nothing."""
-    from orchestrator.heal import reconcile
     from test_healing import _quarantined
     from tiny_sweep import copy_sweep
+
+    from orchestrator.runtime.heal import reconcile
 
     spec, store = copy_sweep(finished_sweep, tiny_spec, tmp_path)
     before = store.read("trials", columns=["cell_id", "trial_id", "val_acc"]).to_pylist()

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from orchestrator.generate import main, trial_model_relpath
-from orchestrator.tables import Store
-
 from tiny_sweep import N
+
+from orchestrator.generate import main
+from orchestrator.store.paths import trial_model as trial_model_relpath
+from orchestrator.store.tables import Store
 
 
 @pytest.fixture(scope="module")

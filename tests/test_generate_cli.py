@@ -10,12 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from tiny_sweep import tree_state
 
 from orchestrator import generate
 from orchestrator.generate import MAX_N, main
-from orchestrator.tables import Store
+from orchestrator.store.tables import Store
 
 
 @pytest.fixture(scope="module")

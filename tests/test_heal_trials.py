@@ -15,20 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from orchestrator import paths
-from orchestrator.feedback import RunRecord, runs_frame
-from orchestrator.generate import main as generate_main
-from orchestrator.heal import reconcile
-from orchestrator.lease import Lease
-from orchestrator.summary import connect
-from orchestrator.tables import LEASE, Store
-from orchestrator.tuning import _finished_trials
-
 from tiny_sweep import CELLS, TRIALS, copy_sweep, truncate
 
-
-
+from orchestrator.generate import main as generate_main
+from orchestrator.results.sections import runs_frame
+from orchestrator.results.views import connect
+from orchestrator.runtime.heal import reconcile
+from orchestrator.stage2.search import _finished_trials
+from orchestrator.store import paths
+from orchestrator.store.lease import Lease
+from orchestrator.store.runs import RunRecord
+from orchestrator.store.tables import LEASE, Store
 
 
 def _completed(store: Store) -> list[tuple[str, str]]:

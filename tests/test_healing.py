@@ -21,13 +21,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from orchestrator.heal import reconcile
-from orchestrator.sources import model_relpath, pending_cells, scores_relpath
-from orchestrator.spec import load_spec
-from orchestrator.tables import CorruptTable, Store
-
 from tiny_sweep import TINY, copy_sweep, run_sweep, truncate
+
+from orchestrator.runtime.heal import reconcile
+from orchestrator.spec import load_spec
+from orchestrator.stage1.cells import pending_cells
+from orchestrator.store.paths import snapshot_scores as scores_relpath, source_model as model_relpath
+from orchestrator.store.tables import CorruptTable, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_corrupt_message_says_what_happens(tmp_path):
 def test_study_records_failed_trials_as_failures(tiny_spec):
     from optuna.trial import TrialState
 
-    from orchestrator.tuning import _study
+    from orchestrator.stage2.search import _study
 
     spec = load_spec(tiny_spec)
     rows = [{"latent_noise": 0.05, "latent_dim": 16, "status": "completed", "val_acc": 90.0, "val_max_iou": 0.5},
@@ -242,7 +242,7 @@ def test_diverging_trial_is_stored_failed_and_the_sweep_completes(tmp_path):
     md = (index.parent / "summary.md").read_text()
     assert "mlp / digits / seed 0: 2 failed trial(s), left out of the summary and the figures (reason: " in md
     assert pd.read_csv(index.parent / "summary.csv").failed_trials.tolist() == [2]
-    from orchestrator.summary import summary
+    from orchestrator.results.summary import summary
     row = summary(store).iloc[0]
     assert row.failed_trials == 2 and pd.isna(row.trials) and pd.isna(row.pdiff_selected)
 

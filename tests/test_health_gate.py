@@ -12,9 +12,9 @@ import copy
 
 import pytest
 import yaml
-
-from orchestrator.tables import Store
 from tiny_sweep import TINY, run_sweep
+
+from orchestrator.store.tables import Store
 
 pytestmark = pytest.mark.slow
 

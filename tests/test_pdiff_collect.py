@@ -7,12 +7,11 @@ import io
 
 import pytest
 import torch
+from conftest import TINY_COLLECT, _quiet
 
 from pdiff import DEFAULT_SUBSET, CollectConfig, ParameterSubset, TrainConfig, build_model
 from pdiff.collect import Collection, accuracy, collect, collect_snapshots, train_source
 from pdiff.data import Dataset, Split
-
-from conftest import TINY_COLLECT, _quiet
 
 
 def test_source_model_learns(collected):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_KNOBS
 
 from pdiff import AEConfig, LDMConfig, PdiffConfig, run_pdiff
 from pdiff.evaluate import COLLAPSE_IOU, family_stats
 from pdiff.pipeline import KNOBS, Diverged, replace_knobs
-
-from conftest import TINY_KNOBS
 
 
 def test_from_knobs_rejects_unknown_knobs():

@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff.diffusion import (LatentDiffusion, LDMConfig, Schedule, ddim_step, ddim_timesteps, ddpm_step,
-                             sample_latents)
+from pdiff.diffusion import LatentDiffusion, LDMConfig, Schedule, ddim_step, ddim_timesteps, ddpm_step, sample_latents
 
 MU = torch.tensor([0.5, -1.0, 2.0, 0.0, -0.3, 1.2])
 SIGMA = torch.tensor([0.3, 1.0, 1.5, 0.6, 1.2, 0.8])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from orchestrator.progress import HEARTBEAT, Progress, step_reporter, worker_log
 from orchestrator.console import _Plain
+from orchestrator.runtime.progress import HEARTBEAT, Progress, step_reporter, worker_log
 
 
 class Clock:

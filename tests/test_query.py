@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from orchestrator.query import main
-from orchestrator.tables import TABLES, Store
+from orchestrator.store.tables import TABLES, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,8 @@ def _same(a, b) -> bool:
 
 
 def test_readme_questions_are_the_sql_modules():
-    """The README's ```sql blocks are orchestrator.sql's questions, read by path: its rules, written once."""
-    from orchestrator.sql import files, readme_questions
+    """The README's ```sql blocks are orchestrator.results.sql's questions, read by path: its rules, written once."""
+    from orchestrator.results.sql import files, readme_questions
 
     assert _readme_queries() == readme_questions(files("results/smoke"))
 
@@ -241,8 +241,8 @@ def test_anything_but_a_select_is_refused(copied, tmp_path, capsys, sql):
 
 def test_the_locked_connection_refuses_writes_even_past_the_parser(copied, tmp_path):
     """Defence in depth: the connection itself, once locked, writes nowhere and reads only the tables."""
-    from orchestrator.query import _read_only
-    from orchestrator.summary import open_views
+    from orchestrator.results.query import _read_only
+    from orchestrator.results.views import open_views
 
     con, corrupt = open_views(copied)
     assert not corrupt

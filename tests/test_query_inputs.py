@@ -13,15 +13,14 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from orchestrator import sql
-from orchestrator.query import main, unique_names
-from orchestrator.summary import summary
-from orchestrator.tables import TABLES, Store
-
+from hypothesis import HealthCheck, given, settings, strategies as st
 from tiny_sweep import CELLS, TRIALS, tree_state
+
+from orchestrator.query import main
+from orchestrator.results import sql
+from orchestrator.results.query import unique_names
+from orchestrator.results.summary import summary
+from orchestrator.store.tables import TABLES, Store
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-SWEEP"
 

@@ -40,12 +40,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import unavailable
 import yaml
+from conftest import unavailable
+from tiny_sweep import CELLS, TINY, K, N
 
-from orchestrator.tables import Store
-from tiny_sweep import CELLS, K, N, TINY
+from orchestrator.store.tables import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.launcher]
 

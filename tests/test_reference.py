@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from tiny_sweep import ROOT, sweep_env
 
-from orchestrator.columns import COLUMNS, columns_of
 from orchestrator.explain import REFERENCE_PATH, reference, spec_keys
 from orchestrator.spec import SpecError, parse_spec
-from orchestrator.tables import TABLES
+from orchestrator.store.columns import COLUMNS, columns_of
+from orchestrator.store.tables import TABLES
 from pdiff.pipeline import KNOB_DOCS, KNOBS
-from tiny_sweep import ROOT, sweep_env
 
 MINIMAL = {"name": "x", "sources": {"archs": ["mlp"], "datasets": ["digits"]},
            "pdiff": {"early_stopping": {}}, "resources": {"sources": {}, "trials": {}}}

@@ -15,23 +15,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import unavailable
 
+from orchestrator.report import main
+from orchestrator.results.figures import (FIGURES, cell_importance, importance_figure, load_cells, parallel_figure,
+                                          trial_history)
+from orchestrator.results.layout import BASELINES
+from orchestrator.results.report import summary_table, write_report
+from orchestrator.results.sections import FIGURES as FEEDBACK_FIGURES, ablation_tables
+from orchestrator.results.summary import summary
+from orchestrator.results.views import connect
+from orchestrator.store.locate import parse_results_dir
+from orchestrator.store.tables import TABLES, Store
 from pdiff.verdicts import comparison
-
-from orchestrator.feedback import FIGURES as FEEDBACK_FIGURES
-from orchestrator.feedback import ablation_tables
-from orchestrator.figures import (FIGURES, cell_importance, importance_figure, load_cells, parallel_figure,
-                                  trial_history)
-from orchestrator.query import parse_results_dir
-from orchestrator.report import BASELINES, main, summary_table, write_report
-from orchestrator.summary import connect, summary
-from orchestrator.tables import TABLES, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ALL_FIGURES = FIGURES | FEEDBACK_FIGURES  # the report's figures: orchestrator.figures' and orchestrator.feedback's
+ALL_FIGURES = FIGURES | FEEDBACK_FIGURES  # the report's figures: orchestrator.results.figures' and orchestrator.results.sections's
 
 
 # The report's command line (orchestrator.report.main, as `python -m orchestrator.report` runs it), then the
@@ -40,7 +40,7 @@ REPORT_CLI = """import sys
 from orchestrator.report import main
 status = main(sys.argv[1:])
 print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] == "ray"
-                        or m in ("orchestrator.sources", "orchestrator.tuning", "orchestrator.cluster")))
+                        or m.startswith(("orchestrator.stage1", "orchestrator.stage2", "orchestrator.runtime"))))
 sys.exit(status)
 """
 
@@ -212,8 +212,8 @@ def test_summary_extends_summary_sql(finished_sweep):
 
 
 def test_report_needs_no_ray_and_no_stage_module(reported):
-    """The report was drawn in a process that never imported Ray or a stage module (orchestrator.sources and
-    orchestrator.tuning build networks; orchestrator.cluster starts Ray)."""
+    """The report was drawn in a process that never imported Ray or a stage module (orchestrator.stage1.collection and
+    orchestrator.stage2.search build networks; orchestrator.runtime.cluster starts Ray)."""
     _, _, proc, _ = reported
     assert "loaded: []" in proc.stdout.splitlines(), proc.stdout[-2000:]
 
@@ -223,7 +223,7 @@ def _rescored(store: Store, cell_id: str, trial_id: str) -> dict:
     cell's source network rebuilt from `models/`, every snapshot and the best trial's models scored again."""
     import torch
 
-    from orchestrator.sources import load_source_model
+    from orchestrator.stage1.cells import load_source_model
     from pdiff import ParameterSubset, load_dataset
     from pdiff.evaluate import BatchedEvaluator, iou_matrix
 
@@ -346,9 +346,10 @@ def test_tables_of_an_older_schema_are_refused_in_one_line(finished_sweep, tiny_
     the sweep command refuses before any work and writes nothing."""
     import json
 
-    from orchestrator.query import main as query_main
-    from orchestrator.tables import MARKER, SCHEMA_VERSION, OldTables
     from tiny_sweep import sweep_command, sweep_env
+
+    from orchestrator.query import main as query_main
+    from orchestrator.store.tables import MARKER, SCHEMA_VERSION, OldTables
 
     assert SCHEMA_VERSION == 2
     copy = _copy_sweep(finished_sweep, tmp_path / "results")
@@ -382,7 +383,7 @@ def test_tables_of_an_older_schema_are_refused_in_one_line(finished_sweep, tiny_
 
 
 def test_report_shows_loss_curves_and_runs(reported):
-    """The loss-curve figure and the Runs table (orchestrator.feedback) in index.html and summary.md; no noise
+    """The loss-curve figure and the Runs table (orchestrator.results.sections) in index.html and summary.md; no noise
     ablation, since the tiny sweep does not grid input_noise x latent_noise."""
     from importlib import metadata
 
@@ -530,7 +531,7 @@ def _rewrite_trial(store: Store, cell_id: str, trial_id: str, vectors) -> dict:
     other trial's of the cell, so that it is the val-selected one. Returns the assessment's summary."""
     import torch
 
-    from orchestrator.sources import load_source_model
+    from orchestrator.stage1.cells import load_source_model
     from pdiff import ParameterSubset, load_dataset
     from pdiff.evaluate import BatchedEvaluator, pack_wrong
     from pdiff.pipeline import assess
@@ -569,9 +570,8 @@ def test_a_collapsed_best_trial_is_flagged_everywhere(finished_sweep, tmp_path, 
 
     import torch
 
+    from orchestrator.results.trust import collapse_warnings
     from orchestrator.sweep import _print_summary
-
-    from orchestrator.report import collapse_warnings
     from pdiff.evaluate import COLLAPSE_IOU, COLLAPSE_SPREAD
 
     copy = _copy_sweep(finished_sweep, tmp_path / "results")
@@ -656,7 +656,7 @@ def test_a_collapsed_best_trial_is_flagged_everywhere(finished_sweep, tmp_path, 
 def test_accuracy_novelty_figure_moves_no_point_and_labels_collapse(tmp_path, monkeypatch):
     """Every drawn point is a model's own (max IoU, accuracy): no jitter, nothing past IoU 1.0; a collapsed
     family (8 identical models at IoU 1.0) is labelled 'collapsed' and a healthy one is not."""
-    import orchestrator.figures as figures
+    import orchestrator.results.figures as figures
 
     drawn = []
     save = figures._save
@@ -699,8 +699,8 @@ def test_old_tables_without_collapse_columns_still_summarise(finished_sweep, tmp
     """A sweep written before the collapse columns: its signals read as NULL (shown n/a), not an error."""
     import pyarrow.parquet as pq
 
-    from orchestrator.report import summary_text
-    from orchestrator.summary import COLLAPSE_COLUMNS
+    from orchestrator.results.report import summary_text
+    from orchestrator.results.views import COLLAPSE_COLUMNS
 
     copy = _copy_sweep(finished_sweep, tmp_path / "results")
     for table, columns in COLLAPSE_COLUMNS.items():
@@ -716,7 +716,7 @@ def test_old_tables_without_collapse_columns_still_summarise(finished_sweep, tmp
     cells = load_cells(copy, dict(zip(ours.cell_id, ours.best_trial)), predictions=False)
     assert all(not c.families and not c.collapsed("p-diff") for c in cells)
     trials, how = trial_history(copy)
-    from orchestrator.figures import accuracy_novelty_figure, history_figure
+    from orchestrator.results.figures import accuracy_novelty_figure, history_figure
 
     labels = {c.cell_id: c.label for c in cells}
     assert history_figure(trials, how, labels, tmp_path / "search_history.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -726,7 +726,7 @@ def test_old_tables_without_collapse_columns_still_summarise(finished_sweep, tmp
 def test_tsne_skips_non_finite_vectors(tmp_path):
     import matplotlib.image
 
-    from orchestrator.figures import CellData, tsne_figure
+    from orchestrator.results.figures import CellData, tsne_figure
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(12, 6)).astype(np.float32)
@@ -809,10 +809,10 @@ def test_the_report_bounds_panels_for_many_cells(tmp_path, monkeypatch):
     the index page has the arch x dataset table; every cell has its page, linked from its row; beyond
     INDEX_CELLS cells the per-cell tables leave the index for cells.html. A synthetic 13-cell sweep (the
     results_scale benchmark's, small), fANOVA stubbed out: seconds."""
-    import orchestrator.figures as figures
-    import orchestrator.pages as pages
+    import orchestrator.results.figures as figures
+    import orchestrator.results.pages as pages
     from benchmarks.results_scale import build
-    from orchestrator.figures import MAX_PANELS, panels_of
+    from orchestrator.results.figures import MAX_PANELS, panels_of
 
     # 400 cells in 29 arch x dataset groups: the first 12 groups, every one of their cells pooled
     sources = pd.DataFrame([{"cell_id": f"a{a}-d{d}-s{s}", "arch": f"a{a:02d}", "dataset": f"d{d}", "seed": s}
@@ -853,7 +853,7 @@ def test_the_report_bounds_panels_for_many_cells(tmp_path, monkeypatch):
 def test_trust_warnings_name_failed_collections_memorising_trials_and_ties():
     """One line per problem, for the cell that has it: a failed or uniform collection, a memorising
     val-selected trial (mean max-IoU at or above the snapshots' leave-one-out), a val-accuracy tie."""
-    from orchestrator.report import trust_warnings
+    from orchestrator.results.trust import trust_warnings
 
     base = dict(dataset="digits", collection="healthy", collection_reason=None, pdiff_verdict="novel",
                 pdiff_max_iou=0.80, snapshot_loo_max_iou=0.85, memorising_trials=0, trials=3, tied_trials=1,

@@ -14,12 +14,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from tiny_sweep import tree_state
 
-from orchestrator import report
-from orchestrator.report import REPORT_MARKER, main, write_report
-from orchestrator.tables import TABLES, Store
+from orchestrator.report import main
+from orchestrator.results import report
+from orchestrator.results.report import REPORT_MARKER, write_report
+from orchestrator.store.tables import TABLES, Store
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from orchestrator import sweep as sweep_cli
-from orchestrator.lease import Lease, LeaseHeld
 from orchestrator.spec import MAXIMA, load_spec
-from orchestrator.tables import LEASE, MARKER, NotOurFolder, Store
+from orchestrator.store.lease import Lease, LeaseHeld
+from orchestrator.store.tables import LEASE, MARKER, NotOurFolder, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "sweeps" / "smoke.yaml"
@@ -173,14 +173,12 @@ def test_restart_deletes_only_its_own_folder(crowded, capsys, monkeypatch):
     spec = spec_file(crowded)
     before = snapshot(crowded)
 
-    import orchestrator.sources
-
     def stop(*_a, **_k):
         raise KeyboardInterrupt  # stop right after the deletion, before any stage runs
     monkeypatch.setattr(sweep_cli, "connect_ray", lambda *_: None)
     monkeypatch.setattr(sweep_cli, "check_resources", lambda *_: None)
     monkeypatch.setattr(sweep_cli, "check_storage", lambda *_: None)
-    monkeypatch.setattr(orchestrator.sources, "run_sources", stop)
+    monkeypatch.setattr(sweep_cli, "run_sources", stop)
     code, out, err = run(capsys, spec, "--restart", "--storage", results)
     assert code == 130, err
     assert f"restart: deleted the results in {mine.root}" in out
@@ -229,8 +227,8 @@ def test_restart_through_a_symlinked_storage_folder_is_fine(tmp_path):
 def test_dropping_a_finished_cells_checkpoints_never_follows_a_link_out_of_the_sweep(tmp_path):
     """`sources.drop_run` deletes `<sweep>/_ray/source-<cell>/` once the cell's rows are written. A link there
     (the run folder itself, or `_ray` pointing elsewhere) must not take anything outside the sweep with it."""
-    from orchestrator import paths
-    from orchestrator.sources import drop_run
+    from orchestrator.stage1.cells import drop_run
+    from orchestrator.store import paths
 
     outside = tmp_path / "precious"
     (outside / "keep").mkdir(parents=True)
@@ -556,8 +554,8 @@ def test_load_spec_still_reads_the_shipped_sweeps():
 
 @pytest.fixture
 def s3_storage(monkeypatch):
-    from moto.server import ThreadedMotoServer
     import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
 
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
@@ -574,7 +572,8 @@ def s3_storage(monkeypatch):
 
 def test_object_store_probe_lease_and_restart(tmp_path, capsys, s3_storage):
     import pyarrow.fs as pafs
-    from orchestrator.cluster import probe_storage
+
+    from orchestrator.runtime.cluster import probe_storage
 
     spec = spec_file(tmp_path)
     code, _, err = run(capsys, spec, "--storage", s3_storage("nosuchbucket"))

@@ -20,15 +20,14 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
+from test_spec import SOURCE, SWEEPS, edited, spec_error
 
-from orchestrator import spec as spec_module
-from orchestrator import sweep as sweep_cli
+from orchestrator import spec as spec_module, sweep as sweep_cli
 from orchestrator.spec import MAX_SEED, MAXIMA, Resources, SpecError, SweepSpec, load_spec, parse_spec
+from orchestrator.store.tables import MARKER, Store
 from orchestrator.sweep import plan_text
-from orchestrator.tables import MARKER, Store
 from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, PdiffConfig, TrainConfig
 from pdiff.pipeline import KNOBS
-from test_spec import SOURCE, SWEEPS, edited, spec_error
 
 
 def run(*argv: Any) -> tuple[int, str, str]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import io
+import math
 import os
 import re
 import tempfile
@@ -28,13 +28,12 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from orchestrator import sweep as sweep_cli
 from orchestrator.spec import SpecError, SweepSpec, load_spec, parse_spec
+from orchestrator.store.tables import Store
 from orchestrator.sweep import plan_text
-from orchestrator.tables import Store
 from pdiff import ARCHS, DATASETS
 from pdiff.pipeline import KNOBS
 

@@ -16,11 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from orchestrator.lease import Lease
-from orchestrator.tables import LEASE, StorageFault, Store, storage_fault
-
 from tiny_sweep import CELLS, ROOT, TRIALS, run_sweep, sweep_command, sweep_env
+
+from orchestrator.store.lease import Lease
+from orchestrator.store.tables import LEASE, StorageFault, Store, storage_fault
 
 
 def _enospc(*_args, **_kwargs):
@@ -100,7 +99,7 @@ def test_a_full_disk_leaves_no_temporary_file_beside_the_lease(tmp_path, monkeyp
 
 # -- real sweeps -------------------------------------------------------------------------------------------
 
-# Loaded by every Python process of the faulted sweep (the driver and Ray's workers): once orchestrator.tables
+# Loaded by every Python process of the faulted sweep (the driver and Ray's workers): once orchestrator.store.tables
 # is imported, `Store._put` lets the first N writes of stage 2's files through and then fails every write as a
 # full disk does: half the bytes written, then ENOSPC.
 SITECUSTOMIZE = '''
@@ -131,7 +130,7 @@ def _patch(tables):
 
 class _PatchTables:
     def find_spec(self, name, path=None, target=None):
-        if name != "orchestrator.tables":
+        if name != "orchestrator.store.tables":
             return None
         spec = PathFinder.find_spec(name, path)
         run = spec.loader.exec_module

@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import yaml
-
-from orchestrator.summary import summary
-from orchestrator.tables import Store
 from tiny_sweep import CELLS, ROOT, TINY, sweep_command, sweep_env
+
+from orchestrator.results.summary import summary
+from orchestrator.store.tables import Store
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

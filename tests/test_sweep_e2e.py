@@ -11,9 +11,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from orchestrator.tables import SCHEMA_VERSION, Store
+from tiny_sweep import CELLS, TRIALS, K, N, run_sweep, sweep_command, sweep_env
 
-from tiny_sweep import CELLS, K, N, TRIALS, run_sweep, sweep_command, sweep_env
+from orchestrator.store.tables import SCHEMA_VERSION, Store
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,10 +288,10 @@ def test_fixed_knob_spec_runs_repeats_with_distinct_ids(tmp_path):
     import copy
 
     import yaml
-
-    from orchestrator.tables import Store
-    from orchestrator.tuning import trial_id_of
     from tiny_sweep import TINY, run_sweep
+
+    from orchestrator.stage2.search import trial_id_of
+    from orchestrator.store.tables import Store
 
     spec = copy.deepcopy(TINY)
     spec["name"] = "fixed"

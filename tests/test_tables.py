@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.tables import SCHEMA_VERSION, TABLES, CorruptTable, Store
+from orchestrator.store.tables import SCHEMA_VERSION, TABLES, CorruptTable, Store
 
 COMMON = ["sweep", "spec_hash", "schema_version", "cell_id"]
 
@@ -325,7 +325,7 @@ def test_store_survives_pickling(tmp_path):
 
 
 def test_check_schema_refuses_another_version_in_one_line(store):
-    from orchestrator.tables import OldTables
+    from orchestrator.store.tables import OldTables
 
     store.check_schema()  # no tables yet: nothing to refuse
     path = store.write("trials", "c", "t", rows_for("trials", 1))

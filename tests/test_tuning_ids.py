@@ -14,10 +14,10 @@ import tempfile
 import pytest
 import ray
 
-from orchestrator import tuning
 from orchestrator.spec import parse_spec
-from orchestrator.tables import Store
-from orchestrator.tuning import _identity, trial_id_of
+from orchestrator.stage2 import search as tuning
+from orchestrator.stage2.search import _identity, trial_id_of
+from orchestrator.store.tables import Store
 
 SPEC = {
     "name": "ids",

@@ -10,10 +10,11 @@ import copy
 
 import pytest
 import yaml
-
-from orchestrator import cluster, sweep
-from orchestrator.cluster import VersionMismatch, check_versions, connect_ray, local_versions
 from tiny_sweep import TINY
+
+from orchestrator import sweep
+from orchestrator.runtime import cluster
+from orchestrator.runtime.cluster import VersionMismatch, check_versions, connect_ray, local_versions
 
 
 def test_local_versions_are_ray_and_python_minor():

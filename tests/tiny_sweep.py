@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from orchestrator.spec import load_spec
-from orchestrator.tables import Store
+from orchestrator.store.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

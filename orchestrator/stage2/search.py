@@ -26,20 +26,20 @@ from typing import Any
 import ray
 import torch
 
+from orchestrator.runtime.cluster import driver_options
+from orchestrator.runtime.progress import Progress, step_reporter
+from orchestrator.spec import Cell, SweepSpec
+from orchestrator.stage1.cells import cell_health, load_snapshot_scores, load_source_model
+from orchestrator.stage2.curves import LossRecorder, write_curves
+from orchestrator.stage2.generators import save_trial_model
+from orchestrator.stage2.journal import Journal
+from orchestrator.store import paths
+from orchestrator.store.tables import StorageFault, Store, storage_fault
 from pdiff import ParameterSubset, load_dataset
 from pdiff.compare import judge
 from pdiff.evaluate import BatchedEvaluator, max_iou, pack_wrong
 from pdiff.pipeline import Diverged, reference_families, run_baselines, run_pdiff
 from pdiff.verdicts import family_verdict
-
-from . import paths
-from .cluster import driver_options
-from .feedback import Journal, LossRecorder, write_curves
-from .generate import save_trial_model
-from .progress import Progress, step_reporter
-from .sources import cell_health, load_snapshot_scores, load_source_model
-from .spec import Cell, SweepSpec
-from .tables import Store, StorageFault, storage_fault
 
 __all__ = ["run_tuning", "trial_id_of", "PROBES"]
 

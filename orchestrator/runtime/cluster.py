@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from .spec import Resources, SpecError, SweepSpec
-from .tables import Store
+from orchestrator.spec import Resources, SpecError, SweepSpec
+from orchestrator.store.tables import Store
 
 __all__ = ["HEAD_RESOURCE", "VersionMismatch", "connect_ray", "check_versions", "driver_options", "check_resources", "check_storage", "probe_storage",
            "missing_local_dirs", "remove_created"]

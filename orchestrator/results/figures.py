@@ -17,7 +17,7 @@ Everything is drawn from the tables alone: each model's wrong-prediction set on 
 test split is stored with it (`test_wrong`, packed bits, `pdiff.evaluate.pack_wrong`),
 so similarity, IoU matrices, the snapshots' max IoU to each other and their
 accuracies are computed from the tables (`pdiff.evaluate.iou_matrix`). No network is
-built and no stage module (`orchestrator.sources`, `orchestrator.tuning`, Ray) is
+built and no stage module (`orchestrator.stage1.collection`, `orchestrator.stage2.search`, Ray) is
 imported. The p-diff vectors are those of the cell's val-selected trial.
 """
 
@@ -40,9 +40,10 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from .sql import methods, searched_knobs  # noqa: E402
-from .summary import connect  # noqa: E402
-from .tables import HIDDEN, WRITER, WRITTEN, CorruptTable, Store  # noqa: E402
+from orchestrator.results.sql import methods, searched_knobs  # noqa: E402
+from orchestrator.results.views import connect  # noqa: E402
+from orchestrator.store.tables import HIDDEN, WRITER, WRITTEN, CorruptTable, Store  # noqa: E402
+from pdiff.names import COLLAPSE_IOU, LABELS
 
 __all__ = ["CellData", "FIGURES", "load_cells", "trial_history", "draw_all"]
 
@@ -97,7 +98,6 @@ _BASELINE_STYLES = [("#1f77b4", "s"), ("#2ca02c", "^"), ("#ff7f0e", "D"), ("#8c5
 
 def _method_style() -> dict[str, tuple[str, str, str]]:
     """(label, colour, marker) of the snapshots, p-diff and each baseline method (pdiff.baselines, in order)."""
-    from pdiff.names import LABELS
 
     style = {"original": ("snapshots", "#555555", "o"), "p-diff": ("p-diff", "#d62728", "o")}
     for i, m in enumerate(methods()):
@@ -262,7 +262,6 @@ SIGNALS = ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")
 
 def _families(cell: CellData, source: dict[str, Any], trials: dict[tuple[str, str], dict[str, Any]]) -> None:
     """The collapse signals the tables hold for each of the cell's families (see CellData.families)."""
-    from pdiff.names import COLLAPSE_IOU
 
     def known(v: Any) -> bool:
         return v is not None and not (isinstance(v, float) and math.isnan(v))

@@ -15,7 +15,6 @@ run. The run folder is deleted once the cell's rows are written.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import os
 import tempfile
@@ -25,68 +24,18 @@ from typing import Callable
 import ray
 import torch
 
+from orchestrator.runtime.cluster import driver_options
+from orchestrator.runtime.progress import Progress, worker_log
+from orchestrator.spec import Cell, SweepSpec
+from orchestrator.stage1.cells import _save, drop_run, pending_cells
+from orchestrator.store import paths
+from orchestrator.store.tables import Store
 from pdiff import ParameterSubset, build_model, load_dataset
-from pdiff.data import Dataset
 from pdiff.collect import collect_snapshots, train_source
 from pdiff.compare import leave_one_out
-from pdiff.evaluate import BatchedEvaluator, Scores, family_stats, pack_wrong, spread
+from pdiff.data import Dataset
+from pdiff.evaluate import BatchedEvaluator, family_stats, pack_wrong, spread
 from pdiff.health import Health, collection_health
-
-from .cluster import driver_options
-from . import paths
-from .paths import snapshot_scores as scores_relpath, source_model as model_relpath  # noqa: F401 (old names)
-from .paths import source_run as run_name  # noqa: F401
-from .progress import Progress, worker_log
-from .spec import Cell, SweepSpec
-from .tables import Store
-
-__all__ = ["run_sources", "load_source_model", "load_snapshot_scores", "pending_cells", "cell_health"]
-
-
-def _save(store: Store, relpath: str, obj) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    store.write_bytes(relpath, buf.getvalue())
-
-
-def _load(store: Store, relpath: str, device: torch.device | str = "cpu"):
-    return torch.load(io.BytesIO(store.read_bytes(relpath)), map_location=device)
-
-
-def cell_health(store: Store) -> dict[str, tuple[str, str | None]]:
-    """cell id -> (status, reason) of each collected cell (`healthy` where the tables predate the check)."""
-    rows = store.read_pandas("sources")
-    if rows.empty:
-        return {}
-    status = rows["status"] if "status" in rows else ["healthy"] * len(rows)
-    reason = rows["reason"] if "reason" in rows else [None] * len(rows)
-    return {c: (st if isinstance(st, str) else "healthy", r if isinstance(r, str) else None)
-            for c, st, r in zip(rows["cell_id"], status, reason)}
-
-
-def pending_cells(spec: SweepSpec, store: Store) -> list[Cell]:
-    """Cells without a `sources` row (their commit marker)."""
-    done = set(store.read("sources", columns=["cell_id"]).column("cell_id").to_pylist())
-    return [c for c in spec.cells if c.cell_id not in done]
-
-
-def load_source_model(store: Store, arch: str, model_path: str, data: Dataset,
-                      device: torch.device | str = "cpu") -> torch.nn.Module:
-    """A cell's trained source network, rebuilt from its saved weights (`sources.model_path`)."""
-    model = build_model(arch, channels=data.channels, classes=data.classes, image_size=data.image_size)
-    model.load_state_dict(_load(store, model_path, device))
-    return model.to(device).eval()
-
-
-def load_snapshot_scores(store: Store, cell_id: str) -> Scores:
-    """The snapshots' scores as stage 1 measured them: trials compare against them without rescoring."""
-    return Scores(**_load(store, paths.snapshot_scores(cell_id)))
-
-
-def drop_run(store: Store, cell_id: str) -> None:
-    """Delete a finished cell's run folder, its checkpoints with it (only inside `<sweep>/_ray/`).
-    A cell trained again later (healing) then starts afresh instead of resuming a finished run."""
-    store.delete_inside(paths.source_run_dir(cell_id))
 
 
 def _state_file(rank: int, world: int) -> str:

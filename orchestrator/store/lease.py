@@ -36,7 +36,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from .tables import LEASE, Store
+from orchestrator.store.tables import LEASE, Store
 
 __all__ = ["HEARTBEAT_S", "STALE_S", "Lease", "LeaseHeld"]
 

@@ -5,7 +5,7 @@ Run on every (non-dry) run of a sweep, before any work:
 - An unreadable Parquet file anywhere in a table is moved to `<sweep>/quarantine/`
   (never deleted), with a line saying so; whatever it held is rebuilt below.
 - A cell of the spec whose `sources` row is there but whose `checkpoints` rows
-  (K of them) or model files (`orchestrator.paths.source_files`: `models/<cell>.pt`,
+  (K of them) or model files (`orchestrator.store.paths.source_files`: `models/<cell>.pt`,
   `models/<cell>.snapshot_scores.pt`)
   are missing or corrupt is rebuilt from stage 1: its `sources` row (the commit
   marker) goes to quarantine, so stage 1 re-runs the cell.
@@ -32,11 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from orchestrator.spec import SweepSpec
+from orchestrator.store import paths
+from orchestrator.store.tables import COMPACT_PREFIX, TABLES, Store, storage_fault
 from pdiff.baselines import BASELINES
-
-from . import paths
-from .spec import SweepSpec
-from .tables import COMPACT_PREFIX, TABLES, Store, storage_fault
 
 __all__ = ["ModelFileError", "read_model", "reconcile"]
 

@@ -16,7 +16,7 @@ __all__ = ["COLUMNS", "KNOB_TABLE", "columns_of"]
 _COMMON = {
     "sweep": ("name", "the sweep's name"),
     "spec_hash": ("hash", "hash of the spec fields that define the results (not storage, resources)"),
-    "schema_version": ("int", "version of the table layout (orchestrator.tables.SCHEMA_VERSION; other versions are refused)"),
+    "schema_version": ("int", "version of the table layout (orchestrator.store.tables.SCHEMA_VERSION; other versions are refused)"),
     "cell_id": ("id", "the source model: arch-dataset-seed-<hash of its training settings>"),
 }
 _FAMILY = {  # collapse signals of a family of models (pdiff.evaluate.family_stats)
@@ -133,7 +133,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     "baselines": _COMMON | {"method": ("name", "the baseline (pdiff.baselines)")} | _VECTOR
                  | {f"family_{k}": (u, f"the method's family: {m}") for k, (u, m) in _FAMILY.items()}
                  | {"family_verdict": (_VERDICT[0], f"the method's family: {_VERDICT[1]}")},
-    "curves": _COMMON | {  # orchestrator.feedback
+    "curves": _COMMON | {  # orchestrator.results.sections
         "trial_id": ("id", "the trial whose training it is (written before its trials row)"),
         "phase": ("ae|ldm", "the autoencoder's training or the latent diffusion model's"),
         "step": ("step", "the last training step (0-based) of the point"),
@@ -141,7 +141,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
                         "and trial; each step's own loss where the phase has no more steps; for a failed trial, of "
                         "the steps reported before it failed); lower is better"),
     },
-    "runs": _COMMON | {  # orchestrator.feedback.RunRecord
+    "runs": _COMMON | {  # orchestrator.store.runs.RunRecord
         "cell_id": ("null", "a run covers the whole sweep (the file is runs/<run_id>.parquet)"),
         "run_id": ("id", "the run: r<UTC start time>-<random>"),
         "command": ("text", "the command line it ran"),

@@ -12,7 +12,7 @@ The rules:
   its order (kept apart from pdiff.baselines so that a query never imports torch).
 
 Each CTE (`CTES`) is a template over the tables' names: `{trials}` is the view `trials` in a connection of
-`orchestrator.summary.connect` (`views`), or `read_parquet('<sweep>/trials/*/*.parquet', ...)` in the
+`orchestrator.results.views.connect` (`views`), or `read_parquet('<sweep>/trials/*/*.parquet', ...)` in the
 README's questions, which read the files by path (`files`). A test checks that the README's ```sql blocks are
 `readme_questions(files("results/smoke"))`.
 """
@@ -23,7 +23,8 @@ import re
 from functools import lru_cache
 from typing import Callable, Iterable, Sequence
 
-from .tables import inside  # re-exported: the readers' one rule for which local files may be read
+from orchestrator.store.tables import inside  # re-exported: the readers' one rule for which local files may be read
+from pdiff.names import COLLAPSE_IOU, METHODS as names
 
 __all__ = ["BEST_TRIAL_ORDER", "COMPLETED", "CTES", "FAILED", "METHODS", "SELECTED_ORDER", "SUMMARY_SQL",
            "ablation_sql", "completed_trials_sql", "curves_sql", "failed_reasons_sql", "files", "glob_escaped",
@@ -34,7 +35,6 @@ __all__ = ["BEST_TRIAL_ORDER", "COMPLETED", "CTES", "FAILED", "METHODS", "SELECT
 @lru_cache(maxsize=None)
 def methods() -> tuple[str, ...]:
     """The baseline methods: `pdiff.names.METHODS`, the names of `pdiff.baselines.BASELINES` in its order."""
-    from pdiff.names import METHODS as names
 
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", m) for m in names), names  # used as SQL names below
     return names
@@ -57,7 +57,7 @@ Source = Callable[[str], str]  # a table's name -> what a FROM clause reads it a
 
 
 def views(table: str) -> str:
-    """The tables as the views of `orchestrator.summary.connect` (and `orchestrator.query`)."""
+    """The tables as the views of `orchestrator.results.views.connect` (and `orchestrator.query`)."""
     return table
 
 
@@ -187,7 +187,7 @@ ORDER BY s.arch, s.dataset, s.seed"""
 
 @lru_cache(maxsize=None)
 def summary_sql() -> str:
-    """One row per cell (`orchestrator.summary.summary`; what the sweep prints)."""
+    """One row per cell (`orchestrator.results.summary.summary`; what the sweep prints)."""
     return with_ctes(_SUMMARY_CTES, views, _PDIFF) + _summary_select() + "\n"
 
 
@@ -195,7 +195,6 @@ def report_sql(knobs: Sequence[str]) -> str:
     """SUMMARY_SQL's row per cell, with the columns the report adds (see `orchestrator.report`): each
     baseline's test-selected best, median and collapse signals, the snapshots' collapse flag, the winning
     trial's id, val accuracy and `knobs` (as `hp_<knob>`), and whether p-diff dominates each baseline."""
-    from pdiff.names import COLLAPSE_IOU
 
     hp = "".join(f',\n       t."{k}" AS "hp_{k}"' for k in knobs)
     extra = "".join(f",\n       round(base_{m}.best_test, 2) AS {m}_best_test_paper, "

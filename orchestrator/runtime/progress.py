@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
+from orchestrator.runtime.cluster import driver_options
+
 __all__ = ["Progress", "HEARTBEAT", "worker_log", "step_reporter"]
 
 HEARTBEAT = 30.0  # seconds without a line after which the driver says what runs
@@ -106,7 +108,6 @@ class Progress:
         if self._sink is None:
             from ray.util.queue import Queue
 
-            from .cluster import driver_options
 
             self._sink = Queue(actor_options={"num_cpus": 0, **driver_options()})
         return self._sink

@@ -52,7 +52,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .paths import GENERATED_MORE, MODELS, OPTUNA, QUARANTINE, RAY, REPORT
+from orchestrator.store.paths import GENERATED_MORE, MODELS, OPTUNA, QUARANTINE, RAY, REPORT, is_sweep_name
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "MARKER", "LEASE", "HEAVY", "COMPACT_MIN_FILES", "CorruptTable", "Layout",
            "NotOurFolder", "OldTables", "StorageFault", "Store", "compact_sweep", "storage_fault"]
@@ -97,7 +97,7 @@ TABLES: dict[str, pa.Schema] = {
         ("test_max_iou", pa.float64()), ("val_max_iou", pa.float64()), ("nearest_l2", pa.float64()),
         ("val_wrong", pa.binary()), ("test_wrong", pa.binary()), ("params", pa.list_(pa.float32())),
     ]),
-    # Added (orchestrator.feedback): a trial's training losses, decimated; one row per run of the sweep
+    # Added (orchestrator.results.sections): a trial's training losses, decimated; one row per run of the sweep
     # command (no cell: `runs/<run_id>.parquet`, cell_id null).
     "curves": pa.schema(_COMMON + [
         ("trial_id", pa.string()), ("phase", pa.string()), ("step", pa.int64()), ("loss", pa.float64()),
@@ -115,7 +115,7 @@ TABLES: dict[str, pa.Schema] = {
 
 
 MARKER = "_sweep.json"  # the sweep's own marker: {"tool", "sweep", "spec_hash", "created"}
-LEASE = "_lease.json"  # who runs the sweep now (orchestrator.lease)
+LEASE = "_lease.json"  # who runs the sweep now (orchestrator.store.lease)
 # What a sweep writes at the top of its folder. A folder without a marker is
 # adopted (given one) only if it holds nothing else: an older sweep's folder.
 OWN_ENTRIES = frozenset(TABLES) | {RAY, MODELS, REPORT, QUARANTINE, GENERATED_MORE, OPTUNA, MARKER,
@@ -453,7 +453,6 @@ class Store:
         folder holding nothing but a lease passes: there is nothing to delete).
         Not strict (a normal run, before writing): a marker, if any, names this sweep, and a folder
         without one holds only what a sweep writes (an older sweep's folder is adopted)."""
-        from .spec import is_sweep_name  # here: tables must not import the spec at module level
 
         where = self.uri
         if not is_sweep_name(self.sweep):

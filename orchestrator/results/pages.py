@@ -5,8 +5,8 @@ The index page (`orchestrator.report`) holds the per-cell summary tables while t
 arch x dataset table (`group_summary`) alone. The arch x dataset table is shown wherever a group has more
 than one cell (several seeds). Every cell has its own page, `cell-<cell_id>.html`, beside `index.html`,
 linked from each cell's row: its summary row (the four tables), its similarity numbers, every trial with its
-knobs, and the notes about it. The figures draw at most `orchestrator.figures.MAX_PANELS` panels each
-(`orchestrator.figures.panels_of`). Nothing here draws: writing 400 pages takes well under a second.
+knobs, and the notes about it. The figures draw at most `orchestrator.results.figures.MAX_PANELS` panels each
+(`orchestrator.results.figures.panels_of`). Nothing here draws: writing 400 pages takes well under a second.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+
+from orchestrator.results.layout import CSS, html_table, summary_groups
+from orchestrator.results.sql import methods
+from orchestrator.results.trust import collapse_warnings, trust_warnings
 
 __all__ = ["INDEX_CELLS", "MAX_WARNINGS", "cell_page", "group_summary", "groups_html", "groups_md", "wants_groups",
            "write_cell_pages"]
@@ -38,13 +42,12 @@ def wants_groups(df: pd.DataFrame) -> bool:
 
 
 def _methods() -> list[str]:
-    from .sql import methods
 
     return list(methods())
 
 
 def group_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per arch x dataset of the report's per-cell summary (`orchestrator.sql.report_sql`): cells,
+    """One row per arch x dataset of the report's per-cell summary (`orchestrator.results.sql.report_sql`): cells,
     mean and standard deviation over them of the val-selected test accuracies (p-diff, the snapshots' best,
     each baseline) and mean novelty (test max-IoU), collapsed cells, and in how many cells p-diff dominates
     each baseline on the selected accuracy."""
@@ -147,13 +150,12 @@ def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], t
 
     `trials`: every trials row (any columns); `cells`: the figures' CellData (similarity numbers); `notes`: the
     report's notes (those naming a cell's label go on its page); `where`: cell id -> which figures show it."""
-    from .report import _CSS, _groups, _html_table, collapse_warnings, trust_warnings
 
     e = html.escape
     by_cell = {c: g for c, g in trials.groupby("cell_id", sort=False)} if len(trials) else {}
     data = {c.cell_id: c for c in cells}
     names = []
-    css = _CSS + "tr.best td { background: #fff6d6; }\n"
+    css = CSS + "tr.best td { background: #fff6d6; }\n"
     for i in range(len(df)):
         row = df.iloc[i:i + 1]
         r = row.iloc[0]
@@ -163,8 +165,8 @@ def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], t
                 f"{e(where.get(r.cell_id, NOT_DRAWN))}</p>"]
         body += [f'<p class="warning"><b>COLLAPSED</b>: {e(w)}</p>' for w in collapse_warnings(row)]
         body += [f'<p class="warning">{e(w)}</p>' for w in trust_warnings(row)]
-        for title, note, groups in _groups(shown):
-            body += [f"<h3>{e(title)}</h3>", f'<div class="scroll">{_html_table(row, groups)}</div>']
+        for title, note, groups in summary_groups(shown):
+            body += [f"<h3>{e(title)}</h3>", f'<div class="scroll">{html_table(row, groups)}</div>']
         cell = data.get(r.cell_id)
         if cell is not None and cell.similarity:
             sim = ", ".join(f"{k} {v:.3f}" for k, v in cell.similarity.items() if not math.isnan(v))
@@ -188,13 +190,12 @@ def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], t
 
 def write_cells_page(out: Path, store, df: pd.DataFrame, shown: Sequence[str], links: dict[str, str]) -> str:
     """`cells.html`: the four per-cell summary tables of a sweep too large for the index page."""
-    from .report import _CSS, _groups, _html_table
 
     e = html.escape
     body = [f'<p class="meta"><a href="index.html">Report of sweep {e(store.sweep)}</a></p>',
             f"<h1>Every cell of sweep <code>{e(store.sweep)}</code> ({len(df)})</h1>"]
-    for title, note, groups in _groups(shown):
+    for title, note, groups in summary_groups(shown):
         body += [f"<h3>{e(title)}</h3>", f'<p class="note">{e(note)}</p>',
-                 f'<div class="scroll">{_html_table(df, groups, links)}</div>']
-    (out / "cells.html").write_text(_page(f"p-diff sweep {store.sweep}: every cell", body, _CSS))
+                 f'<div class="scroll">{html_table(df, groups, links)}</div>']
+    (out / "cells.html").write_text(_page(f"p-diff sweep {store.sweep}: every cell", body, CSS))
     return "cells.html"

@@ -1,6 +1,6 @@
 """Where a sweep keeps what is not a table row: every artefact's path, relative to the sweep's folder, written once.
 
-Stage 1 (`orchestrator.sources`), stage 2 (`orchestrator.tuning`), healing (`orchestrator.heal`), more models
+Stage 1 (`orchestrator.stage1.collection`), stage 2 (`orchestrator.stage2.search`), healing (`orchestrator.runtime.heal`), more models
 (`orchestrator.generate`) and the report all name their files through here; `Store.path(relpath)` and
 `Store.write_bytes(relpath, ...)` place them under the sweep (a local folder or an object store).
 
@@ -14,13 +14,18 @@ Stage 1 (`orchestrator.sources`), stage 2 (`orchestrator.tuning`), healing (`orc
     report/                                     the report (`orchestrator.report`)
     quarantine/                                 files healing moved aside (never deleted)
 
-The tables themselves are `<table>/<cell>/<writer>.parquet` (`orchestrator.tables`).
+The tables themselves are `<table>/<cell>/<writer>.parquet` (`orchestrator.store.tables`).
 """
 
 from __future__ import annotations
 
-__all__ = ["GENERATED_MORE", "MODELS", "OPTUNA", "QUARANTINE", "RAY", "REPORT", "generated_more", "journal",
-           "snapshot_scores", "source_files", "source_model", "source_run", "source_run_dir", "trial_model"]
+import re
+from typing import Any
+
+__all__ = ["GENERATED_MORE", "MODELS", "OPTUNA", "QUARANTINE", "RAY", "REPORT", "generated_more", "is_sweep_name",
+           "journal", "snapshot_scores", "source_files", "source_model", "source_run", "source_run_dir", "trial_model"]
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sweep name: one folder name, never . or ..
 
 MODELS = "models"
 RAY = "_ray"
@@ -28,6 +33,11 @@ OPTUNA = "optuna"
 GENERATED_MORE = "generated_more"
 REPORT = "report"
 QUARANTINE = "quarantine"
+
+
+def is_sweep_name(name: Any) -> bool:
+    """A slug that names exactly one folder below the storage root (never '.', '..' or a path)."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
 
 
 def source_model(cell_id: str) -> str:
