@@ -1,0 +1,390 @@
+"""`python -m orchestrator.report RESULTS_DIR [--out DIR]`: a sweep's results as a folder people can open.
+
+RESULTS_DIR is a sweep's folder (`results/smoke`, `s3://bucket/prefix/smoke`).
+The report (default `RESULTS_DIR/report/`) holds `index.html`, which opens
+offline in any browser (no network address anywhere; the figures beside it are
+referenced by relative file name), `summary.md`, `summary.csv` and the figures
+as PNG files (see `orchestrator.results.figures`).
+
+The summary table, one row per cell, is one DuckDB query over the tables
+(`orchestrator.results.sql.report_sql`), built on `orchestrator.results.sql.SUMMARY_SQL` and adding columns:
+
+- originals: best and mean test accuracy of the snapshots;
+- p-diff, of the val-selected trial (best val accuracy; ties: lower `val_max_iou`,
+  then smaller trial id): the test accuracy of the val-selected generated model,
+  the best test accuracy (selected on the test set: the paper's protocol,
+  optimistic by construction), mean and median (lower middle, as torch.median);
+- each baseline (noise, average of 16, Gaussian) likewise; its val-selected model
+  is the one with the best val accuracy, ties to the lowest index (as torch.argmax);
+- novelty: mean `test_max_iou`, the max IoU of each model's test mistakes to any snapshot's
+  (lower = more novel);
+- the snapshots' leave-one-out max-IoU, the collection's health and the val-selected trial's verdict
+  (collapsed / memorising / novel, `pdiff.verdicts`) with the number of trials tied on val accuracy;
+- p-diff against each baseline and its own latent Gaussian: the mean accuracy and mean max-IoU
+  differences with their 95% intervals and the word they earn (`trials.vs_<family>`; a side counts only
+  when its interval excludes zero);
+- the winning trial's id, val accuracy and hyperparameters (the knobs that vary
+  across the sweep's trials; every knob where none varies);
+- collapse, per family (the snapshots, the val-selected trial's generated models, each
+  baseline): mean pairwise IoU of the wrong-prediction sets inside the family (1 = all alike),
+  the number of distinct sets, the L2 spread relative to the snapshots', and the flag
+  (pdiff.evaluate.family_stats: pairwise IoU >= COLLAPSE_IOU or spread ratio < COLLAPSE_SPREAD);
+  how many completed trials collapsed; whether the winning trial's autoencoder reached ae_min_r2.
+  A collapsed val-selected trial is also named above the tables and marked in the figures.
+
+Exit status: 0 done, 2 no sweep tables at RESULTS_DIR, an unreadable table file (one line
+naming the file), tables of another schema version (one line naming the folder), a column stored
+with another type than its declaration (naming the table, the column and the file), or an `--out`
+that cannot hold the report: a file, a link, a place inside the sweep's folder other than its
+`report/`, or a folder holding files that is not a report of this sweep (a report carries
+`_report.json` naming its sweep). Nothing is created before a refusal; the report is written into
+a new folder beside its place and renamed into it once complete.
+
+Trials that did not complete (failed, stopped) are left out of every number and figure; the summary counts the failed ones (`failed_trials`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.results.figures import FIGURES, draw_all, panels_of
+from orchestrator.results.layout import CSS, code_html, flat_table, format_value, html_table, md_table, summary_groups
+from orchestrator.results.pages import (INDEX_CELLS, MAX_WARNINGS, cell_page, groups_html, groups_md, wants_groups,
+                                        write_cell_pages, write_cells_page)
+from orchestrator.results.sections import FIGURES as FEEDBACK, feedback_sections
+from orchestrator.results.sql import failed_reasons_sql, report_sql, searched_knobs
+from orchestrator.results.trust import collapse_warnings, trust_warnings
+from orchestrator.results.views import connect, materialize, one_line
+from orchestrator.store import paths
+from orchestrator.store.tables import TABLES, Store
+
+# -- the summary table -------------------------------------------------------
+
+
+def summary_table(store: Store, con=None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The report's summary (one row per cell), the searched knobs, and the knobs shown in it."""
+    con = con or connect(store)
+    searched, present = searched_knobs(con)
+    shown = searched or present
+    return con.execute(report_sql(shown)).df(), searched, shown
+
+
+def summary_text(df: pd.DataFrame, shown: Sequence[str]) -> str:
+    """The summary's four tables as plain text, for a terminal, after any collapse warning."""
+    warnings = ["COLLAPSED: " + w for w in collapse_warnings(df)] + trust_warnings(df)
+    parts = ["\n".join(warnings)] if warnings else []
+    for title, note, groups in summary_groups(shown):
+        flat = flat_table(df, groups)
+        parts.append(f"{title}\n{flat.to_string(index=False)}")
+        if title.startswith("Test accuracy"):
+            parts[-1] += "\n(sel: val-selected model; best*: selected on the test set, the paper's protocol)"
+    return "\n\n".join(parts)
+
+
+def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, counts: dict[str, int],
+          notes: list[str], extra=None, links: dict[str, str] | None = None) -> str:
+
+    titles = FIGURES | FEEDBACK  # the figures' and orchestrator.results.sections's
+
+    e = html.escape
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>p-diff sweep {e(store.sweep)}: report</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+        f"<h1>p-diff sweep <code>{e(store.sweep)}</code></h1>",
+        f'<p class="meta">Tables: <code>{e(store.uri)}</code>. {len(df)} cell(s); rows: '
+        + ", ".join(f"{e(t)} {n}" for t, n in counts.items()) + f". Written {stamp}.</p>",
+        "<h2>Summary</h2>",
+    ]
+    warnings = ["COLLAPSED: " + w for w in collapse_warnings(df)] + trust_warnings(df)
+    parts += [f'<p class="warning">{e(w)}</p>' for w in warnings[:MAX_WARNINGS]]
+    if len(warnings) > MAX_WARNINGS:
+        parts.append(f'<p class="warning">and {len(warnings) - MAX_WARNINGS} more warnings (the cells\' '
+                     f"pages, and the Collapse and Novelty tables, say which)</p>")
+    on_index = len(df) <= INDEX_CELLS
+    if wants_groups(df):  # one row per arch x dataset (orchestrator.results.pages)
+        parts.append(groups_html(df, None if on_index else "cells.html"))
+    for title, note, groups in summary_groups(shown) if on_index else ():
+        parts += [f"<h3>{e(title)}</h3>", f'<p class="note">{e(note)}</p>',
+                  f'<div class="scroll">{html_table(df, groups, links)}</div>']
+    if extra and extra.results_html:  # orchestrator.results.sections: the noise ablation
+        parts.append(extra.results_html)
+    parts.append("<h2>Figures</h2>")
+    for name in figures:
+        title, caption = titles[name]
+        if name == "search_history.png":
+            caption += f" Order used here: {how}."
+        parts += ["<figure>", f"<h3>{e(title)}</h3>", f'<img src="{e(name)}" alt="{e(title)}">',
+                  f"<figcaption>{code_html(caption)}</figcaption>", "</figure>"]
+    if extra and extra.runs_html:  # orchestrator.results.sections: the runs table
+        parts.append(extra.runs_html)
+    parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{code_html(n)}</li>" for n in notes] + ["</ul>", "</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, notes: list[str],
+              extra=None) -> str:
+
+    titles = FIGURES | FEEDBACK  # the figures' and orchestrator.results.sections's
+
+    parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
+    parts += [line for w in collapse_warnings(df) for line in (f"> **COLLAPSED**: {w}", "")]
+    parts += [line for w in trust_warnings(df) for line in (f"> {w}", "")]
+
+    if wants_groups(df):
+        parts += [groups_md(df)]
+    for title, note, groups in summary_groups(shown):
+        parts += [f"## {title}", "", note, "", md_table(flat_table(df, groups)), ""]
+    if extra and extra.results_md:
+        parts += [extra.results_md]
+    parts += ["## Figures", ""]
+    for name in figures:
+        title, caption = titles[name]
+        if name == "search_history.png":
+            caption += f" Order used here: {how}."
+        parts += [f"### {title}", "", f"![{title}]({name})", "", caption, ""]
+    if extra and extra.runs_md:
+        parts += [extra.runs_md]
+    parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(parts)
+
+
+# -- the report --------------------------------------------------------------
+
+
+def _failed_notes(con, df: pd.DataFrame) -> list[str]:
+    """A note per cell with failed trials: how many, left out of every number and figure, and why."""
+    columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
+    rows = con.execute(failed_reasons_sql("reason" in columns)).fetchall()
+    labels = {r.cell_id: f"{r.arch} / {r.dataset} / seed {r.seed}" for r in df.itertuples()}
+    notes = []
+    for cell_id, n, reasons in sorted(rows, key=lambda r: labels.get(r[0], r[0])):
+        why = "; ".join(sorted(" ".join(str(x).split())[:160] for x in reasons or [])[:3])
+        notes.append(f"{labels.get(cell_id, cell_id)}: {n} failed trial(s), left out of the summary and the "
+                     f"figures" + (f" (reason: {why})" if why else ""))
+    return notes
+
+
+def _write_pages(store: Store, con, out: Path, df: pd.DataFrame, shown, cells, notes, panels) -> dict[str, str]:
+    """A page per cell (orchestrator.results.pages), and cells.html where the index has no per-cell tables; returns
+    {cell id: its page}."""
+
+    where = {}
+    for p in panels:
+        for i, c in enumerate(p.cells):
+            where[c] = ("Every figure of the report shows this cell." if len(p.cells) == 1 else
+                        f"The report's figures pool it in the panel {p.label}"
+                        + ("; the t-SNE and the loss curves show it." if i == 0 else "."))
+    trials = con.execute("SELECT * FROM trials").df()
+    write_cell_pages(out, store, df, shown, trials, cells, notes, [c[3:] for c in df.columns if c.startswith("hp_")],
+                     where)
+    links = {c: cell_page(c) for c in df.cell_id}
+    if len(df) > INDEX_CELLS:
+        write_cells_page(out, store, df, shown, links)
+    return links
+
+
+REPORT_MARKER = "_report.json"  # {"tool", "report": the sweep's name, "tables"}: a folder a new report may replace
+
+
+class Refused(ValueError):
+    """A one-line reason to stop with exit status 2 (a report folder that is not ours, a mistyped column)."""
+
+
+def _check_types(store: Store) -> None:
+    """Refuse a table whose files disagree with its declared column types (`tables.TABLES`) or with each other,
+    in one line naming the table, the column and the file, before a query fails deep in the summary."""
+    for table, declared in TABLES.items():
+        schemas = {}
+        for f in store.files(table):
+            try:
+                schemas[f] = pq.read_schema(f, filesystem=store.fs).remove_metadata()
+            except (pa.ArrowException, OSError):
+                continue  # an unreadable file: `connect` names it (CorruptTable)
+        for f, schema in schemas.items():
+            for field in schema:
+                want = declared.field(field.name).type if field.name in declared.names else None
+                if want is not None and field.type != want and not pa.types.is_null(field.type):
+                    raise Refused(f"column {table}.{field.name} is {field.type} in {f}, declared {want}: rewrite "
+                                  f"or remove that file (columns are never retyped)")
+        try:  # the undeclared columns (the trials' knobs): one type across the files, as in Store.read
+            if schemas:
+                pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+        except (pa.ArrowException, ValueError) as err:
+            raise Refused(f"table {table} of {store.uri}: {one_line(err)}") from None
+
+
+def _is_report_of(folder: Path, store: Store) -> bool:
+    try:
+        mark = json.loads((folder / REPORT_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(mark, dict) and mark.get("tool") == "pdiff-sweep" and mark.get("report") == store.sweep
+
+
+def _target(store: Store, out_dir: str | Path | None) -> Path:
+    """The report folder, checked before anything is written: a new or empty folder, the sweep's own
+    `report/`, or an earlier report of this sweep (its REPORT_MARKER); never a link, a file, or elsewhere
+    inside the sweep's folder (a reader does not write among the tables)."""
+    own = Path(store.path(paths.REPORT))
+    if out_dir is not None and not str(out_dir).strip():
+        raise Refused("--out '': give a folder")
+    try:
+        out = own if out_dir is None else Path(os.path.abspath(Path(out_dir).expanduser()))
+        real, sweep = os.path.realpath(out), os.path.realpath(store.root)
+        if out.is_symlink():
+            raise Refused(f"--out {out}: a link; give the folder itself")
+        if out.exists() and not out.is_dir():
+            raise Refused(f"--out {out}: not a folder")
+        if out != own and (real == sweep or real.startswith(sweep + os.sep)) and real != os.path.realpath(own):
+            raise Refused(f"--out {out}: inside the sweep's folder {store.root}; leave out --out for "
+                          f"{own}, or give a folder outside the sweep")
+        if out != own and out.is_dir() and any(out.iterdir()) and not _is_report_of(out, store):
+            raise Refused(f"--out {out}: a folder holding files that is not a report of sweep {store.sweep} (no "
+                          f"{REPORT_MARKER} naming it); give a new or empty folder")
+        ancestor = next(p for p in out.parents if p.exists())
+        if not ancestor.is_dir():
+            raise Refused(f"--out {out}: {ancestor} is not a folder")
+    except (OSError, ValueError) as err:  # an unreadable folder, a name too long, a NUL byte
+        if isinstance(err, Refused):
+            raise
+        raise Refused(f"--out {out_dir}: {one_line(err)}") from None
+    return out
+
+
+def _scratch(target: Path) -> tuple[Path, list[Path]]:
+    """A new folder beside `target` to write the report into, and the missing parent folders made for it;
+    nothing is left behind when it cannot be made."""
+    created: list[Path] = []
+    try:
+        for parent in reversed([p for p in target.parents if not p.exists()]):
+            parent.mkdir()
+            created.append(parent)
+        scratch = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+        scratch.mkdir()
+    except OSError as err:
+        _remove(created)
+        raise Refused(f"--out {target}: cannot write there ({err.strerror or err})") from None
+    return scratch, created
+
+
+def _remove(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _swap(scratch: Path, target: Path) -> None:
+    """Put the finished report in place of the earlier one (if any), which is removed."""
+    old = scratch.with_name(scratch.name.replace(".tmp-", ".old-"))
+    had = target.exists()
+    if had:
+        target.rename(old)
+    try:
+        scratch.rename(target)
+    except OSError:
+        if had:
+            old.rename(target)
+        raise
+    if had:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(store: Store, out_dir: str | Path | None = None, *,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Write the report folder of a sweep and return the path of its `index.html`.
+
+    `out_dir` defaults to `<sweep>/report/`. The report is written into a new folder beside it and renamed into
+    place once complete, so no half-written report is ever there; for a sweep on an object store it is built in
+    a local temporary folder (whose index.html is returned) and copied to `<sweep>/report/`. Raises Refused (one line) for an `out_dir` that
+    is not a report folder of this sweep (`_target`) or tables whose columns are mistyped.
+    """
+    log = log or (lambda s: None)
+    upload = out_dir is None and not store.is_local
+    target = None if upload else _target(store, out_dir)
+    _check_types(store)
+    t0 = time.perf_counter()
+    con, df, searched, shown, counts = _summarise(store, log)
+    out, created = (Path(tempfile.mkdtemp(prefix=f"report-{store.sweep}-")), []) if upload else _scratch(target)
+    try:
+        (out / REPORT_MARKER).write_text(json.dumps({"tool": "pdiff-sweep", "report": store.sweep,
+                                                     "tables": store.uri}) + "\n")
+        _write_files(store, con, out, df, searched, shown, counts, log)
+        if upload:
+            for f in sorted(out.iterdir()):
+                store.write_bytes(f"{paths.REPORT}/{f.name}", f.read_bytes())
+            log(f"copied to {store.uri}/{paths.REPORT}/")
+        else:
+            _swap(out, target)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        _remove(created)
+        raise
+    log(f"report written in {time.perf_counter() - t0:.1f}s")
+    return out / "index.html" if upload else target / "index.html"
+
+
+def _summarise(store: Store, log: Callable[[str], None]):
+    """The tables read once: (connection, summary, searched knobs, knobs shown, rows per table)."""
+    t0 = time.perf_counter()
+    con = connect(store)
+    materialize(con)  # the light columns, read once for the report's many queries
+    df, searched, shown = summary_table(store, con)
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    log(f"summary of {len(df)} cell(s) ({time.perf_counter() - t0:.1f}s)")
+    return con, df, searched, shown, counts
+
+
+def _write_files(store: Store, con, out: Path, df: pd.DataFrame, searched, shown, counts: dict[str, int],
+                 log: Callable[[str], None]) -> None:
+    """The report's files (figures, summary.csv and .md, the pages, index.html) into `out`."""
+
+    best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
+    figures, how, cells = draw_all(store, out, best, searched, log=log)
+
+    panels, pooled = panels_of(df[["cell_id", "arch", "dataset", "seed"]])
+    # loss curves, the noise ablation, the runs; the loss curves of one cell per panel
+    extra = feedback_sections(store, con, df, out, log, shown=[p.cells[0] for p in panels])
+    figures = figures | extra.figures
+
+    notes = [
+        "All numbers are one DuckDB query over the Parquet tables (`orchestrator.results.sql.report_sql`); ask your "
+        "own with `python -m orchestrator.query " + store.uri + " \"SELECT ...\"` (views: "
+        + ", ".join(f"`{t}`" for t in TABLES) + ").",
+        "Accuracies are percentages of the test split; the search never sees the test split.",
+        f"Search history order: {how}.",
+    ]
+    if pooled:
+        notes.append(f"Figures: {pooled}; the t-SNE and the loss curves show the first cell (seed) of each. "
+                     f"Each cell's numbers and trials are on its own page (linked from its row).")
+    notes += [f"{c.label}: {c.why_not}" for c in cells if c.why_not]
+    notes += _failed_notes(con, df)
+    for c in cells:  # the stored wrong-prediction sets must reproduce the stored accuracies
+        groups = [("original", c.snapshot_rows.test_acc), ("p-diff", c.best_generated.test_acc)]
+        groups += [(m, rows.sort_values("index").test_acc) for m, rows in c.baselines.groupby("method")]
+        for group, stored in groups:
+            if group in c.recomputed and len(stored) == len(c.recomputed[group]):
+                gap = float(abs(c.recomputed[group] - stored.to_numpy()).max()) if len(stored) else 0.0
+                if gap > 1e-6:
+                    notes.append(f"{c.label}: {group} test accuracy from the stored wrong-prediction sets differs "
+                                 f"from the stored test_acc by up to {100 * gap:.2f} points (the figures use the sets)")
+    listy = [c for c in df.columns if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any()]
+    df.assign(**{c: df[c].map(lambda v: format_value(c, v)) for c in listy}).to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(_markdown(store, df, shown, figures, how, notes, extra))
+    links = _write_pages(store, con, out, df, shown, cells, notes, panels)
+    (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes, extra, links))
+    log(f"{len(links)} cell page(s)")
