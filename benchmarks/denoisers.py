@@ -19,12 +19,13 @@ import time
 
 import torch
 
-from .quality import snapshot_summary
 from pdiff import CollectConfig, ParameterSubset, PdiffConfig, TrainConfig, build_model, load_dataset
 from pdiff.collect import collect
 from pdiff.diffusion import LDMConfig, train_diffusion
 from pdiff.evaluate import BatchedEvaluator
 from pdiff.pipeline import assess, run_pdiff
+
+from .quality import snapshot_summary
 
 
 def _rms(z: torch.Tensor) -> float:

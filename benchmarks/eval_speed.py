@@ -30,9 +30,10 @@ import time
 import torch
 from torch import nn
 
-from .targets import exit_status
 from pdiff import DEFAULT_SUBSET, ParameterSubset, build_model
 from pdiff.evaluate import BatchedEvaluator
+
+from .targets import exit_status
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

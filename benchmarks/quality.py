@@ -34,13 +34,14 @@ import time
 
 import torch
 
-from .targets import exit_status, mark
 from pdiff import CollectConfig, ParameterSubset, PdiffConfig, TrainConfig, build_model, load_dataset
 from pdiff.collect import collect
 from pdiff.compare import compare_families, leave_one_out
 from pdiff.evaluate import BatchedEvaluator, family_stats, max_iou, summarize
 from pdiff.pipeline import assess, latent_gaussian, run_baselines, run_pdiff
 from pdiff.verdicts import family_verdict
+
+from .targets import exit_status, mark
 
 # Cells by name: (architecture, subset patterns, subset learning rate during collection).
 # mlp-5k: the linear subset of ~5,000 numbers that issue 8 times (fc2 + fc3 = 4,810 numbers); its trial

@@ -40,9 +40,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.store.tables import SCHEMA_VERSION, TABLES, Store
-from .targets import exit_status, mark
+from orchestrator.store.schema import SCHEMA_VERSION, TABLES
+from orchestrator.store.tables import Store
 from pdiff.names import METHODS
+
+from .targets import exit_status, mark
 
 SWEEP = "scale"
 ARCHS = {"mlp": 650, "cnn_small": 394, "cnn_medium": 522, "resnet_tiny": 586}  # arch -> subset size

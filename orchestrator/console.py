@@ -23,6 +23,11 @@ __all__ = ["ANSI", "ArgumentParser", "one_line", "plain_console", "printable", "
 ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 
 
+def cell_label(arch: str, dataset: str, seed: int) -> str:
+    """How every table, figure and console line names a cell."""
+    return f"{arch} / {dataset} / seed {seed}"
+
+
 def printable(text: str) -> str:
     """`text` with its control characters escaped (a path from the user may hold a newline, an ESC, a NUL)."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))

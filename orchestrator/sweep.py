@@ -22,7 +22,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from orchestrator.console import ArgumentParser, one_line, plain_console, run
+from orchestrator.console import ArgumentParser, cell_label, one_line, plain_console, run
 from orchestrator.explain import reference
 from orchestrator.results.report import Refused, write_report
 from orchestrator.results.summary import summary
@@ -128,7 +128,7 @@ def _print_summary(spec: SweepSpec, store: Store) -> None:
         print(view[keys + list(collapse)].rename(columns=collapse).to_string(
             index=False, na_rep="n/a", float_format=lambda x: f"{x:.3f}"))
     for row in view.itertuples():
-        label = f"{row.arch} / {row.dataset} / seed {row.seed}"
+        label = cell_label(row.arch, row.dataset, row.seed)
         if row.collapse == "COLLAPSED":
             print(f"cell {label}: best trial COLLAPSED (pairwise IoU {row.pdiff_pairwise_iou:.3f}, "
                   f"{row.pdiff_distinct_sets:.0f} distinct wrong-prediction set(s), "

@@ -14,7 +14,8 @@ import duckdb
 import pytest
 
 from orchestrator.query import main
-from orchestrator.store.tables import TABLES, Store
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

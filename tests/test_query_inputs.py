@@ -20,7 +20,8 @@ from orchestrator.query import main
 from orchestrator.results import sql
 from orchestrator.results.query import unique_names
 from orchestrator.results.summary import summary
-from orchestrator.store.tables import TABLES, Store
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import Store
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-SWEEP"
 

@@ -13,7 +13,7 @@ from tiny_sweep import ROOT, sweep_env
 from orchestrator.explain import REFERENCE_PATH, reference, spec_keys
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.store.columns import COLUMNS, columns_of
-from orchestrator.store.tables import TABLES
+from orchestrator.store.schema import TABLES
 from pdiff.pipeline import KNOB_DOCS, KNOBS
 
 MINIMAL = {"name": "x", "sources": {"archs": ["mlp"], "datasets": ["digits"]},

@@ -26,7 +26,8 @@ from orchestrator.results.sections import FIGURES as FEEDBACK_FIGURES, ablation_
 from orchestrator.results.summary import summary
 from orchestrator.results.views import connect
 from orchestrator.store.locate import parse_results_dir
-from orchestrator.store.tables import TABLES, Store
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import Store
 from pdiff.verdicts import comparison
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,7 +350,8 @@ def test_tables_of_an_older_schema_are_refused_in_one_line(finished_sweep, tiny_
     from tiny_sweep import sweep_command, sweep_env
 
     from orchestrator.query import main as query_main
-    from orchestrator.store.tables import MARKER, SCHEMA_VERSION, OldTables
+    from orchestrator.store.schema import SCHEMA_VERSION
+    from orchestrator.store.tables import MARKER, OldTables
 
     assert SCHEMA_VERSION == 2
     copy = _copy_sweep(finished_sweep, tmp_path / "results")

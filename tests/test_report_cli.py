@@ -19,7 +19,8 @@ from tiny_sweep import tree_state
 from orchestrator.report import main
 from orchestrator.results import report
 from orchestrator.results.report import REPORT_MARKER, write_report
-from orchestrator.store.tables import TABLES, Store
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import Store
 
 
 @pytest.fixture(scope="module")

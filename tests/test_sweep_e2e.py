@@ -13,7 +13,8 @@ import duckdb
 import pytest
 from tiny_sweep import CELLS, TRIALS, K, N, run_sweep, sweep_command, sweep_env
 
-from orchestrator.store.tables import SCHEMA_VERSION, Store
+from orchestrator.store.schema import SCHEMA_VERSION
+from orchestrator.store.tables import Store
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

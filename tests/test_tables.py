@@ -14,7 +14,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.store.tables import SCHEMA_VERSION, TABLES, CorruptTable, Store
+from orchestrator.store.schema import SCHEMA_VERSION, TABLES
+from orchestrator.store.tables import CorruptTable, Store
 
 COMMON = ["sweep", "spec_hash", "schema_version", "cell_id"]
 

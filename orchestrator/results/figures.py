@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from orchestrator.console import cell_label
 from orchestrator.results.sql import methods, searched_knobs  # noqa: E402
 from orchestrator.results.views import connect  # noqa: E402
 from orchestrator.store.tables import HIDDEN, WRITER, WRITTEN, CorruptTable, Store  # noqa: E402
@@ -135,7 +136,7 @@ class CellData:
 
     @property
     def label(self) -> str:
-        return f"{self.arch} / {self.dataset} / seed {self.seed}"
+        return cell_label(self.arch, self.dataset, self.seed)
 
     def collapsed(self, method: str) -> bool:
         """Whether a family is flagged collapsed in the tables (unknown counts as not)."""
@@ -557,7 +558,7 @@ def panels_of(sources: pd.DataFrame) -> tuple[list[Panel], str]:
     has its own page in the report either way."""
     rows = sources.sort_values(["arch", "dataset", "seed"])
     if len(rows) <= MAX_PANELS:
-        return [Panel(r.cell_id, f"{r.arch} / {r.dataset} / seed {r.seed}", (r.cell_id,))
+        return [Panel(r.cell_id, cell_label(r.arch, r.dataset, r.seed), (r.cell_id,))
                 for r in rows.itertuples()], ""
     groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for r in rows.itertuples():

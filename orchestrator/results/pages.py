@@ -18,6 +18,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from orchestrator.console import cell_label
 from orchestrator.results.layout import CSS, html_table, summary_groups
 from orchestrator.results.sql import methods
 from orchestrator.results.trust import collapse_warnings, trust_warnings
@@ -159,7 +160,7 @@ def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], t
     for i in range(len(df)):
         row = df.iloc[i:i + 1]
         r = row.iloc[0]
-        label = f"{r.arch} / {r.dataset} / seed {r.seed}"
+        label = cell_label(r.arch, r.dataset, r.seed)
         body = [f'<p class="meta"><a href="index.html">Report of sweep {e(store.sweep)}</a></p>',
                 f"<h1>{e(label)}</h1>", f'<p class="meta">Cell <code>{e(r.cell_id)}</code>. '
                 f"{e(where.get(r.cell_id, NOT_DRAWN))}</p>"]

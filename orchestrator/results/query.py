@@ -13,7 +13,8 @@ import duckdb
 
 from orchestrator.results.sql import glob_escaped, inside, literal
 from orchestrator.results.views import one_line, open_views
-from orchestrator.store.tables import TABLES, CorruptTable, Store
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import CorruptTable, Store
 
 
 class QueryRefused(ValueError):

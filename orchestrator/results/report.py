@@ -1,47 +1,6 @@
-"""`python -m orchestrator.report RESULTS_DIR [--out DIR]`: a sweep's results as a folder people can open.
-
-RESULTS_DIR is a sweep's folder (`results/smoke`, `s3://bucket/prefix/smoke`).
-The report (default `RESULTS_DIR/report/`) holds `index.html`, which opens
-offline in any browser (no network address anywhere; the figures beside it are
-referenced by relative file name), `summary.md`, `summary.csv` and the figures
-as PNG files (see `orchestrator.results.figures`).
-
-The summary table, one row per cell, is one DuckDB query over the tables
-(`orchestrator.results.sql.report_sql`), built on `orchestrator.results.sql.SUMMARY_SQL` and adding columns:
-
-- originals: best and mean test accuracy of the snapshots;
-- p-diff, of the val-selected trial (best val accuracy; ties: lower `val_max_iou`,
-  then smaller trial id): the test accuracy of the val-selected generated model,
-  the best test accuracy (selected on the test set: the paper's protocol,
-  optimistic by construction), mean and median (lower middle, as torch.median);
-- each baseline (noise, average of 16, Gaussian) likewise; its val-selected model
-  is the one with the best val accuracy, ties to the lowest index (as torch.argmax);
-- novelty: mean `test_max_iou`, the max IoU of each model's test mistakes to any snapshot's
-  (lower = more novel);
-- the snapshots' leave-one-out max-IoU, the collection's health and the val-selected trial's verdict
-  (collapsed / memorising / novel, `pdiff.verdicts`) with the number of trials tied on val accuracy;
-- p-diff against each baseline and its own latent Gaussian: the mean accuracy and mean max-IoU
-  differences with their 95% intervals and the word they earn (`trials.vs_<family>`; a side counts only
-  when its interval excludes zero);
-- the winning trial's id, val accuracy and hyperparameters (the knobs that vary
-  across the sweep's trials; every knob where none varies);
-- collapse, per family (the snapshots, the val-selected trial's generated models, each
-  baseline): mean pairwise IoU of the wrong-prediction sets inside the family (1 = all alike),
-  the number of distinct sets, the L2 spread relative to the snapshots', and the flag
-  (pdiff.evaluate.family_stats: pairwise IoU >= COLLAPSE_IOU or spread ratio < COLLAPSE_SPREAD);
-  how many completed trials collapsed; whether the winning trial's autoencoder reached ae_min_r2.
-  A collapsed val-selected trial is also named above the tables and marked in the figures.
-
-Exit status: 0 done, 2 no sweep tables at RESULTS_DIR, an unreadable table file (one line
-naming the file), tables of another schema version (one line naming the folder), a column stored
-with another type than its declaration (naming the table, the column and the file), or an `--out`
-that cannot hold the report: a file, a link, a place inside the sweep's folder other than its
-`report/`, or a folder holding files that is not a report of this sweep (a report carries
-`_report.json` naming its sweep). Nothing is created before a refusal; the report is written into
-a new folder beside its place and renamed into it once complete.
-
-Trials that did not complete (failed, stopped) are left out of every number and figure; the summary counts the failed ones (`failed_trials`).
-"""
+"""Write a sweep's report folder: the summary tables, figures, cell pages and their HTML / Markdown pages,
+built in a scratch folder and swapped in whole (the command and what the summary holds:
+`orchestrator.report`)."""
 
 from __future__ import annotations
 
@@ -61,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator.console import cell_label
 from orchestrator.results.figures import FIGURES, draw_all, panels_of
 from orchestrator.results.layout import CSS, code_html, flat_table, format_value, html_table, md_table, summary_groups
 from orchestrator.results.pages import (INDEX_CELLS, MAX_WARNINGS, cell_page, groups_html, groups_md, wants_groups,
@@ -70,7 +30,8 @@ from orchestrator.results.sql import failed_reasons_sql, report_sql, searched_kn
 from orchestrator.results.trust import collapse_warnings, trust_warnings
 from orchestrator.results.views import connect, materialize, one_line
 from orchestrator.store import paths
-from orchestrator.store.tables import TABLES, Store
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import Store
 
 # -- the summary table -------------------------------------------------------
 
@@ -170,7 +131,7 @@ def _failed_notes(con, df: pd.DataFrame) -> list[str]:
     """A note per cell with failed trials: how many, left out of every number and figure, and why."""
     columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
     rows = con.execute(failed_reasons_sql("reason" in columns)).fetchall()
-    labels = {r.cell_id: f"{r.arch} / {r.dataset} / seed {r.seed}" for r in df.itertuples()}
+    labels = {r.cell_id: cell_label(r.arch, r.dataset, r.seed) for r in df.itertuples()}
     notes = []
     for cell_id, n, reasons in sorted(rows, key=lambda r: labels.get(r[0], r[0])):
         why = "; ".join(sorted(" ".join(str(x).split())[:160] for x in reasons or [])[:3])

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from orchestrator.console import cell_label
 from orchestrator.results.figures import _grid, _message, _save
 from orchestrator.results.sql import ablation_sql, completed_trials_sql, curves_sql, runs_sql
 from orchestrator.store.runs import VERSIONS
@@ -193,7 +194,7 @@ def feedback_sections(store: Store, con, df: pd.DataFrame, out: Path, log: Calla
     """The loss-curve figure (into `out`; of the cells `shown`, default the first MAX_PANELS), the ablation
     tables and the Runs table, for the report."""
     t0 = time.perf_counter()
-    labels = {r.cell_id: f"{r.arch} / {r.dataset} / seed {r.seed}" for r in df.itertuples()}
+    labels = {r.cell_id: cell_label(r.arch, r.dataset, r.seed) for r in df.itertuples()}
     best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
     drawn = labels if shown is None else {c: labels[c] for c in shown if c in labels}
     sections = Sections({"loss_curves.png": curves_figure(store, con, best, drawn, out / "loss_curves.png")})

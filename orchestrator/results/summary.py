@@ -5,7 +5,8 @@ from __future__ import annotations
 from orchestrator.results import sql
 from orchestrator.results.query import tables_read
 from orchestrator.results.views import connect
-from orchestrator.store.tables import TABLES, Store
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import Store
 
 
 def summary(store: Store):

@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from orchestrator.console import cell_label
 from orchestrator.results.layout import format_value
 
 
@@ -19,7 +20,7 @@ def collapse_warnings(df: pd.DataFrame) -> list[str]:
             continue
         of = (f"; {format_value('collapsed_trials', r.collapsed_trials)} of {format_value('trials', r.trials)} completed trials "
               "collapsed")
-        out.append(f"{r.arch} / {r.dataset} / seed {r.seed}: the val-selected trial {r.best_trial} is COLLAPSED "
+        out.append(f"{cell_label(r.arch, r.dataset, r.seed)}: the val-selected trial {r.best_trial} is COLLAPSED "
                    f"(pairwise IoU {format_value('pdiff_pairwise_iou', r.pdiff_pairwise_iou)}, "
                    f"{format_value('pdiff_distinct_sets', r.pdiff_distinct_sets)} distinct wrong-prediction set(s), "
                    f"spread {format_value('pdiff_spread_ratio', r.pdiff_spread_ratio)}x the snapshots'): its generated "
@@ -36,7 +37,7 @@ def trust_warnings(df: pd.DataFrame) -> list[str]:
     memorising, or whose val-selected trial was one of several tied on val accuracy."""
     out = []
     for r in df.itertuples():
-        cell = f"{r.arch} / {r.dataset} / seed {r.seed}"
+        cell = cell_label(r.arch, r.dataset, r.seed)
         collection = getattr(r, "collection", None)
         if collection == "failed":
             out.append(f"{cell}: COLLECTION FAILED, no baselines or trials: {r.collection_reason}")

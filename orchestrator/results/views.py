@@ -8,7 +8,8 @@ import duckdb
 import pyarrow as pa
 
 from orchestrator.results import sql
-from orchestrator.store.tables import HEAVY, HIDDEN, TABLES, WRITER, CorruptTable, Store
+from orchestrator.store.schema import HEAVY, TABLES
+from orchestrator.store.tables import HIDDEN, WRITER, CorruptTable, Store
 
 
 def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:

@@ -34,7 +34,8 @@ import torch
 
 from orchestrator.spec import SweepSpec
 from orchestrator.store import paths
-from orchestrator.store.tables import COMPACT_PREFIX, TABLES, Store, storage_fault
+from orchestrator.store.schema import TABLES
+from orchestrator.store.tables import COMPACT_PREFIX, Store, storage_fault
 from pdiff.baselines import BASELINES
 
 __all__ = ["ModelFileError", "read_model", "reconcile"]
