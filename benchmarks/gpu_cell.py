@@ -138,6 +138,22 @@ def _row(name: str, summary: dict, max_iou: float | None) -> str:
             f"{summary['spread_ratio']:>9.3f}{'yes' if summary['collapsed'] else 'no':>10}")
 
 
+def _print_families(source_acc: float, data, scores, snapshots, run, baselines) -> dict:
+    """The accuracy and novelty table of the snapshots, p-diff and the baselines; returns the snapshots' row."""
+    snap_summary = summarize(scores) | family_stats(snapshots, scores.test_wrong, snapshots)
+    print(f"\nsource model test acc {100 * source_acc:.2f}%. Accuracies in % on {len(data.test):,} test images; "
+          f"'selected' = best on validation; max_iou = test_max_iou, the mean over models of the max IoU of its "
+          f"test wrong-prediction set to any snapshot's (1 = memorised); pairwise = mean IoU within the family; "
+          f"spread = RMS spread over the snapshots'")
+    print(f"{'family':<10}{'selected':>9}{'best':>9}{'mean':>9}{'median':>9}{'max_iou':>9}{'pairwise':>9}"
+          f"{'distinct':>9}{'spread':>9}{'collapsed':>10}")
+    print(_row("snapshots", snap_summary, None))
+    print(_row("p-diff", run.generated.summary, run.generated.summary["test_max_iou"]))
+    for name, a in baselines.items():
+        print(_row(name, a.summary, a.summary["test_max_iou"]))
+    return snap_summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -207,17 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"AE: R2 {getattr(run, 'ae_r2', float('nan')):.3f}, converged {getattr(run, 'ae_converged', '?')}")
     print(f"peak GPU memory: {peak:.2f} GiB" if peak is not None else "peak GPU memory: n/a (CPU)")
 
-    snap_summary = summarize(scores) | family_stats(snapshots, scores.test_wrong, snapshots)
-    print(f"\nsource model test acc {100 * source_acc:.2f}%. Accuracies in % on {len(data.test):,} test images; "
-          f"'selected' = best on validation; max_iou = test_max_iou, the mean over models of the max IoU of its "
-          f"test wrong-prediction set to any snapshot's (1 = memorised); pairwise = mean IoU within the family; "
-          f"spread = RMS spread over the snapshots'")
-    print(f"{'family':<10}{'selected':>9}{'best':>9}{'mean':>9}{'median':>9}{'max_iou':>9}{'pairwise':>9}"
-          f"{'distinct':>9}{'spread':>9}{'collapsed':>10}")
-    print(_row("snapshots", snap_summary, None))
-    print(_row("p-diff", run.generated.summary, run.generated.summary["test_max_iou"]))
-    for name, a in baselines.items():
-        print(_row(name, a.summary, a.summary["test_max_iou"]))
+    snap_summary = _print_families(source_acc, data, scores, snapshots, run, baselines)
     return {"scaled": scaled, "device": gpu or "cpu", "seconds": phases, "epoch_seconds": epochs,
             "peak_gib": peak, "source_acc": source_acc, "pdiff": run.generated.summary,
             "snapshots": snap_summary, "baselines": {k: a.summary for k, a in baselines.items()}}

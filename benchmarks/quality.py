@@ -161,7 +161,16 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
                                              seed=seed)) for a, fa, b, fb in pairs]
     seconds["intervals"] = time.perf_counter() - t0
 
-    print(f"\n== digits / {arch}, subset {'+'.join(patterns)} = {subset.numel} numbers, seed {seed}: "
+    targets = _report(cell, seed, args, collect_lr, coll, subset.numel, runs, loo, rows, compared, seconds)
+    return {"targets": targets, "seconds": seconds}
+
+
+def _report(cell: str, seed: int, args: argparse.Namespace, collect_lr: float, coll, numel: int, runs: dict,
+            loo: dict, rows: dict, compared: list, seconds: dict) -> list[tuple[str, bool]]:
+    """Print a cell's families, targets and comparisons; returns the targets."""
+    arch, patterns, _ = CELLS[cell]
+    snap = rows["snapshots"][0]
+    print(f"\n== digits / {arch}, subset {'+'.join(patterns)} = {numel} numbers, seed {seed}: "
           f"K={args.k} (collected at lr {collect_lr:g}), N={args.n}; source test acc {100 * coll.test_acc:.2f}%")
     for norm, run in runs.items():
         print(f"   p-diff ({norm}): AE stopped after {run.ae_steps} steps at R2 {run.ae_r2:.4f} "
@@ -199,7 +208,7 @@ def run_cell(cell: str, seed: int, args: argparse.Namespace) -> dict:
         print(f"   {a:<26}{b:<26}{_interval(c.acc_diff, c.acc_lo, c.acc_hi, '+.2f'):<26}"
               f"{_interval(c.iou_diff, c.iou_lo, c.iou_hi, '+.3f'):<28}{c.word}")
     print("   seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-    return {"targets": targets, "seconds": seconds}
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:

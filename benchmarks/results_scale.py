@@ -41,8 +41,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.store.schema import SCHEMA_VERSION, TABLES
+from orchestrator.store.runs import RunRecord
 from orchestrator.store.tables import Store
 from pdiff.names import METHODS
+from pdiff.pipeline import PdiffConfig
 
 from .targets import exit_status, mark
 
@@ -96,89 +98,103 @@ def _write(path: Path, table: pa.Table) -> None:
     pq.write_table(table, path, compression="zstd")  # as Store.write does (there: to a temporary name first)
 
 
+def _types(defaults: dict) -> tuple[dict, dict]:
+    """The Arrow types of the trials' added columns (knobs and collapse signals) and the baselines' family ones."""
+    knob_types = pa.Table.from_pylist([defaults]).schema
+    signal_types = {"trial_index": pa.int64(), "pairwise_iou": pa.float64(), "distinct_sets": pa.int64(),
+                    "spread_ratio": pa.float64(), "collapsed": pa.bool_(), "ae_steps_taken": pa.int64(),
+                    "ae_r2": pa.float64(), "ae_converged": pa.bool_()}
+    family_extra = {"family_pairwise_iou": pa.float64(), "family_distinct_sets": pa.int64(),
+                    "family_spread_ratio": pa.float64(), "family_collapsed": pa.bool_()}
+    return {f.name: f.type for f in knob_types} | signal_types, family_extra
+
+
+def _common(rows: int, cell: str) -> dict:
+    return {"sweep": [SWEEP] * rows, "spec_hash": ["synthetic"] * rows, "schema_version": [SCHEMA_VERSION] * rows,
+            "cell_id": [cell] * rows}
+
+
+def _write_cell(root: Path, cell: str, arch: str, dataset: str, s: int, base: float, rng, K: int, N: int,  # noqa: N803
+                family_extra: dict) -> None:
+    """A cell's sources row, K snapshots and N models per baseline method."""
+    width = ARCHS[arch]
+    _write(root / "sources" / cell / "source.parquet", _table("sources", _common(1, cell) | {
+        "arch": [arch], "dataset": [dataset], "seed": [s], "subset": [["fc2.weight", "fc2.bias"]],
+        "n_subset": [width], "n_total": [20 * width], "k": [K], "test_acc": [base], "seconds": [30.0],
+        "node_id": ["node"], "model_path": [f"models/{cell}.pt"], "resumed_from_epoch": [0],
+        "n_val": [N_VAL], "n_test": [N_TEST], "snapshot_pairwise_iou": [0.6 + 0.2 * rng.random()],
+        "snapshot_distinct_sets": [K], "snapshot_spread": [0.05]},
+        {"snapshot_pairwise_iou": pa.float64(), "snapshot_distinct_sets": pa.int64(),
+         "snapshot_spread": pa.float64()}))
+    _write(root / "checkpoints" / cell / "snapshots.parquet", _table("checkpoints", _common(K, cell) | {
+        "index": list(range(K)), "val_acc": base + 0.01 * rng.standard_normal(K),
+        "test_acc": base + 0.01 * rng.standard_normal(K), "val_wrong": _wrong(rng, K, N_VAL, 0.08),
+        "test_wrong": _wrong(rng, K, N_TEST, 0.08), "params": _vectors(rng, K, width)}))
+    rows = len(METHODS) * N
+    _write(root / "baselines" / cell / "baselines.parquet", _table("baselines", _common(rows, cell) | {
+        "method": [m for m in METHODS for _ in range(N)], "index": [i for _ in METHODS for i in range(N)],
+        "val_acc": base - 0.02 * rng.random(rows), "test_acc": base - 0.02 * rng.random(rows),
+        "test_max_iou": 0.7 + 0.3 * rng.random(rows), "val_max_iou": 0.7 + 0.3 * rng.random(rows),
+        "nearest_l2": rng.random(rows), "val_wrong": _wrong(rng, rows, N_VAL, 0.09),
+        "test_wrong": _wrong(rng, rows, N_TEST, 0.09), "params": _vectors(rng, rows, width),
+        "family_pairwise_iou": np.repeat(0.5 + 0.4 * rng.random(len(METHODS)), N),
+        "family_distinct_sets": [N] * rows, "family_spread_ratio": np.repeat(rng.random(len(METHODS)), N),
+        "family_collapsed": [False] * rows}, family_extra))
+
+
+def _write_trial(root: Path, cell: str, trial: str, t: int, width: int, base: float, rng, N: int,  # noqa: N803
+                 defaults: dict, trial_extra: dict) -> None:
+    """A completed trial: its N generated models, its loss curves and its `trials` row (accuracy in percent)."""
+    knobs = defaults | {"latent_dim": int(rng.choice([32, 64])),
+                        "latent_noise": float(10 ** rng.uniform(-2, math.log10(0.3))),
+                        "input_noise": float(10 ** rng.uniform(-4, -2)),
+                        "ae_lr": float(10 ** rng.uniform(math.log10(3e-4), math.log10(3e-3)))}
+    val, test = base - 0.03 * rng.random(N), base - 0.03 * rng.random(N)
+    iou = 0.8 + 0.2 * rng.random(N)
+    _write(root / "generated" / cell / f"{trial}.parquet", _table("generated", _common(N, cell) | {
+        "trial_id": [trial] * N, "index": list(range(N)), "val_acc": val, "test_acc": test,
+        "test_max_iou": iou, "val_max_iou": iou, "nearest_l2": rng.random(N),
+        "val_wrong": _wrong(rng, N, N_VAL, 0.08), "test_wrong": _wrong(rng, N, N_TEST, 0.08),
+        "params": _vectors(rng, N, width)}))
+    steps = np.arange(CURVE_POINTS) * 10
+    curve = {"trial_id": [trial] * 2 * CURVE_POINTS, "phase": ["ae"] * CURVE_POINTS + ["ldm"] * CURVE_POINTS,
+             "step": np.concatenate([steps, steps]),
+             "loss": np.concatenate([np.exp(-steps / 80.0), 0.5 * np.exp(-steps / 120.0)]) + 1e-3}
+    _write(root / "curves" / cell / f"{trial}.parquet", _table("curves", _common(2 * CURVE_POINTS, cell) | curve))
+    best = int(np.argmax(val))
+    summary = {"selected_acc": [100 * test[best]], "best_test_acc": [100 * test.max()],
+               "mean_acc": [100 * test.mean()], "median_acc": [100 * float(np.sort(test)[(N - 1) // 2])],
+               "test_max_iou": [float(iou.mean())], "val_max_iou": [float(iou.mean())]}
+    _write(root / "trials" / cell / f"{trial}.parquet", _table("trials", _common(1, cell) | summary | {
+        "trial_id": [trial], "search_hash": ["synthetic"], "status": ["completed"],
+        "val_acc": [100 * float(val.max())], "ae_loss": [0.01], "ldm_loss": [0.1], "seconds": [60.0],
+        "node_id": ["node"], "trial_index": [t], "pairwise_iou": [0.6 + 0.3 * rng.random()],
+        "distinct_sets": [N], "spread_ratio": [0.3 + rng.random()], "collapsed": [False],
+        "ae_steps_taken": [1000], "ae_r2": [0.96], "ae_converged": [True]}
+        | {k: [v] for k, v in knobs.items()}, trial_extra))
+
+
 def build(storage: Path, n_cells: int, n_trials: int, seed: int = 0, log=print, *, k: int = K, n: int = N) -> Store:
     """A sweep folder `<storage>/scale` of n_cells x n_trials (K = k snapshots, N = n models a trial and a
     baseline), one file per writer; returns its Store."""
-    K, N = k, n  # noqa: N806 (the module's defaults, here per call)
-    from pdiff.pipeline import PdiffConfig
-
     store = Store(str(storage), SWEEP, "synthetic")
     store.write_marker()
     root = Path(store.root)
     rng = np.random.default_rng(seed)
     defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in PdiffConfig().knobs().items()}
-    defaults |= {"ae_steps": 3000, "ldm_steps": 400, "n_generated": N, "sampler": "ddim", "sample_steps": 20,
+    defaults |= {"ae_steps": 3000, "ldm_steps": 400, "n_generated": n, "sampler": "ddim", "sample_steps": 20,
                  "ae_channels": [32, 64, 64], "ldm_channels": [16, 32]}
-    knob_types = pa.Table.from_pylist([defaults]).schema
-    signal_types = {"trial_index": pa.int64(), "pairwise_iou": pa.float64(), "distinct_sets": pa.int64(),
-                    "spread_ratio": pa.float64(), "collapsed": pa.bool_(), "ae_steps_taken": pa.int64(),
-                    "ae_r2": pa.float64(), "ae_converged": pa.bool_()}
-    trial_extra = {f.name: f.type for f in knob_types} | signal_types
-    family_extra = {"family_pairwise_iou": pa.float64(), "family_distinct_sets": pa.int64(),
-                    "family_spread_ratio": pa.float64(), "family_collapsed": pa.bool_()}
-    common = lambda rows, cell: {"sweep": [SWEEP] * rows, "spec_hash": ["synthetic"] * rows,  # noqa: E731
-                                 "schema_version": [SCHEMA_VERSION] * rows, "cell_id": [cell] * rows}
+    trial_extra, family_extra = _types(defaults)
     t0 = time.perf_counter()
     cells = _cells(n_cells)
     for c, (arch, dataset, s) in enumerate(cells):
         cell = f"{arch}-{dataset}-s{s}-{c:08x}"
-        width = ARCHS[arch]
         base = 0.9 + 0.05 * rng.random()
-        _write(root / "sources" / cell / "source.parquet", _table("sources", common(1, cell) | {
-            "arch": [arch], "dataset": [dataset], "seed": [s], "subset": [["fc2.weight", "fc2.bias"]],
-            "n_subset": [width], "n_total": [20 * width], "k": [K], "test_acc": [base], "seconds": [30.0],
-            "node_id": ["node"], "model_path": [f"models/{cell}.pt"], "resumed_from_epoch": [0],
-            "n_val": [N_VAL], "n_test": [N_TEST], "snapshot_pairwise_iou": [0.6 + 0.2 * rng.random()],
-            "snapshot_distinct_sets": [K], "snapshot_spread": [0.05]},
-            {"snapshot_pairwise_iou": pa.float64(), "snapshot_distinct_sets": pa.int64(),
-             "snapshot_spread": pa.float64()}))
-        _write(root / "checkpoints" / cell / "snapshots.parquet", _table("checkpoints", common(K, cell) | {
-            "index": list(range(K)), "val_acc": base + 0.01 * rng.standard_normal(K),
-            "test_acc": base + 0.01 * rng.standard_normal(K), "val_wrong": _wrong(rng, K, N_VAL, 0.08),
-            "test_wrong": _wrong(rng, K, N_TEST, 0.08), "params": _vectors(rng, K, width)}))
-        rows = len(METHODS) * N
-        _write(root / "baselines" / cell / "baselines.parquet", _table("baselines", common(rows, cell) | {
-            "method": [m for m in METHODS for _ in range(N)], "index": [i for _ in METHODS for i in range(N)],
-            "val_acc": base - 0.02 * rng.random(rows), "test_acc": base - 0.02 * rng.random(rows),
-            "test_max_iou": 0.7 + 0.3 * rng.random(rows), "val_max_iou": 0.7 + 0.3 * rng.random(rows),
-            "nearest_l2": rng.random(rows), "val_wrong": _wrong(rng, rows, N_VAL, 0.09),
-            "test_wrong": _wrong(rng, rows, N_TEST, 0.09), "params": _vectors(rng, rows, width),
-            "family_pairwise_iou": np.repeat(0.5 + 0.4 * rng.random(len(METHODS)), N),
-            "family_distinct_sets": [N] * rows, "family_spread_ratio": np.repeat(rng.random(len(METHODS)), N),
-            "family_collapsed": [False] * rows}, family_extra))
+        _write_cell(root, cell, arch, dataset, s, base, rng, k, n, family_extra)
         for t in range(n_trials):
-            trial = f"t{c:06x}{t:04x}"
-            knobs = defaults | {"latent_dim": int(rng.choice([32, 64])),
-                                "latent_noise": float(10 ** rng.uniform(-2, math.log10(0.3))),
-                                "input_noise": float(10 ** rng.uniform(-4, -2)),
-                                "ae_lr": float(10 ** rng.uniform(math.log10(3e-4), math.log10(3e-3)))}
-            val, test = base - 0.03 * rng.random(N), base - 0.03 * rng.random(N)
-            iou = 0.8 + 0.2 * rng.random(N)
-            _write(root / "generated" / cell / f"{trial}.parquet", _table("generated", common(N, cell) | {
-                "trial_id": [trial] * N, "index": list(range(N)), "val_acc": val, "test_acc": test,
-                "test_max_iou": iou, "val_max_iou": iou, "nearest_l2": rng.random(N),
-                "val_wrong": _wrong(rng, N, N_VAL, 0.08), "test_wrong": _wrong(rng, N, N_TEST, 0.08),
-                "params": _vectors(rng, N, width)}))
-            steps = np.arange(CURVE_POINTS) * 10
-            curve = {"trial_id": [trial] * 2 * CURVE_POINTS, "phase": ["ae"] * CURVE_POINTS + ["ldm"] * CURVE_POINTS,
-                     "step": np.concatenate([steps, steps]),
-                     "loss": np.concatenate([np.exp(-steps / 80.0), 0.5 * np.exp(-steps / 120.0)]) + 1e-3}
-            _write(root / "curves" / cell / f"{trial}.parquet", _table("curves", common(2 * CURVE_POINTS, cell) | curve))
-            best = int(np.argmax(val))
-            summary = {"selected_acc": [100 * test[best]], "best_test_acc": [100 * test.max()],
-                       "mean_acc": [100 * test.mean()], "median_acc": [100 * float(np.sort(test)[(N - 1) // 2])],
-                       "test_max_iou": [float(iou.mean())], "val_max_iou": [float(iou.mean())]}
-            _write(root / "trials" / cell / f"{trial}.parquet", _table("trials", common(1, cell) | summary | {
-                "trial_id": [trial], "search_hash": ["synthetic"], "status": ["completed"],
-                "val_acc": [100 * float(val.max())], "ae_loss": [0.01], "ldm_loss": [0.1], "seconds": [60.0],
-                "node_id": ["node"], "trial_index": [t], "pairwise_iou": [0.6 + 0.3 * rng.random()],
-                "distinct_sets": [N], "spread_ratio": [0.3 + rng.random()], "collapsed": [False],
-                "ae_steps_taken": [1000], "ae_r2": [0.96], "ae_converged": [True]}
-                | {k: [v] for k, v in knobs.items()}, trial_extra))
+            _write_trial(root, cell, f"t{c:06x}{t:04x}", t, ARCHS[arch], base, rng, n, defaults, trial_extra)
         if (c + 1) % 50 == 0 or c + 1 == len(cells):
             log(f"  built {c + 1}/{len(cells)} cells ({time.perf_counter() - t0:.0f}s)")
-    from orchestrator.store.runs import RunRecord
-
     RunRecord(store, "python -m benchmarks.results_scale").start().end("done", 0)
     return store
 
@@ -203,6 +219,7 @@ SNIPPETS = {
 import json, sys, time
 t0 = time.perf_counter()
 from orchestrator.results.summary import summary
+from orchestrator.store.runs import RunRecord
 from orchestrator.store.tables import Store
 t1 = time.perf_counter()
 from orchestrator.results import sql
@@ -214,7 +231,8 @@ print(json.dumps({"seconds": time.perf_counter() - t1, "methods": t2 - t1, "impo
     "query": """
 import json, sys, time
 t0 = time.perf_counter()
-from orchestrator.query import run_query
+from orchestrator.results.query import run_query
+from orchestrator.store.runs import RunRecord
 from orchestrator.store.tables import Store
 t1 = time.perf_counter()
 columns, rows = run_query(Store(sys.argv[1], sys.argv[2]), "select count(*) from trials")
@@ -223,7 +241,9 @@ print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows
     "compact": """
 import json, sys, time
 t0 = time.perf_counter()
-from orchestrator.store.tables import Store, compact_sweep
+from orchestrator.store.compaction import compact_sweep
+from orchestrator.store.runs import RunRecord
+from orchestrator.store.tables import Store
 t1 = time.perf_counter()
 done = compact_sweep(Store(sys.argv[1], sys.argv[2]))
 print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows": done}))
@@ -232,6 +252,7 @@ print(json.dumps({"seconds": time.perf_counter() - t1, "imports": t1 - t0, "rows
 import json, sys, time
 t0 = time.perf_counter()
 from orchestrator.report import write_report
+from orchestrator.store.runs import RunRecord
 from orchestrator.store.tables import Store
 t1 = time.perf_counter()
 index = write_report(Store(sys.argv[1], sys.argv[2]), sys.argv[3])

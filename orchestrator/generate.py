@@ -25,22 +25,24 @@ import secrets
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from orchestrator.console import ArgumentParser, printable, refuse, run
 from orchestrator.results.views import one_line as summary_line
 from orchestrator.runtime.heal import ModelFileError, read_model
-from orchestrator.stage1.cells import load_snapshot_scores, load_source_model
+from orchestrator.stage1.cells import load_snapshot_scores, load_snapshots, source_evaluator
 from orchestrator.store import paths
+from orchestrator.store.errors import CorruptTable, OldTables
 from orchestrator.store.locate import parse_results_dir
-from orchestrator.store.tables import CorruptTable, OldTables, Store
+from orchestrator.store.tables import Store
+from pdiff import load_dataset
+from pdiff.evaluate import family_stats, novelty
 from pdiff.pipeline import restore_generator, sample_vectors
 
 
 class Refused(Exception):
     """A one-line reason to stop with exit status 2."""
-
-
 
 
 def load_trial_model(store: Store, cell_id: str, trial_id: str) -> dict[str, Any]:
@@ -69,18 +71,13 @@ def _find_trial(store: Store, trial_id: str) -> dict[str, Any]:
 
 
 def _score(store: Store, cell_id: str, vectors: torch.Tensor, device: str) -> str:
-    from pdiff import ParameterSubset, load_dataset
-    from pdiff.evaluate import BatchedEvaluator, family_stats, novelty
-
-
+    """`--score`'s line: the vectors' test accuracy, their novelty and their family's collapse signals."""
     src = store.read_pandas("sources", columns=["cell_id", "arch", "dataset", "seed", "subset"])
     src = src[src.cell_id == cell_id].iloc[0]
     data = load_dataset(src["dataset"], seed=int(src["seed"]))
-    model = load_source_model(store, src["arch"], paths.source_model(cell_id), data, device)
-    evaluator = BatchedEvaluator(model, ParameterSubset.select(model, list(src["subset"])))
+    evaluator = source_evaluator(store, cell_id, src["arch"], list(src["subset"]), data, device)
     scores = evaluator.score(vectors, data)
-    snaps = store.read("checkpoints", cell_id, columns=["index", "params"]).sort_by("index")
-    snapshots = torch.tensor(snaps.column("params").to_pylist(), dtype=torch.float32)
+    snapshots = load_snapshots(store, cell_id)
     snap_scores = load_snapshot_scores(store, cell_id)
     near = novelty(vectors, scores, snapshots, snap_scores)
     fam = family_stats(vectors, scores.test_wrong, snapshots)
@@ -145,8 +142,6 @@ def _write(store: Store, out: str | None, trial_id: str, seed: int, vectors: tor
            scratch: str | None = None) -> str:
     """Write the vectors to `<sweep>/generated_more/...` (out None) or to `out` through `scratch`, a file
     beside it made before sampling (so that an unwritable folder is refused before the work)."""
-    import pyarrow.parquet as pq
-
     if out is None:  # under the sweep, through the store (local or object storage)
         buf = pa.BufferOutputStream()
         pq.write_table(_rows(trial_id, seed, vectors), buf, compression="zstd")

@@ -1,7 +1,8 @@
 """`python -m orchestrator.query RESULTS_DIR "SQL" [--format table|csv|json]`: DuckDB over a sweep's tables.
 
 Each table is a view by its name: `sources`, `checkpoints`, `trials`, `generated`,
-`baselines` (see `orchestrator.store.tables` for their columns). For example:
+`baselines`, `curves`, `runs` (their columns: `python -m orchestrator.explain`, from
+`orchestrator.store.columns`). For example:
 
     python -m orchestrator.query results/smoke "SELECT cell_id, trial_id, val_acc, val_max_iou FROM trials ORDER BY val_acc DESC"
 
@@ -37,8 +38,9 @@ from typing import Any, Sequence
 
 from orchestrator.console import ArgumentParser, refuse, run
 from orchestrator.results.query import check_sql, run_query
+from orchestrator.store.errors import CorruptTable, OldTables
 from orchestrator.store.locate import sweep_folder
-from orchestrator.store.tables import CorruptTable, OldTables
+from orchestrator.store.schema import TABLES
 
 
 def _plain(v: Any) -> Any:
@@ -98,7 +100,7 @@ def _line(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m orchestrator.query", description=__doc__.split("\n")[0],
-                            epilog="views: sources, checkpoints, trials, generated, baselines")
+                            epilog="views: " + ", ".join(TABLES))
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a sweep's folder, e.g. results/smoke or s3://...")
     parser.add_argument("sql", metavar="SQL", help="one SQL statement (DuckDB dialect)")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output (default: table)")

@@ -7,7 +7,7 @@ referenced by relative file name), `summary.md`, `summary.csv` and the figures
 as PNG files (see `orchestrator.results.figures`).
 
 The summary table, one row per cell, is one DuckDB query over the tables
-(`orchestrator.results.sql.report_sql`), built on `orchestrator.results.sql.SUMMARY_SQL` and adding columns:
+(`orchestrator.results.sql.report_sql`), built on `orchestrator.results.sql.summary_sql()` and adding columns:
 
 - originals: best and mean test accuracy of the snapshots;
 - p-diff, of the val-selected trial (best val accuracy; ties: lower `val_max_iou`,
@@ -48,15 +48,15 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-import pandas as pd
 import pyarrow as pa
 
 from orchestrator.console import ArgumentParser, printable, refuse, run
-from orchestrator.results.report import Refused, summary_table, summary_text, write_report
+from orchestrator.results.console import summary_text
+from orchestrator.results.report import Refused, summary_table, write_report
 from orchestrator.results.views import one_line
 from orchestrator.store import paths
 from orchestrator.store.locate import parse_results_dir
-from orchestrator.store.tables import CorruptTable, OldTables
+from orchestrator.store.errors import CorruptTable, OldTables
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,8 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = write_report(store, args.out, log=say)
         if not args.quiet:
             df, _, shown = summary_table(store)
-            with pd.option_context("display.width", 250, "display.max_columns", None):
-                print("\n" + summary_text(df, shown) + "\n")
+            print("\n" + summary_text(df, shown) + "\n")
     except Refused as err:  # one line naming the folder or the column
         return refuse(err)
     except (CorruptTable, OldTables) as err:  # one line naming the file (or folder)

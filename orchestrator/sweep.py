@@ -6,7 +6,7 @@ sweep; nothing written),
 1 a failure while running, 130 interrupted (Ctrl-C: re-run the same command to resume).
 
 Before Ray starts, a real run checks that `<storage>/<name>` is this sweep's own
-folder (tables.Store.check_own), writes and removes a small file there
+folder (Store.check_own), writes and removes a small file there
 (cluster.probe_storage) and takes the sweep's lease (orchestrator.store.lease): one run
 per sweep at a time. `--restart` deletes only a folder carrying this sweep's marker.
 
@@ -22,22 +22,30 @@ import shlex
 import sys
 from typing import Sequence
 
-from orchestrator.console import ArgumentParser, cell_label, one_line, plain_console, run
-from orchestrator.explain import reference
+import pyarrow as pa
+import ray
+
+from orchestrator.console import ArgumentParser, one_line, plain_console, run
+from orchestrator.spec.docs import reference
+from orchestrator.results.console import sweep_text
 from orchestrator.results.report import Refused, write_report
 from orchestrator.results.summary import summary
-from orchestrator.results.trust import trust_warnings
 from orchestrator.runtime.cluster import (VersionMismatch, check_resources, check_storage, connect_ray,
                                           missing_local_dirs, probe_storage, remove_created)
+from orchestrator.runtime.calibrate import load_cache, spec_calibration, this_machine
+from orchestrator.runtime.cost import Calibration
+from orchestrator.runtime.estimate import done_lines, plan_cost_lines
 from orchestrator.runtime.heal import reconcile
 from orchestrator.runtime.progress import Progress
 from orchestrator.spec import SpecError, SweepSpec, is_placeholder_storage, load_spec
 from orchestrator.stage1.collection import run_sources
 from orchestrator.stage2.search import run_tuning
+from orchestrator.store.compaction import compact_sweep
+from orchestrator.store.errors import CorruptTable, NotOurFolder, OldTables, storage_fault
 from orchestrator.store.lease import Lease, LeaseHeld
+from orchestrator.store.ownership import LEASE
 from orchestrator.store.runs import RunRecord
-from orchestrator.store.tables import LEASE, CorruptTable, NotOurFolder, OldTables, Store, compact_sweep, storage_fault
-from pdiff.names import COLLAPSE_IOU, COLLAPSE_SPREAD
+from orchestrator.store.tables import Store
 
 __all__ = ["main", "plan_text"]
 
@@ -91,63 +99,17 @@ def _check_writable(spec: SweepSpec, store: Store) -> None:
 
 
 def _print_summary(spec: SweepSpec, store: Store) -> None:
-    import pandas as pd
-
-
+    """The console summary of this spec's cells (orchestrator.results.console.sweep_text)."""
     table = summary(store)
     # Only this spec's cells: the folder may also hold cells of an earlier version of it.
     table = table[table.cell_id.isin({c.cell_id for c in spec.cells})].reset_index(drop=True)
-    # Two tables: accuracy (and novelty) per method, then collapse: does p-diff generate or copy one model?
-    collapse = {  # column -> short heading
-        "snapshot_pairwise_iou": "snap_pair_iou", "pdiff_pairwise_iou": "pdiff_pair_iou",
-        "pdiff_max_iou": "pdiff_max_iou", "pdiff_distinct_sets": "distinct_sets",
-        "pdiff_spread_ratio": "spread_ratio", "collapse": "collapse", "ae_converged": "ae_converged",
-        "collapsed_trials": "collapsed_trials", "noise_pairwise_iou": "noise_pair_iou",
-        "average_pairwise_iou": "avg16_pair_iou", "gaussian_pairwise_iou": "gauss_pair_iou",
-        "collection": "collection", "snapshot_loo_max_iou": "snap_loo_iou", "pdiff_verdict": "verdict",
-        "vs_noise": "vs_noise", "vs_latent_gaussian": "vs_latent_gauss"}
-
-    def flag(v) -> str:
-        return "n/a" if v is None or pd.isna(v) else "COLLAPSED" if bool(v) else "-"
-
-    view = table.assign(
-        collapse=table.pdiff_collapsed.map(flag),
-        ae_converged=table.ae_converged.map(lambda v: "n/a" if v is None or pd.isna(v) else "yes" if v else "NO"),
-        collapsed_trials=[f"{c:.0f} of {n:.0f}" if pd.notna(c) and pd.notna(n) else "n/a"
-                          for c, n in zip(table.collapsed_trials, table.trials)])
-    keys = ["arch", "dataset", "seed"]
-    accuracy = [c for c in table.columns if c == "pdiff_max_iou" or c not in collapse and c not in (
-        "cell_id", "snapshot_distinct_sets", "pdiff_collapsed", "collection_reason", "memorising_trials", "tied_trials")
-        and not c.startswith("vs_")]
-    collapse = {c: h for c, h in collapse.items() if c in view}
-    with pd.option_context("display.max_columns", None, "display.width", 250):
-        print(view[accuracy].to_string(index=False, na_rep="n/a"))
-        print(f"\ncollapse (pairwise IoU: mean IoU of the test wrong-prediction sets inside a family, 1 = all alike; "
-              f"max_iou: novelty, mean test_max_iou to the snapshots; spread_ratio: L2 spread over the snapshots'; "
-              f"COLLAPSED: pairwise IoU >= {COLLAPSE_IOU} or spread ratio < {COLLAPSE_SPREAD})")
-        print(view[keys + list(collapse)].rename(columns=collapse).to_string(
-            index=False, na_rep="n/a", float_format=lambda x: f"{x:.3f}"))
-    for row in view.itertuples():
-        label = cell_label(row.arch, row.dataset, row.seed)
-        if row.collapse == "COLLAPSED":
-            print(f"cell {label}: best trial COLLAPSED (pairwise IoU {row.pdiff_pairwise_iou:.3f}, "
-                  f"{row.pdiff_distinct_sets:.0f} distinct wrong-prediction set(s), "
-                  f"spread {row.pdiff_spread_ratio:.3f}x "
-                  f"the snapshots'): its generated models are (nearly) one model, not new ones; "
-                  f"{row.collapsed_trials} completed trials collapsed")
-        if row.ae_converged == "NO":
-            print(f"cell {label}: the best trial's autoencoder did not reach ae_min_r2 within ae_steps")
-    for line in trust_warnings(table):
-        print(f"cell {line}")
+    print(sweep_text(table))
 
 
 def _compact(store: Store, say) -> None:
-    """Merge each finished cell's writer files into one file per table (tables.compact_sweep), holding the
-    lease, after both stages. A failure leaves the tables as they were (every row still read once): said, not
-    raised."""
-    import pyarrow as pa
-
-
+    """Merge each finished cell's writer files into one file per table (store.compaction.compact_sweep),
+    holding the lease, after both stages. A failure leaves the tables as they were (every row still read once):
+    said, not raised."""
     try:
         merged = compact_sweep(store)
     except (OSError, ValueError, RuntimeError, CorruptTable, pa.ArrowException) as err:
@@ -177,28 +139,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
+def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("spec", nargs="?", help="sweep YAML file, e.g. sweeps/smoke.yaml")
     parser.add_argument("--explain", action="store_true",
                         help="print every spec key, p-diff knob and table column (docs/reference.md) and exit")
     parser.add_argument("--address", help="Ray cluster address (default: a running cluster, else a local Ray)")
     parser.add_argument("--storage", help="results root: a folder or a URI such as s3://bucket/prefix")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its cost estimate, and exit")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="with --dry-run: first measure this machine's throughputs the estimate lacks (seconds)")
     parser.add_argument("--restart", action="store_true", help="delete this sweep's results and start over")
     parser.add_argument("--shared-storage", action="store_true",
                         help="the local storage folder is a mount that every node of the cluster shares")
     parser.add_argument("--verbose", action="store_true",
                         help="also print Ray's own output (by default it stays in Ray's log files, "
                              "/tmp/ray/session_latest/logs on a local run)")
+    return parser
+
+
+def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.explain:
-
         sys.stdout.write(reference())
         return 0
     if args.spec is None:
         parser.error("the following arguments are required: spec (or --explain)")
-
     try:
         spec = load_spec(args.spec, storage=args.storage)
     except SpecError as err:
@@ -206,81 +173,110 @@ def _main(argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> int:
         return 2
     store = Store(spec.storage, spec.name, spec.spec_hash)
     print(plan_text(spec, store), flush=True)
-    if args.dry_run:  # the real run's checks before Ray, reading only; a placeholder bucket is not reached
-        if not is_placeholder_storage(spec.storage):
-            try:
-                _check_folder(spec, store, args.restart)
-                _check_writable(spec, store)
-            except (NotOurFolder, OldTables, SpecError) as err:
-                print(f"error: {one_line(err)}", file=sys.stderr)
-                return 2
-        return 0
+    if args.dry_run:
+        return _dry_run(spec, store, args.restart, args.calibrate)
+    refused = _prepare(spec, store, args, cleanup)
+    if refused is not None:
+        return refused
+    _run(spec, store, argv, cleanup)
+    return 0
 
-    # Before Ray: the folder is this sweep's own, writable, and no other run holds it.
-    created: list[str] = []  # folders the probe made: removed again on exit 2
 
-    def refuse(err: Exception) -> int:
-        cleanup.close()  # releases the lease (if taken) first, so that the folders can go
-        remove_created(created)
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+def _dry_run(spec: SweepSpec, store: Store, restart: bool, calibrate: bool) -> int:
+    """The real run's checks before Ray, reading only (a placeholder bucket is not reached), then the cost
+    estimate from the stored throughputs (measured first with `calibrate`) and what the folder already holds."""
+    placeholder = is_placeholder_storage(spec.storage)
+    if not placeholder:
+        try:
+            _check_folder(spec, store, restart)
+            _check_writable(spec, store)
+        except (NotOurFolder, OldTables, SpecError) as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return 2
+    calibration = spec_calibration(spec) if calibrate else Calibration(this_machine(), tuple(load_cache()))
+    readable = None if placeholder or restart else store
+    lines = plan_cost_lines(spec, readable, calibration=calibration)
+    print("\n".join(lines + (done_lines(spec, readable) if readable is not None else [])), flush=True)
+    return 0
 
+
+class _Refusal(Exception):
+    """Bad input found by a check before the stages: the run stops with exit 2 and the error's one line."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _refusing(*errors: type[Exception]):
+    """Inside the block, the `errors` that a check raises refuse the run (as `_Refusal`)."""
     try:
-        _check_folder(spec, store, args.restart)
-    except (NotOurFolder, OldTables, SpecError) as err:
-        return refuse(err)
-    try:
-        created = probe_storage(spec, store)
-    except SpecError as err:
-        return refuse(err)
+        yield
+    except errors as err:
+        raise _Refusal(err) from None
+
+
+def _take_lease(spec: SweepSpec, store: Store, cleanup: contextlib.ExitStack) -> None:
+    """The sweep's lease, released by `cleanup`; LeaseHeld where another run holds it, SpecError naming
+    `storage` where it cannot be written."""
     try:
         cleanup.callback(Lease(store).acquire().release)
-    except LeaseHeld as err:
-        return refuse(err)
     except OSError as err:
-        return refuse(SpecError(spec.source_file, "storage", f"cannot take the sweep's lease in {store.uri} ({err})"))
-    # Unreadable table files no longer stop the run: `reconcile` (below) quarantines and rebuilds them.
+        raise SpecError(spec.source_file, "storage", f"cannot take the sweep's lease in {store.uri} ({err})") from None
+
+
+def _prepare(spec: SweepSpec, store: Store, args, cleanup: contextlib.ExitStack) -> int | None:
+    """Before the stages: the folder is this sweep's own and writable, no other run holds it (the lease), Ray
+    is up and can run the spec, and `--restart` has emptied the folder. None when ready; else 2, after one
+    line, with the lease released and the folders the probe made removed again."""
+    created: list[str] = []  # folders the probe made: removed again on exit 2
     try:
-        connect_ray(args.address, args.verbose)
-    except VersionMismatch as err:
-        return refuse(err)
-    try:
-        check_resources(spec)
-        check_storage(spec, store, args.shared_storage)
-    except SpecError as err:
-        return refuse(err)
+        with _refusing(NotOurFolder, OldTables, SpecError):  # before Ray, reading only
+            _check_folder(spec, store, args.restart)
+        with _refusing(SpecError):
+            created = probe_storage(spec, store)
+        with _refusing(LeaseHeld, SpecError):
+            _take_lease(spec, store, cleanup)
+        # Unreadable table files no longer stop the run: `reconcile` (in _run) quarantines and rebuilds them.
+        with _refusing(VersionMismatch):
+            connect_ray(args.address, args.verbose)
+        with _refusing(SpecError):
+            check_resources(spec)
+            check_storage(spec, store, args.shared_storage)
+        if args.restart:
+            with _refusing(NotOurFolder):
+                store.delete_all(keep=(LEASE,))
+    except _Refusal as refusal:
+        cleanup.close()  # releases the lease (if taken) first, so that the folders can go
+        remove_created(created)
+        print(f"error: {one_line(refusal.error)}", file=sys.stderr)
+        return 2
     if args.restart:
-        try:
-            store.delete_all(keep=(LEASE,))
-        except NotOurFolder as err:
-            return refuse(err)
         print(f"restart: deleted the results in {store.uri}", flush=True)
     store.write_marker()  # from now on the folder is this sweep's own (--restart may delete it)
+    return None
 
+
+def _run(spec: SweepSpec, store: Store, argv: Sequence[str] | None, cleanup: contextlib.ExitStack) -> None:
+    """Both stages, then compaction, the summary and the report; the `runs` row records how the run ends."""
     command = ["python", "-m", "orchestrator.sweep", *(sys.argv[1:] if argv is None else argv)]
-    run = RunRecord(store, shlex.join(command)).start()  # the `runs` row: 'running' until it ends
-    cleanup.push(run.exit_hook)  # 'interrupted' (Ctrl-C) or 'failed' when what follows raises
-
-
+    record = RunRecord(store, shlex.join(command)).start()  # the `runs` row: 'running' until it ends
+    cleanup.push(record.exit_hook)  # 'interrupted' (Ctrl-C) or 'failed' when what follows raises
     progress = Progress(sys.stdout)
-
     reconcile(spec, store, progress.say)  # quarantines what is corrupt or stale, so the stages rebuild it
     run_sources(spec, store, progress)
     run_tuning(spec, store, progress)
-    import ray
-
-    run.observe_cluster()  # the hosts the run ended with
+    record.observe_cluster()  # the hosts the run ended with
     ray.shutdown()  # the rest needs no Ray, and no line of Ray's may arrive after the sweep's last one
     _compact(store, progress.say)
     progress.say(f"done; tables in {store.uri}/{{sources,checkpoints,trials,generated,baselines}}")
     _print_summary(spec, store)
-    run.end("done", 0)  # before the report, which shows it
-
+    record.end("done", 0)  # before the report, which shows it
     try:
         progress.say(f"report: {write_report(store)}")
     except Refused as err:  # the results stand; only the report could not be written
         progress.say(f"report not written: {err}; the tables are complete (python -m orchestrator.report)")
-    return 0
 
 
 if __name__ == "__main__":

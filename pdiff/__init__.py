@@ -7,9 +7,9 @@ in torch, and importing any submodule runs this file first.
 from importlib import import_module
 
 _HOME = {
-    "AEConfig": "autoencoder", "ARCHS": "zoo", "CollectConfig": "collect", "DATASETS": "data",
-    "DEFAULT_SUBSET": "zoo", "DatasetUnavailable": "data", "LDMConfig": "diffusion", "ParameterSubset": "subset",
-    "PdiffConfig": "pipeline", "TrainConfig": "collect", "build_model": "zoo", "load_dataset": "data",
+    "AEConfig": "config", "ARCHS": "zoo", "CollectConfig": "config", "DATASETS": "data",
+    "DEFAULT_SUBSET": "zoo", "DatasetUnavailable": "data", "LDMConfig": "config", "ParameterSubset": "subset",
+    "PdiffConfig": "config", "TrainConfig": "config", "build_model": "zoo", "load_dataset": "data",
     "run_baselines": "pipeline", "run_pdiff": "pipeline",
 }
 __all__ = sorted(_HOME)

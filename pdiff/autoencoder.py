@@ -30,49 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks
+from .chunked_autoencoder import ChunkedAutoencoder
+from .config import NORMALIZATIONS, AEConfig  # their home: pdiff.config
 
-__all__ = ["AEConfig", "NORMALIZATIONS", "Normalizer", "ParameterAutoencoder", "TrainedAutoencoder",
-           "reconstruction_r2", "train_autoencoder"]
-
-NORMALIZATIONS = ("global", "tensor")
-
-
-@dataclass(frozen=True)
-class AEConfig:
-    latent_dim: int = 128
-    input_noise: float = 1e-3
-    latent_noise: float = 0.1
-    channels: tuple[int, ...] = (64, 128, 256)  # one stride-2 stage over the tokens each
-    token_size: int = 64  # numbers per token (the input channels of the first convolution)
-    steps: int = 5000  # upper bound; training stops earlier once the quality below is reached
-    min_r2: float = 0.95  # share of the snapshots' variance the reconstructions must explain
-    # Mean IoU of each reconstruction's val wrong-prediction set with its own snapshot's, checked by
-    # the caller's `accept` (pdiff.pipeline): R2 is variance-weighted, and an AE at R2 0.977 was seen to
-    # map 200 snapshots with 40 distinct sets of mistakes onto 2 (fidelity 0.87); 0.95 kept 21.
-    min_fidelity: float = 0.95
-    check_every: int = 100  # steps between quality checks
-    lr: float = 1e-3
-    weight_decay: float = 2e-6
-    batch_size: int = 64
-    normalize: str = "global"  # "global": per-coordinate centre, one scale; "tensor": per-tensor standardisation
-    amp: bool = False  # bf16 autocast for the training steps' forward pass (CUDA only; ignored elsewhere)
-
-    def __post_init__(self):  # a bad value raises checks.ConfigError (a ValueError) naming the field
-        checks.integer(self, "latent_dim")
-        checks.number(self, "input_noise")
-        checks.number(self, "latent_noise")
-        checks.channels(self, "channels")
-        checks.integer(self, "token_size")
-        checks.integer(self, "steps")
-        checks.number(self, "min_r2", low_open=True, high=1)
-        checks.number(self, "min_fidelity", high=1)
-        checks.integer(self, "check_every")
-        checks.number(self, "lr", low_open=True)
-        checks.number(self, "weight_decay")
-        checks.integer(self, "batch_size")
-        checks.choice(self, "normalize", NORMALIZATIONS)
-        checks.flag(self, "amp")
+__all__ = ["AEConfig", "AUTOENCODERS", "NORMALIZATIONS", "Normalizer", "ParameterAutoencoder", "TrainedAutoencoder",
+           "autoencoder_name", "build_autoencoder", "reconstruction_r2", "train_autoencoder"]
 
 
 class Normalizer(nn.Module):
@@ -146,9 +108,29 @@ class ParameterAutoencoder(nn.Module):
         return self.decode(z + self.cfg.latent_noise * randn(z.shape))
 
 
+# The autoencoders by name. "chunked" (pdiff.chunked_autoencoder) costs ~6x less per number and grows
+# linearly to 1M numbers (python -m benchmarks.subset_scale); "conv" is the convolutional one above.
+AUTOENCODERS = {"chunked": ChunkedAutoencoder, "conv": ParameterAutoencoder}
+DEFAULT_AUTOENCODER = "chunked"
+
+
+def build_autoencoder(n_params: int, cfg: AEConfig = AEConfig(), arch: str | None = None) -> nn.Module:
+    """The autoencoder named `arch` (default: `cfg.arch` once AEConfig has that field, else
+    DEFAULT_AUTOENCODER) for vectors of n_params numbers."""
+    arch = arch or getattr(cfg, "arch", DEFAULT_AUTOENCODER)
+    if arch not in AUTOENCODERS:
+        raise ValueError(f"unknown autoencoder {arch!r}; known: {', '.join(AUTOENCODERS)}")
+    return AUTOENCODERS[arch](n_params, cfg)
+
+
+def autoencoder_name(model: nn.Module) -> str:
+    """The AUTOENCODERS name of a built autoencoder (what a saved generator records)."""
+    return next(name for name, cls in AUTOENCODERS.items() if type(model) is cls)
+
+
 @dataclass
 class TrainedAutoencoder:
-    model: ParameterAutoencoder
+    model: nn.Module  # one of AUTOENCODERS
     normalizer: Normalizer
     losses: list[float]
     steps: int = 0  # steps taken
@@ -176,10 +158,13 @@ class TrainedAutoencoder:
 def reconstruction_r2(original: torch.Tensor, reconstructed: torch.Tensor) -> float:
     """Share of the snapshot-to-snapshot variance that the reconstructions explain:
     1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2. Decoding everything to the mean scores 0."""
-    original, reconstructed = original.double().cpu(), reconstructed.double().cpu()
-    residual = (original - reconstructed).pow(2).sum()
-    spread = (original - original.mean(0)).pow(2).sum().clamp(min=1e-30)
-    return float(1 - residual / spread)
+    mean = original.cpu().mean(0, dtype=torch.float64)
+    residual, spread = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for a, b in zip(original.split(16), reconstructed.split(16)):  # rows at a time: a whole 1M-number
+        a, b = a.double().cpu(), b.double().cpu()  # network's 200 snapshots are 1.6 GB in float64
+        residual += (a - b).pow(2).sum()
+        spread += (a - mean).pow(2).sum()
+    return float(1 - residual / spread.clamp(min=1e-30))
 
 
 def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, seed: int = 0,
@@ -201,7 +186,7 @@ def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, se
     normalizer = Normalizer(snapshots, cfg.normalize, segments).to(device)
     clean = snapshots.to(device)
     data = normalizer(clean)
-    model = ParameterAutoencoder(snapshots.shape[1], cfg).to(device)
+    model = build_autoencoder(snapshots.shape[1], cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.01)
     trained = TrainedAutoencoder(model, normalizer, [])

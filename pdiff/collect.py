@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks
+from .config import CollectConfig, TrainConfig  # their home: pdiff.config
 from .data import Dataset, Split
 from .evaluate import BatchedEvaluator, Scores, family_stats
 from .health import MAX_ACC_DROP, Health, collection_health
@@ -24,58 +24,6 @@ Log = Callable[[str], None]
 Wrap = Callable[[nn.Module], nn.Module]
 State = dict  # everything a run needs to continue exactly where it stopped (see train_source)
 SaveState = Callable[[State], None]
-
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant")
-UNITS = ("step", "epoch")
-BATCHNORM_MODES = ("eval", "train")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How the source model is trained."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adamw"
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" or "constant"
-    augment: bool = True  # random crops for images >= 28 px, flips for colour images
-
-    def __post_init__(self):
-        checks.integer(self, "epochs")
-        checks.integer(self, "batch_size")
-        checks.number(self, "lr", low_open=True)
-        checks.choice(self, "optimizer", OPTIMIZERS)
-        checks.number(self, "weight_decay")
-        checks.choice(self, "schedule", SCHEDULES)
-        checks.flag(self, "augment")
-
-
-@dataclass(frozen=True)
-class CollectConfig:
-    """How the K snapshots of the subset are collected (the paper: K = 200, lr 0.03 on ResNet-18)."""
-
-    k: int = 200
-    interval: int = 1  # snapshots every `interval` units
-    unit: str = "step"  # "step" or "epoch"
-    lr: float = 0.03
-    optimizer: str = "sgd"
-    # BatchNorm during collection: "eval" keeps the source's running statistics fixed, so every snapshot
-    # pairs with the buffers evaluation uses; "train" normalises with batch statistics (as the official
-    # code), which keeps a subset that feeds a BatchNorm scale-invariant, and the buffers drift: evaluation
-    # then uses the collection's final buffers (stored with the cell) for every snapshot and generated model.
-    batchnorm: str = "eval"
-
-    def __post_init__(self):
-        checks.integer(self, "k")
-        checks.integer(self, "interval")
-        checks.choice(self, "unit", UNITS)
-        checks.number(self, "lr", low_open=True)
-        checks.choice(self, "optimizer", OPTIMIZERS)
-        checks.choice(self, "batchnorm", BATCHNORM_MODES)
 
 
 @dataclass(frozen=True)

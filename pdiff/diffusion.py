@@ -10,53 +10,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import dataclass
 from typing import Callable, Collection
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks
+from .config import DEFAULT_CHANNELS, DENOISERS, SAMPLERS, LDMConfig  # their home: pdiff.config
 
 __all__ = ["LDMConfig", "Schedule", "Denoiser", "UNetDenoiser", "DENOISERS", "LatentDiffusion", "train_diffusion",
            "SAMPLERS", "ddpm_step", "ddim_step", "ddim_timesteps", "sample_latents"]
-
-SAMPLERS = ("ddpm", "ddim")
-DENOISERS = ("mlp", "unet")
-# The denoiser's widths when `channels` is not given: residual blocks (mlp), resolution levels (unet).
-DEFAULT_CHANNELS = {"mlp": (256, 256, 256), "unet": (64, 128)}
-
-
-@dataclass(frozen=True)
-class LDMConfig:
-    timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    denoiser: str = "mlp"  # see `Denoiser` (a residual MLP) and `UNetDenoiser` (the paper's 1-D conv UNet)
-    channels: tuple[int, ...] | None = None  # widths, one block (mlp) or resolution level (unet) each; None: DEFAULT_CHANNELS
-    steps: int = 2000
-    lr: float = 1e-3
-    batch_size: int = 64
-    ema_decay: float = 0.999
-    amp: bool = False  # bf16 autocast for the training steps' forward pass (CUDA only; ignored elsewhere)
-
-    def __post_init__(self):  # a bad value raises checks.ConfigError (a ValueError) naming the field
-        checks.integer(self, "timesteps")
-        checks.number(self, "beta_start", low_open=True, high=1, high_open=True)
-        checks.number(self, "beta_end", low_open=True, high=1, high_open=True)
-        if not self.beta_start <= self.beta_end:
-            raise checks.ConfigError("beta_end", f"expected a number >= beta_start ({self.beta_start:g}), "
-                                                 f"got {checks.short(self.beta_end)}")
-        checks.choice(self, "denoiser", DENOISERS)
-        if self.channels is None:
-            object.__setattr__(self, "channels", DEFAULT_CHANNELS[self.denoiser])
-        checks.channels(self, "channels")
-        checks.integer(self, "steps")
-        checks.number(self, "lr", low_open=True)
-        checks.integer(self, "batch_size")
-        checks.number(self, "ema_decay", high=1)
-        checks.flag(self, "amp")
 
 
 class Schedule(nn.Module):

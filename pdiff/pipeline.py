@@ -9,12 +9,11 @@ from typing import Any, Callable
 
 import torch
 
-from .autoencoder import AEConfig, Normalizer, ParameterAutoencoder, TrainedAutoencoder, train_autoencoder
-from . import checks
+from .autoencoder import Normalizer, TrainedAutoencoder, autoencoder_name, build_autoencoder, train_autoencoder
 from .baselines import BASELINES
-from .checks import ConfigError, short
+from .config import KNOB_DOCS, KNOBS, AEConfig, LDMConfig, PdiffConfig  # their home: pdiff.config
 from .data import Dataset
-from .diffusion import SAMPLERS, LatentDiffusion, LDMConfig, train_diffusion
+from .diffusion import LatentDiffusion, train_diffusion
 from .health import loss_problem
 from .evaluate import BatchedEvaluator, Scores, family_stats, novelty, paired_iou, summarize
 
@@ -29,91 +28,6 @@ class Diverged(RuntimeError):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
-
-# The flat knob names a sweep searches over, and where each one lives.
-KNOBS = {
-    "latent_dim": ("ae", "latent_dim"), "input_noise": ("ae", "input_noise"),
-    "latent_noise": ("ae", "latent_noise"), "ae_steps": ("ae", "steps"), "ae_lr": ("ae", "lr"),
-    "ae_min_r2": ("ae", "min_r2"), "ae_min_fidelity": ("ae", "min_fidelity"), "normalize": ("ae", "normalize"),
-    "ae_token_size": ("ae", "token_size"),
-    "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
-    "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
-    "ldm_denoiser": ("ldm", "denoiser"),
-    "ae_amp": ("ae", "amp"), "ldm_amp": ("ldm", "amp"),
-    "ae_channels": ("ae", "channels"), "ldm_channels": ("ldm", "channels"),
-    "n_generated": ("", "n_generated"), "sampler": ("", "sampler"), "sample_steps": ("", "sample_steps"),
-}
-
-# What each knob means: the one source of `--explain` and docs/reference.md (a knob without one fails a test).
-KNOB_DOCS = {
-    "latent_dim": "length of the autoencoder's latent vector per model (what the diffusion model learns)",
-    "input_noise": "std of the Gaussian noise added to the normalised parameters while the AE trains (paper: 0.001)",
-    "latent_noise": "std of the Gaussian noise added to the latent codes while the AE trains (paper: 0.1)",
-    "ae_steps": "upper bound on AE training steps; it stops earlier once ae_min_r2 is reached",
-    "ae_lr": "AdamW learning rate of the autoencoder",
-    "ae_min_r2": "share of the snapshots' variance the AE reconstructions must explain before it stops, in (0, 1]",
-    "ae_min_fidelity": ("mean val IoU of each AE reconstruction's mistakes with its own snapshot's before it stops, "
-                        "in [0, 1] (0: off)"),
-    "normalize": "global (per-coordinate centre, one scale) | tensor (per-tensor standardisation, as the official code)",
-    "ae_token_size": "numbers per token: the input channels of the AE's first convolution",
-    "ae_batch_size": "snapshots per AE training step",
-    "ldm_steps": "training steps of the latent diffusion model (DDPM loss)",
-    "ldm_lr": "AdamW learning rate of the latent denoiser",
-    "ldm_batch_size": "latent codes per diffusion training step",
-    "ema_decay": "decay of the exponential moving average of the denoiser's weights used for sampling",
-    "ae_amp": "bf16 autocast for the autoencoder's training forward pass (CUDA only; ignored elsewhere)",
-    "ldm_amp": "bf16 autocast for the denoiser's training forward pass (CUDA only; ignored elsewhere)",
-    "ae_channels": "channels of the AE's convolution stages, one stride-2 stage each",
-    "ldm_denoiser": ("mlp (a residual MLP over the whole latent, the default) | unet (the paper's 1-D conv UNet, "
-                     "whose samples under-spread)"),
-    "ldm_channels": ("widths of the denoiser: one residual block (mlp) or resolution level (unet, multiples of 8) "
-                     "each; default [256, 256, 256] (mlp), [64, 128] (unet)"),
-    "n_generated": "parameter vectors sampled, decoded and scored per trial",
-    "sampler": "ddpm (all T steps) | ddim (deterministic, sample_steps steps)",
-    "sample_steps": "DDIM steps (null: all T); DDPM always walks all T steps",
-}
-
-
-@dataclass(frozen=True)
-class PdiffConfig:
-    ae: AEConfig = AEConfig()
-    ldm: LDMConfig = LDMConfig()
-    n_generated: int = 200
-    sampler: str = "ddpm"
-    sample_steps: int | None = None  # DDIM steps; DDPM always walks all T steps
-
-    def __post_init__(self):  # a bad value raises ConfigError (a ValueError) naming the field
-        if not isinstance(self.ae, AEConfig):
-            raise ConfigError("ae", f"expected an AEConfig, got {short(self.ae)}")
-        if not isinstance(self.ldm, LDMConfig):
-            raise ConfigError("ldm", f"expected an LDMConfig, got {short(self.ldm)}")
-        checks.integer(self, "n_generated")
-        checks.choice(self, "sampler", SAMPLERS)
-        checks.integer(self, "sample_steps", optional=True)
-
-    @classmethod
-    def from_knobs(cls, **knobs: Any) -> "PdiffConfig":
-        """Build from flat knob names (`latent_dim=64, ae_steps=500, sampler="ddim"`)."""
-        unknown = sorted(set(knobs) - set(KNOBS))
-        if unknown:
-            raise ValueError(f"unknown p-diff knob(s) {unknown}; known: {', '.join(KNOBS)}")
-        parts: dict[str, dict[str, Any]] = {"ae": {}, "ldm": {}, "": {}}
-        for name, value in knobs.items():
-            part, attr = KNOBS[name]
-            value = tuple(value) if isinstance(value, list) else value
-            parts[part][attr] = value
-        made = {}
-        for part, make in (("ae", AEConfig), ("ldm", LDMConfig)):
-            try:
-                made[part] = make(**parts[part])
-            except ConfigError as err:  # name the knob (`ae_steps: ...`), not the field (`steps: ...`)
-                knob = next((n for n, where in KNOBS.items() if where == (part, err.field)), err.field)
-                raise ConfigError(knob, err.message, err.index) from None
-        return cls(made["ae"], made["ldm"], **parts[""])
-
-    def knobs(self) -> dict[str, Any]:
-        """The flat knob values of this configuration."""
-        return {n: getattr(getattr(self, p) if p else self, a) for n, (p, a) in KNOBS.items()}
 
 
 @dataclass
@@ -245,7 +159,9 @@ def sample_vectors(ae: TrainedAutoencoder, ldm: LatentDiffusion, n: int, *, samp
     return ae.decode(ldm.sample(n, sampler=sampler, steps=steps, generator=gen))
 
 
-GENERATOR_FORMAT = 2  # 2: the LDM config names its denoiser; format 1 predates the MLP, its denoiser a UNet
+# 3: the state names its autoencoder ("ae_arch"); 2: the LDM config names its denoiser, the autoencoder is
+# the convolutional one; format 1 predates the MLP, its denoiser a UNet.
+GENERATOR_FORMAT = 3
 
 
 def generator_state(run: PdiffRun, cfg: PdiffConfig, seed: int) -> dict[str, Any]:
@@ -258,7 +174,7 @@ def generator_state(run: PdiffRun, cfg: PdiffConfig, seed: int) -> dict[str, Any
         "format": GENERATOR_FORMAT, "seed": int(seed),
         "config": {"ae": dataclasses.asdict(cfg.ae), "ldm": dataclasses.asdict(cfg.ldm), "n_generated": cfg.n_generated,
                    "sampler": cfg.sampler, "sample_steps": cfg.sample_steps}, "n_params": run.ae.model.n_params,
-        "latent_dim": int(run.ldm.mean.shape[0]),
+        "latent_dim": int(run.ldm.mean.shape[0]), "ae_arch": autoencoder_name(run.ae.model),
         "autoencoder": cpu(run.ae.model.state_dict()), "normalizer": cpu(run.ae.normalizer.state_dict()),
         # The raw denoiser is left out: sampling uses the EMA copy only.
         "diffusion": cpu({k: v for k, v in run.ldm.state_dict().items() if not k.startswith("denoiser.")}),
@@ -268,13 +184,13 @@ def generator_state(run: PdiffRun, cfg: PdiffConfig, seed: int) -> dict[str, Any
 def restore_generator(state: dict[str, Any], device: torch.device | str = "cpu"
                       ) -> tuple[TrainedAutoencoder, LatentDiffusion, PdiffConfig]:
     """The (autoencoder, latent diffusion, config) saved by `generator_state`, ready to sample."""
-    if state.get("format") not in (1, GENERATOR_FORMAT):
+    if state.get("format") not in (1, 2, GENERATOR_FORMAT):
         raise ValueError(f"unknown generator format {state.get('format')!r} (expected {GENERATOR_FORMAT})")
     c = state["config"]
     if state["format"] == 1:
         c = c | {"ldm": {"denoiser": "unet"} | c["ldm"]}
     cfg = PdiffConfig(AEConfig(**c["ae"]), LDMConfig(**c["ldm"]), c["n_generated"], c["sampler"], c["sample_steps"])
-    model = ParameterAutoencoder(state["n_params"], cfg.ae)
+    model = build_autoencoder(state["n_params"], cfg.ae, state.get("ae_arch", "conv"))
     model.load_state_dict(state["autoencoder"])
     normalizer = Normalizer(torch.zeros(2, state["n_params"]))
     normalizer.mean, normalizer.scale = state["normalizer"]["mean"], state["normalizer"]["scale"]

@@ -1,4 +1,13 @@
-"""The generated parameter subset: which parameters, flattened to one vector and back."""
+"""The generated parameter subset: which parameters, flattened to one vector and back.
+
+A subset is named by fnmatch patterns over parameter names; `WHOLE_NETWORK` (["*"]) names every parameter,
+in any architecture of the zoo. What a vector does not hold (the parameters outside the subset and every
+buffer: BatchNorm running statistics and counters) is the network's *frozen state*: kept from the source
+and stored with the cell (`frozen_state`), never generated. A generated vector is a network only together
+with it (`assemble`). Collection runs BatchNorm in eval mode by default, so these buffers are exactly the
+ones every snapshot was trained and scored with (measured against collecting them with the snapshots:
+`python -m benchmarks.whole_network --buffers`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["ParameterSubset"]
+__all__ = ["ParameterSubset", "WHOLE_NETWORK"]
+
+WHOLE_NETWORK = ("*",)  # the patterns that name every parameter: the whole network is the subset
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,18 @@ class ParameterSubset:
         params = dict(model.named_parameters())
         for name, value in self.unflatten(vector).items():
             params[name].copy_(value)
+
+    def frozen_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Everything in `model`'s state the vector does not hold, as detached CPU copies: the parameters
+        outside the subset and every buffer (for a whole network: the buffers alone)."""
+        chosen = set(self.names)
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in chosen}
+
+    def assemble(self, model: nn.Module, state: dict[str, torch.Tensor], vector: torch.Tensor) -> nn.Module:
+        """`model` (e.g. freshly built) turned into the network of `vector`: `state` (from `frozen_state`)
+        and the vector loaded strictly, so a state that lacks an entry (a dropped buffer) raises. In eval mode."""
+        model.load_state_dict(state | self.unflatten(vector.detach().cpu()), strict=True)
+        return model.eval()
 
     def freeze_others(self, model: nn.Module) -> None:
         """Only the subset keeps requires_grad."""

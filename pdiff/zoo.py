@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["ARCHS", "DEFAULT_SUBSET", "build_model"]
+__all__ = ["ARCHS", "DEFAULT_SUBSET", "build_model", "mlp"]
 
 
 def _resnet(depth: int) -> Callable[[int, int, int], nn.Module]:
@@ -77,15 +77,21 @@ def _cnn_small(channels: int, classes: int, image_size: int) -> nn.Module:
     ))
 
 
-def _mlp(channels: int, classes: int, image_size: int) -> nn.Module:
-    return nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(1),
-        fc1=nn.Linear(channels * image_size * image_size, 64),
-        relu1=nn.ReLU(),
-        fc2=nn.Linear(64, 64),
-        relu2=nn.ReLU(),
-        fc3=nn.Linear(64, classes),
-    ))
+def mlp(width: int) -> Callable[[int, int, int], nn.Module]:
+    """A builder of the three-layer MLP with `width` hidden units per layer: on digits (64 pixels, 10
+    classes) 2 * width**2 + 76 * width + 10 parameters (width 64: 8,970; width 256: 85,002)."""
+
+    def build(channels: int, classes: int, image_size: int) -> nn.Module:
+        return nn.Sequential(OrderedDict(
+            flatten=nn.Flatten(1),
+            fc1=nn.Linear(channels * image_size * image_size, width),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(width, width),
+            relu2=nn.ReLU(),
+            fc3=nn.Linear(width, classes),
+        ))
+
+    return build
 
 
 ARCHS: dict[str, Callable[[int, int, int], nn.Module]] = {
@@ -94,11 +100,13 @@ ARCHS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "vit_tiny": _vit_tiny,
     "convnext_tiny": _convnext_tiny,
     "cnn_small": _cnn_small,
-    "mlp": _mlp,
+    "mlp": mlp(64),
+    "mlp_wide": mlp(256),  # the same MLP 4x wider: ~85k parameters on digits, for whole-network scale tests
 }
 
 # The generated subset when a sweep names none (fnmatch patterns over parameter names).
 # ResNets follow the paper: the last two BatchNorm layers, weight and bias.
+# ["*"] (pdiff.subset.WHOLE_NETWORK) names every parameter of any of these architectures: the whole network.
 DEFAULT_SUBSET: dict[str, tuple[str, ...]] = {
     "resnet18": ("layer4.1.bn1.*", "layer4.1.bn2.*"),
     "resnet50": ("layer4.2.bn2.*", "layer4.2.bn3.*"),
@@ -106,6 +114,7 @@ DEFAULT_SUBSET: dict[str, tuple[str, ...]] = {
     "convnext_tiny": ("classifier.*",),
     "cnn_small": ("bn2.*", "fc.*"),
     "mlp": ("fc3.*",),
+    "mlp_wide": ("fc3.*",),
 }
 
 

@@ -112,9 +112,12 @@ def cycles(graph: dict[str, Module]) -> list[list[str]]:
 
 
 def upward(graph: dict[str, Module]) -> list[str]:
-    """Imports of a module of another unit on the same or a higher layer."""
+    """Imports of a module of another unit on the same or a higher layer (the package itself, the Python API's
+    front door, may name any)."""
     out = []
     for mod in graph.values():
+        if mod.name == PACKAGE:
+            continue
         for target in sorted(mod.imports):
             other = graph[target]
             if other.unit == "__init__" or other.unit == mod.unit:

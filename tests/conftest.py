@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +20,10 @@ import torch
 # sweep running beside the suite) two threads that must meet at every op's
 # barrier made the suite >10x slower (6m50s instead of 31s, measured on 2 cores).
 torch.set_num_threads(int(os.environ.get("PDIFF_TEST_THREADS", "1")))
+
+# The plan's cost estimate reads throughputs cached per machine (orchestrator.runtime.calibrate): the suite
+# starts from an empty cache of its own, so no test depends on what this machine measured before.
+os.environ["PDIFF_SWEEP_CACHE"] = tempfile.mkdtemp(prefix="pdiff-sweep-cache-")
 
 # Small enough for 2 CPU cores, large enough that the method works on digits.
 TINY_TRAIN = dict(epochs=10, batch_size=64, lr=0.05)

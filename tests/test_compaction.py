@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.results.views import open_views
-from orchestrator.store.tables import COMPACT_PREFIX, Store, compact_sweep
+from orchestrator.store.compaction import compact_sweep
+from orchestrator.store.layout import COMPACT_PREFIX
+from orchestrator.store.tables import Store
 
 CELLS = ("mlp-digits-s0-aaaa0001", "mlp-digits-s1-aaaa0002")
 TRIALS = [f"t{i:04d}" for i in range(10)]
@@ -163,9 +165,9 @@ def test_a_rerun_after_compaction_wins(store):
         assert len(os.listdir(store.path(table, cell))) == 1
     assert rows(store) == want and len(rows(store, "generated")) == len(expected("generated")) - 3
     # The stage-2 orphan sweep works by writer: compacted generated rows of committed trials stay.
-    from orchestrator.stage2.search import _drop_orphans
+    from orchestrator.stage2.search import drop_orphans
 
-    _drop_orphans(store, SimpleNamespace(cell_id=cell))
+    drop_orphans(store, SimpleNamespace(cell_id=cell))
     assert len(rows(store, "generated")) == len(expected("generated")) - 3 - 3  # t0007's rows were orphans
     assert store.writer_ids("generated", cell) == store.writer_ids("trials", cell) - {"t0004"}
 

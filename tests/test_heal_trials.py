@@ -21,11 +21,12 @@ from orchestrator.generate import main as generate_main
 from orchestrator.results.sections import runs_frame
 from orchestrator.results.views import connect
 from orchestrator.runtime.heal import reconcile
-from orchestrator.stage2.search import _finished_trials
+from orchestrator.stage2.search import finished_trials
 from orchestrator.store import paths
 from orchestrator.store.lease import Lease
+from orchestrator.store.ownership import LEASE
 from orchestrator.store.runs import RunRecord
-from orchestrator.store.tables import LEASE, Store
+from orchestrator.store.tables import Store
 
 
 def _completed(store: Store) -> list[tuple[str, str]]:
@@ -51,7 +52,7 @@ def test_missing_generators_rerun_their_trials(finished_sweep, tiny_spec, tmp_pa
     assert len(lines) == len(done)
     assert store.read("trials").num_rows == 0 and store.read("generated", columns=["trial_id"]).num_rows == 0
     for cell in spec.cells:  # so stage 2 runs them all again
-        assert _finished_trials(store, spec, cell) == []
+        assert finished_trials(store, spec, cell) == []
     assert (Path(store.path("quarantine", "trials")).is_dir())
     again: list[str] = []
     reconcile(spec, store, again.append)

@@ -26,8 +26,9 @@ from tiny_sweep import TINY, copy_sweep, run_sweep, truncate
 from orchestrator.runtime.heal import reconcile
 from orchestrator.spec import load_spec
 from orchestrator.stage1.cells import pending_cells
+from orchestrator.store.errors import CorruptTable
 from orchestrator.store.paths import snapshot_scores as scores_relpath, source_model as model_relpath
-from orchestrator.store.tables import CorruptTable, Store
+from orchestrator.store.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,14 +141,14 @@ def test_corrupt_message_says_what_happens(tmp_path):
 def test_study_records_failed_trials_as_failures(tiny_spec):
     from optuna.trial import TrialState
 
-    from orchestrator.stage2.search import _study
+    from orchestrator.stage2.study import rebuild_study
 
     spec = load_spec(tiny_spec)
     rows = [{"latent_noise": 0.05, "latent_dim": 16, "status": "completed", "val_acc": 90.0, "val_max_iou": 0.5},
             {"latent_noise": 0.2, "latent_dim": 32, "status": "failed", "val_acc": None, "val_max_iou": None,
              "reason": "autoencoder loss went non-finite"},
             {"latent_noise": 0.1, "latent_dim": 32, "status": "stopped", "val_acc": 50.0, "val_max_iou": None}]
-    storage, name, _, _ = _study(spec, spec.cells[0], rows)
+    storage, name, _, _ = rebuild_study(spec, spec.cells[0], rows)
     import optuna
 
     trials = optuna.load_study(study_name=name, storage=storage).trials

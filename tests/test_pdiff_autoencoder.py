@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from pdiff import AEConfig
-from pdiff.autoencoder import Normalizer, ParameterAutoencoder, reconstruction_r2, train_autoencoder
+from pdiff.autoencoder import (AUTOENCODERS, DEFAULT_AUTOENCODER, Normalizer, ParameterAutoencoder,
+                               autoencoder_name, build_autoencoder, reconstruction_r2, train_autoencoder)
+from pdiff.chunked_autoencoder import ChunkedAutoencoder
 
 TINY_AE = AEConfig(latent_dim=32, channels=(32, 64, 64), steps=1500, check_every=50)
 
@@ -40,6 +42,36 @@ def test_training_pass_is_noisy_and_eval_path_is_not():
     b = ae(x)
     assert not torch.equal(a, b)  # latent noise
     assert torch.equal(ae.decode(ae.encode(x)), ae.decode(ae.encode(x)))
+
+
+@pytest.mark.parametrize("n_params,chunks", [(394, 1), (16_384, 1), (16_385, 2), (85_002, 6)])
+def test_chunked_shapes_and_a_size_linear_in_the_numbers(n_params, chunks):
+    width, latent = 4, 8
+    ae = ChunkedAutoencoder(n_params, AEConfig(latent_dim=latent), width=width)
+    assert ae.chunks == chunks and ae.chunks * ae.size == ae.length and 0 <= ae.length - n_params < chunks
+    x = torch.randn(3, n_params)
+    assert ae.encode(x).shape == (3, latent) and ae.decode(ae.encode(x)).shape == (3, n_params)
+    # width weights per number each way and one output bias, plus the mixing layers (per chunk, not number)
+    mixing = 2 * chunks * width * latent + latent + 2 * chunks * width
+    assert sum(p.numel() for p in ae.parameters()) == (2 * width + 1) * ae.length + mixing
+
+
+def test_chunks_see_only_their_own_numbers():
+    ae = ChunkedAutoencoder(40, AEConfig(latent_dim=4), chunk_size=10, width=3)
+    x = torch.randn(2, 40)
+    h = torch.einsum("bcm,cmw->bcw", x.view(2, 4, 10), ae.enc_weight)
+    y = x.clone()
+    y[:, 10:20] += 1.0  # chunk 1 changes: only its features move
+    h2 = torch.einsum("bcm,cmw->bcw", y.view(2, 4, 10), ae.enc_weight)
+    assert torch.equal(h[:, [0, 2, 3]], h2[:, [0, 2, 3]]) and not torch.equal(h[:, 1], h2[:, 1])
+
+
+def test_autoencoders_by_name():
+    assert type(build_autoencoder(100, AEConfig(latent_dim=8))) is AUTOENCODERS[DEFAULT_AUTOENCODER]
+    for name in AUTOENCODERS:
+        assert autoencoder_name(build_autoencoder(100, AEConfig(latent_dim=8, channels=(8,)), name)) == name
+    with pytest.raises(ValueError, match="conv"):
+        build_autoencoder(100, AEConfig(), "transformer")
 
 
 def test_normalizer_inverse():

@@ -40,6 +40,7 @@ def _reference_logits(model: nn.Module, subset: ParameterSubset, vectors: torch.
 CASES = [  # arch, channels, classes, image size, vectors, images
     ("cnn_small", 1, 10, 8, 4, 4),
     ("mlp", 1, 10, 8, 4, 4),
+    ("mlp_wide", 1, 10, 8, 3, 4),
     ("resnet18", 3, 10, 32, 3, 4),
     ("resnet50", 1, 10, 8, 2, 4),
     ("vit_tiny", 1, 10, 8, 2, 4),
@@ -64,7 +65,7 @@ def test_batched_logits_match_full_forward(arch, channels, classes, size, n_vec,
     assert (logits - ref).abs().max() < 1e-4
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
     assert not torch.allclose(ref[0], ref[1], atol=1e-4)  # the vectors really differ in effect
-    if arch in ("cnn_small", "resnet18", "resnet50", "convnext_tiny", "mlp"):
+    if arch in ("cnn_small", "resnet18", "resnet50", "convnext_tiny", "mlp", "mlp_wide"):
         assert len(evaluator.prefix) > 0  # a chain: the frozen prefix runs once per batch
 
 

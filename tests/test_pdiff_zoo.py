@@ -34,6 +34,12 @@ def test_every_arch_has_a_default_subset():
     assert set(DEFAULT_SUBSET) == set(ARCHS)
 
 
+def test_mlp_widths_on_digits():
+    numbers = {arch: sum(p.numel() for p in build_model(arch, channels=1, classes=10, image_size=8).parameters())
+               for arch in ("mlp", "mlp_wide")}
+    assert numbers == {"mlp": 8_970, "mlp_wide": 85_002}  # 2 w^2 + 76 w + 10 for width w = 64, 256
+
+
 def test_resnet18_default_subset_is_the_papers():
     model = build_model("resnet18", channels=3, classes=10, image_size=32)
     subset = ParameterSubset.select(model, DEFAULT_SUBSET["resnet18"])

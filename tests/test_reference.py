@@ -7,12 +7,12 @@ import re
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 from tiny_sweep import ROOT, sweep_env
 
-from orchestrator.explain import REFERENCE_PATH, reference, spec_keys
-from orchestrator.spec import SpecError, parse_spec
-from orchestrator.store.columns import COLUMNS, columns_of
+from orchestrator.spec import REFERENCE_PATH, SpecError, parse_spec, reference, spec_keys
+from orchestrator.store.columns import COLUMNS, KNOB_TABLE
 from orchestrator.store.schema import TABLES
 from pdiff.pipeline import KNOB_DOCS, KNOBS
 
@@ -34,6 +34,11 @@ def _accepted_keys(section: str) -> set[str]:
         parse_spec(raw)
     assert err.value.path == f"{section}.zz_unknown".lstrip("."), err.value
     return set(re.fullmatch(r"unknown key; expected one of: (.*)", err.value.message).group(1).split(", "))
+
+
+def _documented(table: str) -> set[str]:
+    """Every column the reference documents for `table`: the registry's, and the trials table's knob columns."""
+    return {c.name for c in COLUMNS[table]} | (set(KNOBS) if table == KNOB_TABLE else set())
 
 
 def test_docs_reference_is_what_the_code_generates():
@@ -63,17 +68,27 @@ def test_spec_reference_lists_exactly_the_keys_the_parser_accepts(section):
 def test_every_schema_column_is_documented():
     assert set(COLUMNS) == set(TABLES)
     for table, schema in TABLES.items():
-        missing = set(schema.names) - set(columns_of(table))
-        assert not missing, f"{table}: undocumented columns {sorted(missing)} (orchestrator/columns.py)"
+        missing = set(schema.names) - _documented(table)
+        assert not missing, f"{table}: undocumented columns {sorted(missing)} (orchestrator/store/columns.py)"
 
 
 def test_column_reference_matches_the_tables_of_a_finished_sweep(finished_sweep):
     for table in TABLES:
         present = set(finished_sweep.read_pandas(table).columns)
-        documented = set(columns_of(table))
+        documented = _documented(table)
         assert present, f"the tiny sweep wrote no {table} rows"
         assert not present - documented, f"{table}: undocumented columns {sorted(present - documented)}"
         assert not documented - present, f"{table}: documented but never written {sorted(documented - present)}"
+
+
+def test_column_types_are_the_tables_of_a_finished_sweep(finished_sweep):
+    """The registry's Arrow types are what the writers write, an added column's too (the summary's typed
+    NULLs for older sweeps, views.COLLAPSE_COLUMNS, come from them); a column null throughout may be untyped."""
+    for table, columns in COLUMNS.items():
+        stored = {f.name: f.type for f in finished_sweep.read(table).schema}
+        wrong = {c.name: f"{stored[c.name]} != {c.type}" for c in columns
+                 if stored[c.name] not in (c.type, pa.null())}
+        assert not wrong, f"{table}: columns not of their registry type {wrong}"
 
 
 def test_spec_reference_defaults_are_the_parsers():

@@ -18,11 +18,12 @@ import pytest
 from conftest import unavailable
 
 from orchestrator.report import main
-from orchestrator.results.figures import (FIGURES, cell_importance, importance_figure, load_cells, parallel_figure,
-                                          trial_history)
+from orchestrator.results.captions import FIGURES
+from orchestrator.results.figure_data import load_cells, trial_history
+from orchestrator.results.search_figures import cell_importance, importance_figure, parallel_figure
 from orchestrator.results.layout import BASELINES
 from orchestrator.results.report import summary_table, write_report
-from orchestrator.results.sections import FIGURES as FEEDBACK_FIGURES, ablation_tables
+from orchestrator.results.sections import ablation_tables
 from orchestrator.results.summary import summary
 from orchestrator.results.views import connect
 from orchestrator.store.locate import parse_results_dir
@@ -32,7 +33,7 @@ from pdiff.verdicts import comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ALL_FIGURES = FIGURES | FEEDBACK_FIGURES  # the report's figures: orchestrator.results.figures' and orchestrator.results.sections's
+ALL_FIGURES = FIGURES  # the report's figures: orchestrator.results.captions' registry
 
 
 # The report's command line (orchestrator.report.main, as `python -m orchestrator.report` runs it), then the
@@ -197,7 +198,7 @@ def test_summary_equals_direct_duckdb_queries(reported):
 
 
 def test_summary_extends_summary_sql(finished_sweep):
-    """The report's table holds SUMMARY_SQL's row per cell; only the baselines' val-selected numbers are
+    """The report's table holds summary_sql()'s row per cell; only the baselines' val-selected numbers are
     re-derived with a deterministic tie rule."""
     base = summary(finished_sweep).set_index("cell_id")
     ours, searched, shown = summary_table(finished_sweep)
@@ -351,7 +352,8 @@ def test_tables_of_an_older_schema_are_refused_in_one_line(finished_sweep, tiny_
 
     from orchestrator.query import main as query_main
     from orchestrator.store.schema import SCHEMA_VERSION
-    from orchestrator.store.tables import MARKER, OldTables
+    from orchestrator.store.errors import OldTables
+    from orchestrator.store.ownership import MARKER
 
     assert SCHEMA_VERSION == 2
     copy = _copy_sweep(finished_sweep, tmp_path / "results")
@@ -601,7 +603,7 @@ def test_a_collapsed_best_trial_is_flagged_everywhere(finished_sweep, tmp_path, 
     assert flags[forced] and not flags[other], flags
     row = df.set_index("cell_id").loc[forced]
     assert row.pdiff_pairwise_iou == 1.0 and row.pdiff_distinct_sets == 1 and row.pdiff_spread_ratio < 0.05
-    base = summary(copy).set_index("cell_id")  # SUMMARY_SQL, what the sweep prints, says the same
+    base = summary(copy).set_index("cell_id")  # summary_sql(), what the sweep prints, says the same
     assert bool(base.pdiff_collapsed[forced]) and not bool(base.pdiff_collapsed[other])
     assert base.collapsed_trials[forced] >= 1
     warnings = collapse_warnings(df)
@@ -658,11 +660,13 @@ def test_a_collapsed_best_trial_is_flagged_everywhere(finished_sweep, tmp_path, 
 def test_accuracy_novelty_figure_moves_no_point_and_labels_collapse(tmp_path, monkeypatch):
     """Every drawn point is a model's own (max IoU, accuracy): no jitter, nothing past IoU 1.0; a collapsed
     family (8 identical models at IoU 1.0) is labelled 'collapsed' and a healthy one is not."""
+    import orchestrator.results.canvas as canvas
     import orchestrator.results.figures as figures
+    from orchestrator.results.figure_data import CellData
 
     drawn = []
-    save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda fig, path, title: (drawn.append(fig), save(fig, path, title))[1])
+    save = canvas.save
+    monkeypatch.setattr(canvas, "save", lambda fig, path: (drawn.append(fig), save(fig, path))[1])
     rng = np.random.default_rng(0)
     snap_iou, snap_acc = rng.uniform(0.6, 0.9, 12), rng.uniform(0.9, 0.95, 12)
     generated = pd.DataFrame({"trial_id": "t", "index": range(8), "val_acc": 0.9, "test_acc": 0.93,
@@ -670,14 +674,14 @@ def test_accuracy_novelty_figure_moves_no_point_and_labels_collapse(tmp_path, mo
     baselines = pd.DataFrame({"method": "noise", "index": range(8), "val_acc": 0.9,
                               "test_acc": rng.uniform(0.9, 0.95, 8), "test_max_iou": rng.uniform(0.7, 1.0, 8),
                               "params": [np.zeros(3)] * 8})
-    cell = figures.CellData(cell_id="c", arch="mlp", dataset="digits", seed=0, best_trial="t",
-                            snapshots=np.zeros((12, 3), np.float32),
-                            snapshot_rows=pd.DataFrame({"index": range(12), "test_acc": snap_acc}),
-                            generated=generated, baselines=baselines, snapshot_max_iou=snap_iou,
-                            families={"p-diff": {"pairwise_iou": 1.0, "distinct_sets": 1, "spread_ratio": 0.0,
-                                                 "collapsed": True},
-                                      "noise": {"pairwise_iou": 0.6, "distinct_sets": 8, "spread_ratio": 1.5,
-                                                "collapsed": False}})
+    cell = CellData(cell_id="c", arch="mlp", dataset="digits", seed=0, best_trial="t",
+                    snapshots=np.zeros((12, 3), np.float32),
+                    snapshot_rows=pd.DataFrame({"index": range(12), "test_acc": snap_acc}),
+                    generated=generated, baselines=baselines, snapshot_max_iou=snap_iou,
+                    families={"p-diff": {"pairwise_iou": 1.0, "distinct_sets": 1, "spread_ratio": 0.0,
+                                         "collapsed": True},
+                              "noise": {"pairwise_iou": 0.6, "distinct_sets": 8, "spread_ratio": 1.5,
+                                        "collapsed": False}})
     figures.accuracy_novelty_figure([cell], tmp_path / "accuracy_novelty.png")
     ax = drawn[0].axes[0]
     truth = {(round(x, 9), round(100 * y, 9)) for x, y in zip(snap_iou, snap_acc)}
@@ -701,7 +705,7 @@ def test_old_tables_without_collapse_columns_still_summarise(finished_sweep, tmp
     """A sweep written before the collapse columns: its signals read as NULL (shown n/a), not an error."""
     import pyarrow.parquet as pq
 
-    from orchestrator.results.report import summary_text
+    from orchestrator.results.console import summary_text
     from orchestrator.results.views import COLLAPSE_COLUMNS
 
     copy = _copy_sweep(finished_sweep, tmp_path / "results")
@@ -718,7 +722,8 @@ def test_old_tables_without_collapse_columns_still_summarise(finished_sweep, tmp
     cells = load_cells(copy, dict(zip(ours.cell_id, ours.best_trial)), predictions=False)
     assert all(not c.families and not c.collapsed("p-diff") for c in cells)
     trials, how = trial_history(copy)
-    from orchestrator.results.figures import accuracy_novelty_figure, history_figure
+    from orchestrator.results.figures import accuracy_novelty_figure
+    from orchestrator.results.search_figures import history_figure
 
     labels = {c.cell_id: c.label for c in cells}
     assert history_figure(trials, how, labels, tmp_path / "search_history.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -728,7 +733,8 @@ def test_old_tables_without_collapse_columns_still_summarise(finished_sweep, tmp
 def test_tsne_skips_non_finite_vectors(tmp_path):
     import matplotlib.image
 
-    from orchestrator.results.figures import CellData, tsne_figure
+    from orchestrator.results.figure_data import CellData
+    from orchestrator.results.figures import tsne_figure
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(12, 6)).astype(np.float32)
@@ -811,10 +817,11 @@ def test_the_report_bounds_panels_for_many_cells(tmp_path, monkeypatch):
     the index page has the arch x dataset table; every cell has its page, linked from its row; beyond
     INDEX_CELLS cells the per-cell tables leave the index for cells.html. A synthetic 13-cell sweep (the
     results_scale benchmark's, small), fANOVA stubbed out: seconds."""
-    import orchestrator.results.figures as figures
+    import orchestrator.results.canvas as canvas
     import orchestrator.results.pages as pages
+    import orchestrator.results.search_figures as search_figures
     from benchmarks.results_scale import build
-    from orchestrator.results.figures import MAX_PANELS, panels_of
+    from orchestrator.results.canvas import MAX_PANELS, panels_of
 
     # 400 cells in 29 arch x dataset groups: the first 12 groups, every one of their cells pooled
     sources = pd.DataFrame([{"cell_id": f"a{a}-d{d}-s{s}", "arch": f"a{a:02d}", "dataset": f"d{d}", "seed": s}
@@ -826,14 +833,14 @@ def test_the_report_bounds_panels_for_many_cells(tmp_path, monkeypatch):
 
     store = build(tmp_path, 13, 2, k=10, n=6, log=lambda s: None)  # 4 archs x 2 datasets, 13 cells
     panels_drawn: dict[str, int] = {}
-    save = figures._save
+    save = canvas.save
 
-    def counting(fig, path, title):
+    def counting(fig, path):
         panels_drawn[path.name] = sum(bool(ax.get_title()) for ax in fig.axes)  # colour bars have no title
-        return save(fig, path, title)
+        return save(fig, path)
 
-    monkeypatch.setattr(figures, "_save", counting)
-    monkeypatch.setattr(figures, "cell_importance", lambda trials, knobs, **kw: (None, "not computed in this test"))
+    monkeypatch.setattr(canvas, "save", counting)
+    monkeypatch.setattr(search_figures, "cell_importance", lambda trials, knobs, **kw: (None, "not computed in this test"))
     monkeypatch.setattr(pages, "INDEX_CELLS", 5)
     index = write_report(store, tmp_path / "report")
     assert set(panels_drawn) == set(ALL_FIGURES)

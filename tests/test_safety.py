@@ -25,8 +25,10 @@ import yaml
 
 from orchestrator import sweep as sweep_cli
 from orchestrator.spec import MAXIMA, load_spec
+from orchestrator.store.errors import NotOurFolder
 from orchestrator.store.lease import Lease, LeaseHeld
-from orchestrator.store.tables import LEASE, MARKER, NotOurFolder, Store
+from orchestrator.store.ownership import LEASE, MARKER
+from orchestrator.store.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "sweeps" / "smoke.yaml"

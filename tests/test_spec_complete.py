@@ -24,7 +24,8 @@ from test_spec import SOURCE, SWEEPS, edited, spec_error
 
 from orchestrator import spec as spec_module, sweep as sweep_cli
 from orchestrator.spec import MAX_SEED, MAXIMA, Resources, SpecError, SweepSpec, load_spec, parse_spec
-from orchestrator.store.tables import MARKER, Store
+from orchestrator.store.ownership import MARKER
+from orchestrator.store.tables import Store
 from orchestrator.sweep import plan_text
 from pdiff import ARCHS, DATASETS, DEFAULT_SUBSET, CollectConfig, PdiffConfig, TrainConfig
 from pdiff.pipeline import KNOBS
@@ -135,7 +136,7 @@ def documented_maximum(path: str) -> float | None:
     if path in ("seed", "sources.seeds"):
         return MAX_SEED
     if name.endswith("_channels"):
-        return MAXIMA["channels"]
+        return MAXIMA[path]  # of each entry
     return MAXIMA.get(path, MAXIMA.get(name, BOUNDED.get(name)))
 
 
@@ -210,7 +211,7 @@ def spec_fields() -> tuple[list[Field], list[str]]:
                                     lambda s, k=knob: s.search[k].low))
 
     walk(PdiffConfig, "")
-    paths = dict(spec_module._SPEC_PATHS)
+    paths = dict(spec_module.SPEC_PATHS)
     for name, shape, kind in numeric_fields(SweepSpec):
         fields.append(Field(f"SweepSpec.{name}", paths.get(name, name), kind, lambda v: v,
                             lambda s, n=name: getattr(s, n)))
@@ -250,7 +251,7 @@ def test_the_walk_finds_every_number():
 @pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.label)
 def test_every_number_has_a_maximum(field):
     maximum = documented_maximum(field.path)
-    assert maximum is not None, f"{field.path} has no documented maximum (orchestrator/spec.py MAXIMA)"
+    assert maximum is not None, f"{field.path} has no documented maximum (its field metadata, orchestrator.spec.MAXIMA)"
     if field.label.endswith("low"):
         return  # its maximum is the high bound's: checked by the 'high' case
     spec = parse_spec(edited({field.path: field.write(maximum)}), SOURCE)  # the maximum itself is allowed
@@ -292,7 +293,7 @@ def test_the_overflowing_token_size_of_the_probe_exits_2(tmp_path):
                                   "1000000000000000000000000000000\n", 1))
     assert refused_in_one_line(tmp_path, spec, "--storage", tmp_path / "store") == (
         f"error: {spec}: pdiff.knobs.ae_token_size: 1000000000000000000000000000000 is above the maximum of "
-        f"{MAXIMA['ae_token_size']}")
+        f"{MAXIMA['pdiff.knobs.ae_token_size']}")
 
 
 # -- probe 7: subset patterns that match no parameter ------------------------------------------------------

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from tiny_sweep import CELLS, ROOT, TRIALS, run_sweep, sweep_command, sweep_env
 
+from orchestrator.store.errors import StorageFault, storage_fault
 from orchestrator.store.lease import Lease
-from orchestrator.store.tables import LEASE, StorageFault, Store, storage_fault
+from orchestrator.store.ownership import LEASE
+from orchestrator.store.tables import Store
 
 
 def _enospc(*_args, **_kwargs):

@@ -291,7 +291,7 @@ def test_fixed_knob_spec_runs_repeats_with_distinct_ids(tmp_path):
     import yaml
     from tiny_sweep import TINY, run_sweep
 
-    from orchestrator.stage2.search import trial_id_of
+    from orchestrator.stage2.trial import trial_id_of
     from orchestrator.store.tables import Store
 
     spec = copy.deepcopy(TINY)

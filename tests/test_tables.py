@@ -14,8 +14,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.store.errors import CorruptTable
 from orchestrator.store.schema import SCHEMA_VERSION, TABLES
-from orchestrator.store.tables import CorruptTable, Store
+from orchestrator.store.tables import Store
 
 COMMON = ["sweep", "spec_hash", "schema_version", "cell_id"]
 
@@ -326,7 +327,7 @@ def test_store_survives_pickling(tmp_path):
 
 
 def test_check_schema_refuses_another_version_in_one_line(store):
-    from orchestrator.store.tables import OldTables
+    from orchestrator.store.errors import OldTables
 
     store.check_schema()  # no tables yet: nothing to refuse
     path = store.write("trials", "c", "t", rows_for("trials", 1))

@@ -1,9 +1,9 @@
 """Trial ids and indexes through the Tune + Optuna path, without a Ray cluster.
 
-`_search_cell` builds the cell's searcher and hands it to `tune.Tuner`; here `Tuner` (and the
+`search_cell` builds the cell's searcher and hands it to `tune.Tuner`; here `Tuner` (and the
 `with_parameters` / `with_resources` wrappers, which would `ray.put`) are replaced by stubs that
 keep what they are given, so the test asks the real `NumberedOptunaSearch` for its suggestions
-and turns them into trial ids with the real `_identity`. Ray is never started.
+and turns them into trial ids with the real `trial_identity`. Ray is never started.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import ray
 
 from orchestrator.spec import parse_spec
 from orchestrator.stage2 import search as tuning
-from orchestrator.stage2.search import _identity, trial_id_of
+from orchestrator.stage2.trial import trial_id_of, trial_identity
 from orchestrator.store.tables import Store
 
 SPEC = {
@@ -49,7 +49,7 @@ def _store_folder(tmp_path, monkeypatch):
 
 @pytest.fixture
 def captured(monkeypatch):
-    """What `_search_cell` passed to `tune.Tuner`; nothing is fitted and Ray is not started."""
+    """What `search_cell` passed to `tune.Tuner`; nothing is fitted and Ray is not started."""
     from ray import tune
 
     seen: dict = {}
@@ -70,9 +70,9 @@ def captured(monkeypatch):
 
 
 def search_cell(spec, finished=(), store=None):
-    """Run `_search_cell`'s body (the undecorated function) up to the stubbed `Tuner`."""
+    """Run `search_cell`'s body (the undecorated function) up to the stubbed `Tuner`."""
     cell = spec.cells[0]
-    fn = tuning._search_cell._function
+    fn = tuning.search_cell._function
     assert fn(spec, cell, store or FakeStore(), None, spec.num_samples, list(finished)) == cell.cell_id
     return cell
 
@@ -83,7 +83,7 @@ def suggested_ids(spec, seen, cell, n):
     assert seen["tune_config"].num_samples == n and seen["fitted"]
     configs = [searcher.suggest(f"trial_{i:05d}") for i in range(n)]
     assert all(isinstance(c, dict) for c in configs), configs
-    return [_identity(spec, cell, c) for c in configs]
+    return [trial_identity(spec, cell, c) for c in configs]
 
 
 def test_one_value_choice_gives_num_samples_distinct_trials(captured):
@@ -123,7 +123,7 @@ def test_fixed_knob_spec_numbers_its_repeats(captured):
     assert captured["tune_config"].search_alg is None and captured["tune_config"].num_samples == 1
     indexes = captured["param_space"]["trial_index"]["grid_search"]
     assert indexes == [0, 1, 2]
-    ids = {_identity(spec, cell, {"trial_index": i})[0] for i in indexes}
+    ids = {trial_identity(spec, cell, {"trial_index": i})[0] for i in indexes}
     assert len(ids) == 3
 
 

@@ -119,6 +119,11 @@ def format_value(column: str, v: Any) -> str:
     return str(v)
 
 
+def count_of(count: Any, total: Any) -> str:
+    """`count of total` (e.g. collapsed trials of the completed ones), or n/a where either is unknown."""
+    return f"{count:.0f} of {total:.0f}" if pd.notna(count) and pd.notna(total) else "n/a"
+
+
 def flat_table(df: pd.DataFrame, groups) -> pd.DataFrame:
     """One section of the summary as strings, under the short headings."""
     cols = dict(KEYS) | {c: short for _, sub in groups for c, _, short in sub if c in df}
@@ -133,6 +138,16 @@ def md_table(flat: pd.DataFrame) -> str:
              "|" + "|".join("---" for _ in flat.columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in flat.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def frame_html(df: pd.DataFrame, index: bool = False) -> str:
+    """A frame's values as a plain HTML table (`index`: its index as the first column, under its name)."""
+    e = html.escape
+    head = ([df.index.name or ""] if index else []) + list(df.columns)
+    body = ["<tr>" + (f"<th>{e(str(i))}</th>" if index else "") + "".join(f"<td>{e(str(v))}</td>" for v in row)
+            + "</tr>" for i, row in zip(df.index, df.itertuples(index=False))]
+    return ("<table>\n<thead><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head) + "</tr></thead>\n<tbody>\n"
+            + "\n".join(body) + "\n</tbody>\n</table>")
 
 
 def html_table(df: pd.DataFrame, groups, links: dict[str, str] | None = None) -> str:

@@ -5,8 +5,8 @@ The index page (`orchestrator.report`) holds the per-cell summary tables while t
 arch x dataset table (`group_summary`) alone. The arch x dataset table is shown wherever a group has more
 than one cell (several seeds). Every cell has its own page, `cell-<cell_id>.html`, beside `index.html`,
 linked from each cell's row: its summary row (the four tables), its similarity numbers, every trial with its
-knobs, and the notes about it. The figures draw at most `orchestrator.results.figures.MAX_PANELS` panels each
-(`orchestrator.results.figures.panels_of`). Nothing here draws: writing 400 pages takes well under a second.
+knobs, and the notes about it. The figures draw at most `orchestrator.results.canvas.MAX_PANELS` panels each
+(`orchestrator.results.canvas.panels_of`). Nothing here draws: writing 400 pages takes well under a second.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Sequence
 import pandas as pd
 
 from orchestrator.console import cell_label
-from orchestrator.results.layout import CSS, html_table, summary_groups
+from orchestrator.results.layout import CSS, frame_html, html_table, md_table, summary_groups
 from orchestrator.results.sql import methods
-from orchestrator.results.trust import collapse_warnings, trust_warnings
+from orchestrator.results.trust import collapse_warnings, is_flagged, trust_warnings
 
-__all__ = ["INDEX_CELLS", "MAX_WARNINGS", "cell_page", "group_summary", "groups_html", "groups_md", "wants_groups",
-           "write_cell_pages"]
+__all__ = ["INDEX_CELLS", "MAX_WARNINGS", "cell_page", "group_summary", "groups_html", "groups_md", "tables_on_index",
+           "wants_groups", "write_cell_pages"]
 
 INDEX_CELLS = 50  # per-cell summary tables on the index page up to this many cells; beyond, on cells.html
 MAX_WARNINGS = 12  # collapse warnings spelled out on the index page; the rest are counted
@@ -39,7 +39,13 @@ def cell_page(cell_id: str) -> str:
 def wants_groups(df: pd.DataFrame) -> bool:
     """Whether the index shows the arch x dataset table: some group has several cells, or the per-cell tables
     are not on the index."""
-    return len(df) > INDEX_CELLS or bool(len(df) and df.groupby(["arch", "dataset"]).size().max() > 1)
+    return not tables_on_index(df) or bool(len(df) and df.groupby(["arch", "dataset"]).size().max() > 1)
+
+
+def tables_on_index(df: pd.DataFrame) -> bool:
+    """Whether the index page holds the per-cell summary tables (at most INDEX_CELLS cells; beyond, cells.html
+    does)."""
+    return len(df) <= INDEX_CELLS
 
 
 def _methods() -> list[str]:
@@ -69,8 +75,7 @@ def group_summary(df: pd.DataFrame) -> pd.DataFrame:
         row["pdiff sel"] = stat("pdiff_selected")
         row["pdiff best*"] = stat("pdiff_best_test_paper")
         row["pdiff IoU"] = stat("pdiff_max_iou", 3)
-        collapsed = g.pdiff_collapsed.map(lambda v: v is not None and not (isinstance(v, float) and math.isnan(v))
-                                          and v is not pd.NA and bool(v)) if "pdiff_collapsed" in g else []
+        collapsed = g.pdiff_collapsed.map(is_flagged) if "pdiff_collapsed" in g else []
         row["pdiff collapsed"] = f"{int(sum(collapsed))} of {len(g)}"
         for m in _methods():
             row[f"{m} sel"] = stat(f"{m}_selected")
@@ -92,22 +97,14 @@ GROUP_NOTE = ("One row per architecture x dataset: the mean ± standard deviatio
 
 def groups_html(df: pd.DataFrame, cells_link: str | None = None) -> str:
     e = html.escape
-    table = group_summary(df)
-    head = "".join(f"<th>{e(str(c))}</th>" for c in table.columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>"
-                     for row in table.itertuples(index=False))
     more = (f' Every cell: <a href="{e(cells_link)}">the per-cell tables</a>, each row linking to the cell\'s page.'
             if cells_link else "")
     return (f"<h3>By architecture x dataset</h3>\n<p class=\"note\">{e(GROUP_NOTE)}{more}</p>\n"
-            f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>')
+            f'<div class="scroll">{frame_html(group_summary(df))}</div>')
 
 
 def groups_md(df: pd.DataFrame) -> str:
-    table = group_summary(df)
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
-    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(["## By architecture x dataset", "", GROUP_NOTE, "", *lines, ""])
+    return "\n".join(["## By architecture x dataset", "", GROUP_NOTE, "", md_table(group_summary(df)), ""])
 
 
 def _page(title: str, body: list[str], css: str) -> str:

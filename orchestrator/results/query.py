@@ -13,8 +13,9 @@ import duckdb
 
 from orchestrator.results.sql import glob_escaped, inside, literal
 from orchestrator.results.views import one_line, open_views
+from orchestrator.store.errors import CorruptTable
 from orchestrator.store.schema import TABLES
-from orchestrator.store.tables import CorruptTable, Store
+from orchestrator.store.tables import Store
 
 
 class QueryRefused(ValueError):

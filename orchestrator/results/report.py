@@ -14,20 +14,22 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.console import cell_label
-from orchestrator.results.figures import FIGURES, draw_all, panels_of
+from orchestrator.results.canvas import panels_of
+from orchestrator.results.captions import caption
+from orchestrator.results.figures import draw_all
 from orchestrator.results.layout import CSS, code_html, flat_table, format_value, html_table, md_table, summary_groups
-from orchestrator.results.pages import (INDEX_CELLS, MAX_WARNINGS, cell_page, groups_html, groups_md, wants_groups,
+from orchestrator.results.pages import (MAX_WARNINGS, cell_page, groups_html, groups_md, tables_on_index, wants_groups,
                                         write_cell_pages, write_cells_page)
-from orchestrator.results.sections import FIGURES as FEEDBACK, feedback_sections
+from orchestrator.results.sections import feedback_sections
 from orchestrator.results.sql import failed_reasons_sql, report_sql, searched_knobs
-from orchestrator.results.trust import collapse_warnings, trust_warnings
+from orchestrator.results.trust import collapse_warnings, report_warnings, trust_warnings
 from orchestrator.results.views import connect, materialize, one_line
 from orchestrator.store import paths
 from orchestrator.store.schema import TABLES
@@ -44,23 +46,8 @@ def summary_table(store: Store, con=None) -> tuple[pd.DataFrame, list[str], list
     return con.execute(report_sql(shown)).df(), searched, shown
 
 
-def summary_text(df: pd.DataFrame, shown: Sequence[str]) -> str:
-    """The summary's four tables as plain text, for a terminal, after any collapse warning."""
-    warnings = ["COLLAPSED: " + w for w in collapse_warnings(df)] + trust_warnings(df)
-    parts = ["\n".join(warnings)] if warnings else []
-    for title, note, groups in summary_groups(shown):
-        flat = flat_table(df, groups)
-        parts.append(f"{title}\n{flat.to_string(index=False)}")
-        if title.startswith("Test accuracy"):
-            parts[-1] += "\n(sel: val-selected model; best*: selected on the test set, the paper's protocol)"
-    return "\n\n".join(parts)
-
-
 def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, counts: dict[str, int],
           notes: list[str], extra=None, links: dict[str, str] | None = None) -> str:
-
-    titles = FIGURES | FEEDBACK  # the figures' and orchestrator.results.sections's
-
     e = html.escape
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -71,12 +58,12 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
         + ", ".join(f"{e(t)} {n}" for t, n in counts.items()) + f". Written {stamp}.</p>",
         "<h2>Summary</h2>",
     ]
-    warnings = ["COLLAPSED: " + w for w in collapse_warnings(df)] + trust_warnings(df)
+    warnings = report_warnings(df)
     parts += [f'<p class="warning">{e(w)}</p>' for w in warnings[:MAX_WARNINGS]]
     if len(warnings) > MAX_WARNINGS:
         parts.append(f'<p class="warning">and {len(warnings) - MAX_WARNINGS} more warnings (the cells\' '
                      f"pages, and the Collapse and Novelty tables, say which)</p>")
-    on_index = len(df) <= INDEX_CELLS
+    on_index = tables_on_index(df)
     if wants_groups(df):  # one row per arch x dataset (orchestrator.results.pages)
         parts.append(groups_html(df, None if on_index else "cells.html"))
     for title, note, groups in summary_groups(shown) if on_index else ():
@@ -86,11 +73,9 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
         parts.append(extra.results_html)
     parts.append("<h2>Figures</h2>")
     for name in figures:
-        title, caption = titles[name]
-        if name == "search_history.png":
-            caption += f" Order used here: {how}."
+        title, text = caption(name, how)
         parts += ["<figure>", f"<h3>{e(title)}</h3>", f'<img src="{e(name)}" alt="{e(title)}">',
-                  f"<figcaption>{code_html(caption)}</figcaption>", "</figure>"]
+                  f"<figcaption>{code_html(text)}</figcaption>", "</figure>"]
     if extra and extra.runs_html:  # orchestrator.results.sections: the runs table
         parts.append(extra.runs_html)
     parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{code_html(n)}</li>" for n in notes] + ["</ul>", "</body>", "</html>"]
@@ -99,9 +84,6 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
 
 def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, notes: list[str],
               extra=None) -> str:
-
-    titles = FIGURES | FEEDBACK  # the figures' and orchestrator.results.sections's
-
     parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
     parts += [line for w in collapse_warnings(df) for line in (f"> **COLLAPSED**: {w}", "")]
     parts += [line for w in trust_warnings(df) for line in (f"> {w}", "")]
@@ -114,10 +96,8 @@ def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], h
         parts += [extra.results_md]
     parts += ["## Figures", ""]
     for name in figures:
-        title, caption = titles[name]
-        if name == "search_history.png":
-            caption += f" Order used here: {how}."
-        parts += [f"### {title}", "", f"![{title}]({name})", "", caption, ""]
+        title, text = caption(name, how)
+        parts += [f"### {title}", "", f"![{title}]({name})", "", text, ""]
     if extra and extra.runs_md:
         parts += [extra.runs_md]
     parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
@@ -154,7 +134,7 @@ def _write_pages(store: Store, con, out: Path, df: pd.DataFrame, shown, cells, n
     write_cell_pages(out, store, df, shown, trials, cells, notes, [c[3:] for c in df.columns if c.startswith("hp_")],
                      where)
     links = {c: cell_page(c) for c in df.cell_id}
-    if len(df) > INDEX_CELLS:
+    if not tables_on_index(df):
         write_cells_page(out, store, df, shown, links)
     return links
 

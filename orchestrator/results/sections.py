@@ -29,35 +29,25 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.console import cell_label
-from orchestrator.results.figures import _grid, _message, _save
+from orchestrator.results import canvas
+from orchestrator.results.layout import frame_html, md_table
 from orchestrator.results.sql import ablation_sql, completed_trials_sql, curves_sql, runs_sql
-from orchestrator.store.runs import VERSIONS
+from orchestrator.store.columns import VERSIONS
 from orchestrator.store.tables import Store
 
-MAX_PANELS = 12  # cells drawn in the loss-curve figure, and ablation tables shown
+MAX_PANELS = canvas.MAX_PANELS  # cells drawn in the loss-curve figure, and ablation tables shown
 OTHER_TRIALS = 4  # trials drawn faint beside a cell's val-selected trial
 MAX_RUNS = 20  # rows of the report's Runs table (the latest)
 PHASES = {"ae": ("autoencoder", "#1f77b4"), "ldm": ("latent diffusion", "#ff7f0e")}
 
-FIGURES: dict[str, tuple[str, str]] = {
-    "loss_curves.png": (
-        "Training losses",
-        "Training loss against step (log scale) of the autoencoder (MSE of the reconstruction, normalised "
-        "units, with the noise augmentation on) and of the latent diffusion model (MSE of the predicted noise), "
-        "from the `curves` table: bold, the cell's val-selected trial; faint, up to 4 other completed trials "
-        "(best val accuracy first). Each point is the mean loss of the steps since the previous point (at most "
-        "200 points per phase and trial).",
-    ),
-}
-
-
 def curves_figure(store: Store, con, best: dict[str, str | None], labels: dict[str, str], path: Path) -> Path:
-    """`loss_curves.png`: one panel per cell (at most MAX_PANELS), log-scale loss against step."""
+    """`loss_curves.png`: one panel per cell (at most MAX_PANELS), log-scale loss against step (its title and
+    caption: `orchestrator.results.captions.FIGURES`)."""
 
     cells = list(labels)[:MAX_PANELS]
-    fig, axes = _grid(len(cells), 4.6, 3.4)
+    fig, axes = canvas.grid(len(cells), 4.6, 3.4)
     if not cells:
-        _message(axes[0], "no cells in this sweep")
+        canvas.message(axes[0], "no cells in this sweep")
     trials = con.execute(completed_trials_sql("cell_id, trial_id, val_acc")).df()
     for ax, cell in zip(axes, cells):
         ranked = trials[trials.cell_id == cell].sort_values(["val_acc", "trial_id"], ascending=[False, True])
@@ -65,12 +55,12 @@ def curves_figure(store: Store, con, best: dict[str, str | None], labels: dict[s
         others = [t for t in ranked.trial_id if t != chosen][:OTHER_TRIALS]
         wanted = ([chosen] if chosen else []) + others
         if not wanted:
-            _message(ax, "no completed trial", labels[cell])
+            canvas.message(ax, "no completed trial", labels[cell])
             continue
         curves = con.execute(curves_sql(), [cell, wanted]).df()
         curves = curves[np.isfinite(curves.loss) & (curves.loss > 0)]
         if curves.empty:
-            _message(ax, "no loss curves stored (trials written before the `curves` table)", labels[cell])
+            canvas.message(ax, "no loss curves stored (trials written before the `curves` table)", labels[cell])
             continue
         for trial in reversed(wanted):  # the val-selected trial last, on top
             bold = trial == chosen
@@ -88,7 +78,7 @@ def curves_figure(store: Store, con, best: dict[str, str | None], labels: dict[s
         ax.legend(fontsize=7)
     if len(labels) > MAX_PANELS:
         fig.text(0.5, 0.005, f"the first {MAX_PANELS} of {len(labels)} cells", ha="center", fontsize=8)
-    return _save(fig, path, FIGURES[path.name][0])
+    return canvas.save(fig, path)
 
 
 def runs_frame(con) -> pd.DataFrame:
@@ -172,23 +162,6 @@ class Sections:
     runs_md: str = ""
 
 
-def _md(df: pd.DataFrame, index: bool = False) -> str:
-    if index:
-        df = df.reset_index()
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)])
-
-
-def _html(df: pd.DataFrame, index: bool = False) -> str:
-    e = html.escape
-    head = ([df.index.name or ""] if index else []) + list(df.columns)
-    body = ["<tr>" + (f"<th>{e(str(i))}</th>" if index else "") + "".join(f"<td>{e(str(v))}</td>" for v in row)
-            + "</tr>" for i, row in zip(df.index, df.itertuples(index=False))]
-    return ("<table>\n<thead><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head) + "</tr></thead>\n<tbody>\n"
-            + "\n".join(body) + "\n</tbody>\n</table>")
-
-
 def feedback_sections(store: Store, con, df: pd.DataFrame, out: Path, log: Callable[[str], None] = lambda s: None,
                       shown: Sequence[str] | None = None) -> Sections:
     """The loss-curve figure (into `out`; of the cells `shown`, default the first MAX_PANELS), the ablation
@@ -205,9 +178,9 @@ def feedback_sections(store: Store, con, df: pd.DataFrame, out: Path, log: Calla
         title = "Noise ablation (test accuracy %, val-selected; mean max-IoU)"
         sections.results_html = (f"<h3>{html.escape(title)}</h3>\n<p class=\"note\">{html.escape(ABLATION_NOTE)}</p>\n"
                                  + "\n".join(f"<h4>{html.escape(labels[c])}</h4>\n<div class=\"scroll\">"
-                                             f"{_html(t, index=True)}</div>" for c, t in tables.items()))
+                                             f"{frame_html(t, index=True)}</div>" for c, t in tables.items()))
         sections.results_md = "\n\n".join([f"## {title}", ABLATION_NOTE] + [
-            f"### {labels[c]}\n\n{_md(t, index=True)}" for c, t in tables.items()]) + "\n"
+            f"### {labels[c]}\n\n{md_table(t.reset_index())}" for c, t in tables.items()]) + "\n"
 
     runs = runs_frame(con)
     note = (f"Each run of the sweep command (the latest {MAX_RUNS}, newest first; table `runs`). Outcome "
@@ -217,6 +190,6 @@ def feedback_sections(store: Store, con, df: pd.DataFrame, out: Path, log: Calla
             "alive Ray nodes.")
     if len(runs):
         sections.runs_html = (f"<h2>Runs</h2>\n<p class=\"note\">{html.escape(note)}</p>\n"
-                              f"<div class=\"scroll\">{_html(runs)}</div>")
-        sections.runs_md = f"## Runs\n\n{note}\n\n{_md(runs)}\n"
+                              f"<div class=\"scroll\">{frame_html(runs)}</div>")
+        sections.runs_md = f"## Runs\n\n{note}\n\n{md_table(runs)}\n"
     return sections

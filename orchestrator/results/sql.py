@@ -23,13 +23,14 @@ import re
 from functools import lru_cache
 from typing import Callable, Iterable, Sequence
 
-from orchestrator.store.tables import inside  # re-exported: the readers' one rule for which local files may be read
+from orchestrator.store.layout import inside  # re-exported: the readers' one rule for which local files may be read
+from orchestrator.store.schema import TABLES
+from pdiff.config import KNOBS
 from pdiff.names import COLLAPSE_IOU, METHODS as names
 
-__all__ = ["BEST_TRIAL_ORDER", "COMPLETED", "CTES", "FAILED", "METHODS", "SELECTED_ORDER", "SUMMARY_SQL",
-           "ablation_sql", "completed_trials_sql", "curves_sql", "failed_reasons_sql", "files", "glob_escaped",
-           "inside", "literal", "methods", "path_list", "readme_questions", "report_sql", "runs_sql",
-           "searched_knobs", "summary_sql", "views", "with_ctes"]
+__all__ = ["BEST_TRIAL_ORDER", "COMPLETED", "CTES", "FAILED", "SELECTED_ORDER", "ablation_sql", "completed_trials_sql",
+           "curves_sql", "failed_reasons_sql", "files", "glob_escaped", "inside", "literal", "methods", "path_list",
+           "readme_questions", "report_sql", "runs_sql", "searched_knobs", "summary_sql", "views", "with_ctes"]
 
 
 @lru_cache(maxsize=None)
@@ -38,14 +39,6 @@ def methods() -> tuple[str, ...]:
 
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", m) for m in names), names  # used as SQL names below
     return names
-
-
-def __getattr__(name: str):
-    if name == "METHODS":
-        return methods()
-    if name == "SUMMARY_SQL":
-        return summary_sql()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 COMPLETED = "status = 'completed'"
@@ -113,11 +106,9 @@ CTES: dict[str, str] = {
     FROM {{baselines}} GROUP BY cell_id, method""",
 }
 
-_TABLES = ("sources", "checkpoints", "trials", "generated", "baselines")
-
 
 def _fill(template: str, src: Source) -> str:
-    return template.format(**{t: src(t) for t in _TABLES})
+    return template.format(**{t: src(t) for t in TABLES})
 
 
 def with_ctes(names: Sequence[str], src: Source = views, *more: tuple[str, str]) -> str:
@@ -192,7 +183,7 @@ def summary_sql() -> str:
 
 
 def report_sql(knobs: Sequence[str]) -> str:
-    """SUMMARY_SQL's row per cell, with the columns the report adds (see `orchestrator.report`): each
+    """summary_sql()'s row per cell, with the columns the report adds (see `orchestrator.report`): each
     baseline's test-selected best, median and collapse signals, the snapshots' collapse flag, the winning
     trial's id, val accuracy and `knobs` (as `hp_<knob>`), and whether p-diff dominates each baseline."""
 
@@ -223,9 +214,7 @@ LEFT JOIN trials t ON t.cell_id = b.cell_id AND t.trial_id = b.trial_id{_join_ba
 
 def searched_knobs(con) -> tuple[list[str], list[str]]:
     """(knobs that take more than one value across the sweep's trials, every knob column present), in
-    `pdiff.pipeline.KNOBS`' order."""
-    from pdiff.pipeline import KNOBS
-
+    `pdiff.config.KNOBS`' order."""
     columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
     present = [k for k in KNOBS if k in columns]
     if not present:

@@ -8,8 +8,11 @@ import duckdb
 import pyarrow as pa
 
 from orchestrator.results import sql
+from orchestrator.store.columns import COLUMNS
+from orchestrator.store.errors import CorruptTable
+from orchestrator.store.layout import HIDDEN, WRITER
 from orchestrator.store.schema import HEAVY, TABLES
-from orchestrator.store.tables import HIDDEN, WRITER, CorruptTable, Store
+from orchestrator.store.tables import Store
 
 
 def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:
@@ -62,13 +65,13 @@ def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckd
     return con, corrupt
 
 
-def materialize(con: duckdb.DuckDBPyConnection, tables: Iterable[str] = ("sources", "trials", "checkpoints",
-                                                                          "baselines", "curves", "runs")) -> None:
-    """Copy each view's columns but the vectors and packed sets (tables.HEAVY) into a temporary table of the
+def materialize(con: duckdb.DuckDBPyConnection, tables: Iterable[str] | None = None) -> None:
+    """Copy each view's columns but the vectors and packed sets (schema.HEAVY) into a temporary table of the
     same name, which the connection reads from then on (temp shadows main): a report's dozen queries then
     scan each table's files once, not once a query (at 400 cells: 1.2 s once, instead of ~1 s a query).
+    By default every table but `generated` (the report reads its many rows per cell, from the files).
     A table without a view (unreadable) is left as it is."""
-    for table in tables:
+    for table in tables or [t for t in TABLES if t != "generated"]:
         try:
             columns = [r[0] for r in con.execute(f"DESCRIBE main.{table}").fetchall()]
         except duckdb.Error:
@@ -95,20 +98,14 @@ def connect(store: Store, tables: Iterable[str] | None = None) -> duckdb.DuckDBP
     return con
 
 
-# Columns added after the first sweeps were written (the collapse signals, the AE's stopping rule), by table.
+# Arrow's types as DuckDB names them, for the typed NULLs below.
+_DUCKDB_TYPES = {pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR"}
+# Columns added after the first sweeps were written that the summary reads (`Column.filled`: the collapse
+# signals, the AE's stopping rule, the verdicts and 95% comparisons), by table, with their DuckDB types: NULL
+# in folders written before them (and, for the comparisons with the baselines, in folders without baselines).
 COLLAPSE_COLUMNS: dict[str, dict[str, str]] = {
-    "trials": {"pairwise_iou": "DOUBLE", "distinct_sets": "BIGINT", "spread_ratio": "DOUBLE",
-               "collapsed": "BOOLEAN", "ae_converged": "BOOLEAN", "ae_r2": "DOUBLE", "ae_fidelity": "DOUBLE", "ae_steps_taken": "BIGINT"},
-    "baselines": {"family_pairwise_iou": "DOUBLE", "family_distinct_sets": "BIGINT",
-                  "family_spread_ratio": "DOUBLE", "family_collapsed": "BOOLEAN"},
-    "sources": {"snapshot_pairwise_iou": "DOUBLE", "snapshot_distinct_sets": "BIGINT", "snapshot_spread": "DOUBLE",
-                "status": "VARCHAR", "reason": "VARCHAR", "snapshot_loo_max_iou": "DOUBLE"},
-}
-# The trust columns (verdicts and the 95% comparisons), NULL in folders written before them or without baselines.
-COLLAPSE_COLUMNS["trials"] |= {"verdict": "VARCHAR", "val_mean_acc": "DOUBLE"} | {
-    f"vs_{r}{part}": "VARCHAR" if not part else "DOUBLE" for r in ("latent_gaussian", *sql.methods())
-    for part in ("", "_acc_diff", "_acc_lo", "_acc_hi", "_iou_diff", "_iou_lo", "_iou_hi")}
-COLLAPSE_COLUMNS["baselines"] |= {"family_verdict": "VARCHAR"}
+    table: {c.name: _DUCKDB_TYPES[c.type] for c in columns if c.filled}
+    for table, columns in COLUMNS.items() if any(c.filled for c in columns)}
 
 
 def fill_missing_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:

@@ -8,18 +8,23 @@ every training run and trial goes to the workers.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+import ray
+import ray._private.worker
 import yaml
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.spec import Resources, SpecError, SweepSpec
 from orchestrator.store.tables import Store
 
-__all__ = ["HEAD_RESOURCE", "VersionMismatch", "connect_ray", "check_versions", "driver_options", "check_resources", "check_storage", "probe_storage",
-           "missing_local_dirs", "remove_created"]
+__all__ = ["HEAD_RESOURCE", "VersionMismatch", "connect_ray", "check_versions", "driver_options", "check_resources",
+           "check_storage", "probe_storage", "missing_local_dirs", "remove_created"]
 
 HEAD_RESOURCE = "pdiff_head"
 # Where `ray up` leaves the cluster-launcher config on the head node.
@@ -32,10 +37,6 @@ def connect_ray(address: str | None, verbose: bool = False) -> None:
     Unless `verbose`, Ray's own output stays in its log files (`<temp dir>/session_latest/logs`,
     /tmp/ray by default): its workers' output is not forwarded to this console and its driver
     logs only warnings, so the console holds the sweep's lines alone."""
-    import logging
-
-    import ray
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     runtime_env = {"env_vars": {
         "OMP_WAIT_POLICY": "PASSIVE",  # OpenMP spin-waiting makes torch 5-10x slower when trials share cores
@@ -45,8 +46,6 @@ def connect_ray(address: str | None, verbose: bool = False) -> None:
     quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
     if not verbose:  # The raylet's warnings ("N PYTHON worker processes have been started") reach the
         # console through this private function even without log_to_driver; they are in raylet.out too.
-        import ray._private.worker
-
         ray._private.worker.print_to_stdstream = lambda data, ignore_prefix: None
     if address or os.environ.get("RAY_ADDRESS"):
         try:
@@ -71,18 +70,11 @@ class VersionMismatch(RuntimeError):
 def local_versions() -> tuple[str, str]:
     """(Ray version, Python major.minor): what must match across the driver and every node
     (Ray's own rule: a Python patch release may differ)."""
-    import sys
-
-    import ray
-
     return ray.__version__, "%d.%d" % sys.version_info[:2]
 
 
 def _node_versions() -> dict[str, tuple[str, str]]:
     """Each live node's (Ray, Python), from a zero-CPU task pinned to it."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     probe = ray.remote(num_cpus=0)(local_versions)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
@@ -102,8 +94,6 @@ def check_versions() -> None:
 
 
 def _live_nodes() -> list[dict[str, float]]:
-    import ray
-
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 

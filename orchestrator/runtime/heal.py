@@ -32,10 +32,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import Cell, SweepSpec
 from orchestrator.store import paths
+from orchestrator.store.errors import storage_fault
+from orchestrator.store.layout import COMPACT_PREFIX
 from orchestrator.store.schema import TABLES
-from orchestrator.store.tables import COMPACT_PREFIX, Store, storage_fault
+from orchestrator.store.tables import Store
 from pdiff.baselines import BASELINES
 
 __all__ = ["ModelFileError", "read_model", "reconcile"]
@@ -105,139 +107,166 @@ def _model_file_problems(store: Store, cell_id: str) -> dict[str, str]:
             if (problem := _model_problem(store, relpath)) is not None}
 
 
-def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print) -> list[str]:
-    """Quarantine what is corrupt or stale so that the stages rebuild it; returns the lines said."""
-    said: list[str] = []
+class _Healing:
+    """One reconciliation of a sweep's tables with its spec: what each table holds, and the lines said."""
 
-    def tell(line: str) -> None:
-        said.append(line)
-        say(line)
+    def __init__(self, spec: SweepSpec, store: Store, say: Callable[[str], None]):
+        self.spec, self.store, self.say = spec, store, say
+        self.said: list[str] = []
+        self.rows: dict[str, dict[str, int]] = {t: {} for t in TABLES}  # table -> path -> rows
+        self.lost_trials: set[str] = set()  # trials files quarantined here: their generated files go too
+        self.ours = {c.cell_id for c in spec.cells}
 
-    def move(path: str, reason: str) -> None:
-        store.quarantine(path, reason)
+    def tell(self, line: str) -> None:
+        self.said.append(line)
+        self.say(line)
 
-    rel = lambda path: path[len(store.root) + 1:]  # noqa: E731
+    def move(self, path: str, reason: str) -> None:
+        self.store.quarantine(path, reason)
 
-    # 1. Unreadable files, every table, every cell.
-    rows: dict[str, dict[str, int]] = {t: {} for t in TABLES}  # table -> path -> rows
-    lost_trials: set[str] = set()  # trials files quarantined here: their generated files go too
-    ours = {c.cell_id for c in spec.cells}
+    def rel(self, path: str) -> str:
+        return path[len(self.store.root) + 1:]
 
-    def unreadable(table: str, path: str) -> None:
-        target = store.quarantine(path, "not a readable Parquet file")
-        rows[table].pop(path, None)
-        cell_id = path[len(store.path(table)) + 1:].split("/", 1)[0]
-        tell(f"heal: {rel(path)} is not a readable Parquet file: moved to {rel(target)}"
-             + ("; its rows are rebuilt" if cell_id in ours else " (a cell no longer in the spec: not rebuilt)"))
+    def cell_files(self, table: str, cell_id: str) -> dict[str, int]:
+        prefix = self.store.path(table, cell_id) + "/"
+        return {p: n for p, n in self.rows[table].items() if p.startswith(prefix)}
+
+    def unreadable(self, table: str, path: str) -> None:
+        target = self.store.quarantine(path, "not a readable Parquet file")
+        self.rows[table].pop(path, None)
+        cell_id = path[len(self.store.path(table)) + 1:].split("/", 1)[0]
+        self.tell(f"heal: {self.rel(path)} is not a readable Parquet file: moved to {self.rel(target)}"
+                  + ("; its rows are rebuilt" if cell_id in self.ours
+                     else " (a cell no longer in the spec: not rebuilt)"))
         if table == "trials":
-            lost_trials.add(path)
+            self.lost_trials.add(path)
 
-    for table in TABLES:
-        for path in store.all_files(table):  # compacted files and the writer files beside them too
-            if _rows(store, path) is None:
-                unreadable(table, path)
-        # Each writer's rows, in its own file or in its cell's compacted file (tables.Store.writer_rows: the path
-        # its file had; quarantine moves those rows aside as a file of their own).
-        rows[table] = store.writer_rows(table)
+    def quarantine_unreadable(self) -> None:
+        """1. Unreadable files, every table, every cell; then each writer's rows, as readers see them."""
+        for table in TABLES:
+            for path in self.store.all_files(table):  # compacted files and the writer files beside them too
+                if _rows(self.store, path) is None:
+                    self.unreadable(table, path)
+            # Each writer's rows, in its own file or in its cell's compacted file (Store.writer_rows: the path
+            # its file had; quarantine moves those rows aside as a file of their own).
+            self.rows[table] = self.store.writer_rows(table)
 
-    def cell_files(table: str, cell_id: str) -> dict[str, int]:
-        prefix = store.path(table, cell_id) + "/"
-        return {p: n for p, n in rows[table].items() if p.startswith(prefix)}
-
-    per_method = spec.pdiff_config({}).n_generated
-    for cell in spec.cells:
+    def finished_source(self, cell: Cell) -> dict | None:
+        """2. The cell's `sources` row where the cell is finished and its snapshots and model files are sound;
+        else None, with a cell to rebuild from stage 1 moved aside."""
         cid = cell.cell_id
-        sources = cell_files("sources", cid)
+        sources = self.cell_files("sources", cid)
         source = None
         if sources:
             path = next(iter(sources))
-            read = _read(store, path)
+            read = _read(self.store, path)
             if read is None:
-                unreadable("sources", path)
+                self.unreadable("sources", path)
                 sources = {}
             elif len(read) == 1 and len(sources) == 1:
                 source = read[0]
-
-        # 2. A finished cell's snapshots and model files.
         if source is not None:
-            problems = []
-            k = int(source.get("k") or cell.collect.k)
-            have = sum(cell_files("checkpoints", cid).values())
-            if have != k:
-                problems.append(f"checkpoints hold {have} of {k} rows")
-            model_problems = _model_file_problems(store, cid)
-            problems += [f"{relpath} {what}" for relpath, what in model_problems.items()]
-            if problems:
-                why = "; ".join(problems)
-                tell(f"heal: cell {cid}: {why}: rebuilding it from stage 1")
-                for path in sources:
-                    move(path, f"cell rebuilt from stage 1: {why}")
-                for path in cell_files("checkpoints", cid):
-                    move(path, f"cell rebuilt from stage 1: {why}")
-                for relpath, what in model_problems.items():
-                    if what != "missing":
-                        move(store.path(relpath), f"{what}; cell rebuilt from stage 1")
-                source = None
-        elif sources:  # a sources file with other than one row
+            return self._sound_source(cell, sources, source)
+        if sources:  # a sources file with other than one row
             for path in sources:
-                move(path, "sources file with other than one row")
-            tell(f"heal: cell {cid}: its sources file does not hold one row: rebuilding it from stage 1")
+                self.move(path, "sources file with other than one row")
+            self.tell(f"heal: cell {cid}: its sources file does not hold one row: rebuilding it from stage 1")
+        return None
 
-        # 3. Work built from the snapshots of a cell that stage 1 will (re)train is stale.
-        if source is None:
-            # Whole folders: compacted files first (then a writer file beside one is just a file).
-            stale = [p for t in _DEPENDENTS for p in sorted(store.all_files(t, cid),
-                                                            key=lambda p: (COMPACT_PREFIX not in p, p))]
-            if stale:
-                tell(f"heal: cell {cid}: stage 1 will train it again, so its {len(stale)} trials / generated / "
-                     f"baselines / curves files (built from the old snapshots) go to quarantine and are rebuilt")
-                for path in stale:
-                    move(path, "built from the snapshots of a source that is being rebuilt")
-            continue
+    def _sound_source(self, cell: Cell, sources: dict[str, int], source: dict) -> dict | None:
+        """`source` where the finished cell's snapshots and model files are sound; else None, the cell moved aside."""
+        cid = cell.cell_id
+        problems = []
+        k = int(source.get("k") or cell.collect.k)
+        have = sum(self.cell_files("checkpoints", cid).values())
+        if have != k:
+            problems.append(f"checkpoints hold {have} of {k} rows")
+        model_problems = _model_file_problems(self.store, cid)
+        problems += [f"{relpath} {what}" for relpath, what in model_problems.items()]
+        if not problems:
+            return source
+        why = "; ".join(problems)
+        self.tell(f"heal: cell {cid}: {why}: rebuilding it from stage 1")
+        for path in sources:
+            self.move(path, f"cell rebuilt from stage 1: {why}")
+        for path in self.cell_files("checkpoints", cid):
+            self.move(path, f"cell rebuilt from stage 1: {why}")
+        for relpath, what in model_problems.items():
+            if what != "missing":
+                self.move(self.store.path(relpath), f"{what}; cell rebuilt from stage 1")
+        return None
 
-        # 4. Completed trials need their generated rows and their generator file.
-        generated = cell_files("generated", cid)
-        for path in lost_trials:
-            gen_path = path.replace(store.path("trials") + "/", store.path("generated") + "/", 1)
+    def quarantine_stale(self, cid: str) -> None:
+        """3. Work built from the snapshots of a cell that stage 1 will (re)train is stale."""
+        # Whole folders: compacted files first (then a writer file beside one is just a file).
+        stale = [p for t in _DEPENDENTS for p in sorted(self.store.all_files(t, cid),
+                                                        key=lambda p: (COMPACT_PREFIX not in p, p))]
+        if stale:
+            self.tell(f"heal: cell {cid}: stage 1 will train it again, so its {len(stale)} trials / generated / "
+                      f"baselines / curves files (built from the old snapshots) go to quarantine and are rebuilt")
+            for path in stale:
+                self.move(path, "built from the snapshots of a source that is being rebuilt")
+
+    def check_trials(self, cid: str, per_method: int) -> None:
+        """4. Completed trials need their generated rows and their generator file."""
+        generated = self.cell_files("generated", cid)
+        for path in self.lost_trials:
+            gen_path = path.replace(self.store.path("trials") + "/", self.store.path("generated") + "/", 1)
             if gen_path in generated:
-                move(gen_path, "its trials row was unreadable: the trial is run again")
-        for path, n in cell_files("trials", cid).items():
+                self.move(gen_path, "its trials row was unreadable: the trial is run again")
+        for path, n in self.cell_files("trials", cid).items():
             tid = _name(path)
-            gen_path = store.path("generated", cid, f"{tid}.parquet")
-            read = _read(store, path) if n == 1 else None
+            gen_path = self.store.path("generated", cid, f"{tid}.parquet")
+            read = _read(self.store, path) if n == 1 else None
             if n == 1 and read is None:
-                unreadable("trials", path)
+                self.unreadable("trials", path)
                 if gen_path in generated:
-                    move(gen_path, "its trials row was unreadable: the trial is run again")
+                    self.move(gen_path, "its trials row was unreadable: the trial is run again")
                 continue
-            if n != 1:
-                why = f"its trials file holds {n} rows"
-            else:
-                row = read[0]
-                if row.get("status") != "completed":
-                    continue
-                want = row.get("n_generated") or per_method
-                got = generated.get(gen_path)
-                model = paths.trial_model(cid, tid)
-                if got != want:
-                    why = "no generated file" if got is None else f"generated holds {got} of {want} rows"
-                elif (problem := _model_problem(store, model)) is not None:
-                    why = f"its generator {model} is {problem}"
-                    if problem != "missing":
-                        move(store.path(model), f"trial re-run: {why}")
-                else:
-                    continue
-            tell(f"heal: trial {tid} of cell {cid}: {why}: its trials row goes to quarantine and a new "
-                 f"trial takes its place")
-            move(path, f"trial re-run: {why}")
+            why = (f"its trials file holds {n} rows" if n != 1 else
+                   self._trial_problem(cid, tid, read[0], generated.get(gen_path), per_method))
+            if why is None:
+                continue
+            self.tell(f"heal: trial {tid} of cell {cid}: {why}: its trials row goes to quarantine and a new "
+                      f"trial takes its place")
+            self.move(path, f"trial re-run: {why}")
             if gen_path in generated:
-                move(gen_path, f"trial re-run: {why}")
+                self.move(gen_path, f"trial re-run: {why}")
 
-        # 5. Baselines: all methods, N each, in one file.
+    def _trial_problem(self, cid: str, tid: str, row: dict, got: int | None, per_method: int) -> str | None:
+        """Why a completed trial is re-run (its generated rows, its generator file), or None: it stands."""
+        if row.get("status") != "completed":
+            return None
+        want = row.get("n_generated") or per_method
+        model = paths.trial_model(cid, tid)
+        if got != want:
+            return "no generated file" if got is None else f"generated holds {got} of {want} rows"
+        problem = _model_problem(self.store, model)
+        if problem is None:
+            return None
+        why = f"its generator {model} is {problem}"
+        if problem != "missing":
+            self.move(self.store.path(model), f"trial re-run: {why}")
+        return why
+
+    def check_baselines(self, cid: str, want: int) -> None:
+        """5. Baselines: all methods, N each, in one file."""
+        for path, n in self.cell_files("baselines", cid).items():
+            if n != want:
+                self.tell(f"heal: baselines of cell {cid}: {n} of {want} rows: running them again")
+                self.move(path, f"baselines re-run: {n} of {want} rows")
+
+
+def reconcile(spec: SweepSpec, store: Store, say: Callable[[str], None] = print) -> list[str]:
+    """Quarantine what is corrupt or stale so that the stages rebuild it; returns the lines said."""
+    healing = _Healing(spec, store, say)
+    healing.quarantine_unreadable()
+    per_method = spec.pdiff_config({}).n_generated
+    for cell in spec.cells:
+        if healing.finished_source(cell) is None:
+            healing.quarantine_stale(cell.cell_id)
+            continue
+        healing.check_trials(cell.cell_id, per_method)
         if spec.baselines:
-            want = len(BASELINES) * per_method
-            for path, n in cell_files("baselines", cid).items():
-                if n != want:
-                    tell(f"heal: baselines of cell {cid}: {n} of {want} rows: running them again")
-                    move(path, f"baselines re-run: {n} of {want} rows")
-    return said
+            healing.check_baselines(cell.cell_id, len(BASELINES) * per_method)
+    return healing.said

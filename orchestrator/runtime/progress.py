@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
+from ray.util.queue import Queue
+
 from orchestrator.runtime.cluster import driver_options
 
 __all__ = ["Progress", "HEARTBEAT", "worker_log", "step_reporter"]
@@ -106,9 +108,6 @@ class Progress:
     def sink(self):
         """The queue workers send their messages to (a Ray actor of no CPU, made on first use)."""
         if self._sink is None:
-            from ray.util.queue import Queue
-
-
             self._sink = Queue(actor_options={"num_cpus": 0, **driver_options()})
         return self._sink
 

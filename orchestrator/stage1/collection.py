@@ -10,6 +10,9 @@ state to Ray Train as a checkpoint (`<sweep>/_ray/source-<cell_id>/`): a worker
 group restarted after a lost (spot) node, a retried driver, or a re-run sweep
 continues the cell from its last epoch, with the snapshots of an uninterrupted
 run. The run folder is deleted once the cell's rows are written.
+
+`ray.train` is imported inside the functions that run it: importing it takes many seconds, which
+`python -m orchestrator.sweep --dry-run` (and every reader of this module) should not pay.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from orchestrator.runtime.cluster import driver_options
 from orchestrator.runtime.progress import Progress, worker_log
 from orchestrator.spec import Cell, SweepSpec
-from orchestrator.stage1.cells import _save, drop_run, pending_cells
+from orchestrator.stage1.cells import drop_run, pending_cells, save_object
 from orchestrator.store import paths
 from orchestrator.store.tables import Store
 from pdiff import ParameterSubset, build_model, load_dataset
@@ -113,8 +116,9 @@ def _write_cell(store: Store, cell: Cell, model: torch.nn.Module, subset: Parame
     ])
     with torch.no_grad():
         subset.load(model, start)  # the stored model is the source itself, whose accuracy `sources` reports
-    _save(store, paths.source_model(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
-    _save(store, paths.snapshot_scores(cell.cell_id), {k: v.cpu() for k, v in dataclasses.asdict(scores).items()})
+    save_object(store, paths.source_model(cell.cell_id), {k: v.cpu() for k, v in model.state_dict().items()})
+    save_object(store, paths.snapshot_scores(cell.cell_id),
+                {k: v.cpu() for k, v in dataclasses.asdict(scores).items()})
     store.write("sources", cell.cell_id, "source", [{
         "arch": cell.arch, "dataset": cell.dataset, "seed": cell.seed, "subset": list(subset.names),
         "n_subset": subset.numel, "n_total": sum(p.numel() for p in model.parameters()),

@@ -32,6 +32,7 @@ class Journal:
             self.local = os.path.join(self._tmpdir, f"{cell_id}.log")
 
     def adopt(self, storage, study_name: str):
+        # optuna takes seconds to import: loaded where a search runs (see study.py)
         import optuna
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend

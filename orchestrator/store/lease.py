@@ -36,7 +36,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from orchestrator.store.tables import LEASE, Store
+from orchestrator.store.ownership import LEASE
+from orchestrator.store.tables import Store
 
 __all__ = ["HEARTBEAT_S", "STALE_S", "Lease", "LeaseHeld"]
 

@@ -13,11 +13,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from orchestrator.store.columns import VERSIONS
 from orchestrator.store.tables import Store
 
 # -- the runs table ----------------------------------------------------------------
 
-VERSIONS = ("torch", "ray", "optuna", "pyarrow", "duckdb")
 
 
 def _git(*args: str) -> str | None:
