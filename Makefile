@@ -32,7 +32,7 @@ test-launcher: $(STAMP)
 
 # Every benchmark that judges targets, each run even when one before it failed; fails when any printed
 # MISSED or DISAGREE (its exit status) or broke. cpu_speed, gpu_cell and denoisers only measure.
-BENCHMARKS := quality generality eval_speed smoke_sweep results_scale
+BENCHMARKS := quality generality eval_speed smoke_sweep results_scale subset_scale whole_network
 bench: $(STAMP)
 	@failed=""; for b in $(BENCHMARKS); do \
 		echo "== python -m benchmarks.$$b"; $(PY) -m benchmarks.$$b || failed="$$failed $$b"; \

@@ -173,7 +173,7 @@ def test_an_unmeasured_gpu_is_said_never_guessed(gpu_spec, tmp_path):
     assert "stage 1 unmeasured (2 cells, 2 at once); stage 2 unmeasured (6 trials, 4 at once)" in text
     assert "GPU-hours: stage 1 ?, stage 2 ?" in text
     assert "NVIDIA A10G unmeasured (" in text
-    assert "on a gpu_worker node run `python -m orchestrator.runtime.calibrate sweeps/costs.yaml`" in text
+    assert "on a gpu_worker node run `python -m orchestrator.sweep --dry-run --calibrate sweeps/costs.yaml`" in text
     assert "~" not in text.split("gpu_worker (")[1].split("odd_worker")[0].split("copy its")[0]  # no figure
 
 
