@@ -8,12 +8,13 @@ collection's trajectory) are built in a fresh subprocess per size and part, so e
   AE    `train_autoencoder`'s step of each `--ae` autoencoder at the default AEConfig (forward with both
         noises, MSE, backward, AdamW);
   LDM   `train_diffusion`'s step at the default LDMConfig on the latents of that autoencoder's shape.
-Seconds per step are the median over `--steps` timed steps after one warm-up step, as wall clock and as
-this process's CPU time; growth is judged on the CPU time, since on a shared machine the wall clock also
-counts the time other work held the cores (torch runs on `--threads` threads). Peak memory is the
-subprocess's `resource.getrusage(RUSAGE_SELF).ru_maxrss` (all of the process: Python, torch, the
-snapshots, the models, the optimiser's state, the autograd graph); "work" is that peak minus the RSS
-just after torch was imported and before the snapshots were built (the cost of the size itself).
+Seconds per step are the median over at least `--steps` timed steps and 2 CPU seconds after one warm-up
+step, as wall clock and as this process's CPU time; growth is judged on the CPU time, since on a shared
+machine the wall clock also counts the time other work held the cores (torch runs on `--threads`
+threads). Peak memory is the subprocess's `resource.getrusage(RUSAGE_SELF).ru_maxrss` (all of the
+process: Python, torch, the snapshots, the models, the optimiser's state, the autograd graph); "work" is
+that peak minus the RSS just after torch was imported and before the snapshots were built (the cost of
+the size itself).
 Targets: step time and working memory grow <= 12x per 10x in both parts, and the largest size's peak
 (absolute) stays within 8 GB.
 """
@@ -56,12 +57,13 @@ def synthetic_snapshots(k: int, n: int, seed: int = 0) -> torch.Tensor:
     return snaps
 
 
-def _median_step(step, steps: int) -> tuple[float, float]:
-    """Median wall and CPU seconds of `step` (this process's CPU time: on a shared machine the wall
-    clock also counts the time other work held the cores)."""
+def _median_step(step, steps: int, min_cpu: float = 2.0) -> tuple[float, float]:
+    """Median wall and CPU seconds of `step` over at least `steps` steps and `min_cpu` CPU seconds (a
+    small step is timed many times: one 60 ms step on a shared machine is mostly noise). CPU time is
+    this process's: on a shared machine the wall clock also counts the time other work held the cores."""
     step()  # warm-up: allocator, first-touch pages, lazy init
     wall, cpu = [], []
-    for _ in range(steps):
+    while len(cpu) < steps or sum(cpu) < min_cpu:
         t0, c0 = time.perf_counter(), time.process_time()
         step()
         wall.append(time.perf_counter() - t0)
