@@ -162,12 +162,12 @@ def _write_trial(root: Path, cell: str, trial: str, t: int, width: int, base: fl
              "loss": np.concatenate([np.exp(-steps / 80.0), 0.5 * np.exp(-steps / 120.0)]) + 1e-3}
     _write(root / "curves" / cell / f"{trial}.parquet", _table("curves", _common(2 * CURVE_POINTS, cell) | curve))
     best = int(np.argmax(val))
-    summary = {"selected_acc": [100 * test[best]], "best_test_acc": [100 * test.max()],
-               "mean_acc": [100 * test.mean()], "median_acc": [100 * float(np.sort(test)[(N - 1) // 2])],
+    summary = {"selected_acc_pct": [100 * test[best]], "best_test_acc_pct": [100 * test.max()],
+               "mean_acc_pct": [100 * test.mean()], "median_acc_pct": [100 * float(np.sort(test)[(N - 1) // 2])],
                "test_max_iou": [float(iou.mean())], "val_max_iou": [float(iou.mean())]}
     _write(root / "trials" / cell / f"{trial}.parquet", _table("trials", _common(1, cell) | summary | {
         "trial_id": [trial], "search_hash": ["synthetic"], "status": ["completed"],
-        "val_acc": [100 * float(val.max())], "ae_loss": [0.01], "ldm_loss": [0.1], "seconds": [60.0],
+        "val_acc_pct": [100 * float(val.max())], "ae_loss": [0.01], "ldm_loss": [0.1], "seconds": [60.0],
         "node_id": ["node"], "trial_index": [t], "pairwise_iou": [0.6 + 0.3 * rng.random()],
         "distinct_sets": [N], "spread_ratio": [0.3 + rng.random()], "collapsed": [False],
         "ae_steps_taken": [1000], "ae_r2": [0.96], "ae_converged": [True]}

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.targets import exit_status, mark
-from pdiff.autoencoder import AUTOENCODERS, DEFAULT_AUTOENCODER, AEConfig, Normalizer, build_autoencoder
+from pdiff.autoencoder import AUTOENCODERS, AEConfig, Normalizer, build_autoencoder
 from pdiff.diffusion import LatentDiffusion, LDMConfig
 
 GROWTH = 12.0  # at most this factor per 10x numbers
@@ -78,7 +78,7 @@ def measure_ae(arch: str, n: int, k: int, steps: int) -> tuple[float, float]:
     data = Normalizer(snaps, cfg.normalize)(snaps)
     del snaps
     model = build_autoencoder(n, cfg, arch)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # as there
     gen = torch.Generator().manual_seed(0)
     noise = lambda shape: torch.randn(shape, generator=gen)  # noqa: E731
 
@@ -157,7 +157,7 @@ def judge(rows: list[dict]) -> list[tuple[str, bool]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--ae", nargs="+", choices=tuple(AUTOENCODERS), default=[DEFAULT_AUTOENCODER],
+    p.add_argument("--ae", nargs="+", choices=tuple(AUTOENCODERS), default=[AEConfig().arch],
                    help="autoencoders measured (each with the latent DDPM on its latents)")
     p.add_argument("--k", type=int, default=200, help="snapshots")
     p.add_argument("--steps", type=int, default=3, help="timed steps per size (after one warm-up)")

@@ -4,7 +4,7 @@ Each table is a view by its name: `sources`, `checkpoints`, `trials`, `generated
 `baselines`, `curves`, `runs` (their columns: `python -m orchestrator.explain`, from
 `orchestrator.store.columns`). For example:
 
-    python -m orchestrator.query results/smoke "SELECT cell_id, trial_id, val_acc, val_max_iou FROM trials ORDER BY val_acc DESC"
+    python -m orchestrator.query results/smoke "SELECT cell_id, trial_id, val_acc_pct, val_max_iou FROM trials ORDER BY val_acc_pct DESC"
 
 `table` (the default) prints a readable table; `csv` and `json` (a list of
 objects) are for scripts; two output columns of the same name are told apart as

@@ -3,8 +3,10 @@
 RESULTS_DIR is a sweep's folder (`results/smoke`, `s3://bucket/prefix/smoke`).
 The report (default `RESULTS_DIR/report/`) holds `index.html`, which opens
 offline in any browser (no network address anywhere; the figures beside it are
-referenced by relative file name), `summary.md`, `summary.csv` and the figures
-as PNG files (see `orchestrator.results.figures`).
+referenced by relative file name), `summary.md`, `summary.csv`, the figures
+as PNG files (see `orchestrator.results.figures`), and the paper's Table 1,
+`table1.html` and `table1.md` (`orchestrator.results.table1`: one row per
+architecture x dataset, also printed after the summary).
 
 The summary table, one row per cell, is one DuckDB query over the tables
 (`orchestrator.results.sql.report_sql`), built on `orchestrator.results.sql.summary_sql()` and adding columns:
@@ -53,6 +55,7 @@ import pyarrow as pa
 from orchestrator.console import ArgumentParser, printable, refuse, run
 from orchestrator.results.console import summary_text
 from orchestrator.results.report import Refused, summary_table, write_report
+from orchestrator.results.table1 import table1_text
 from orchestrator.results.views import one_line
 from orchestrator.store import paths
 from orchestrator.store.locate import parse_results_dir
@@ -78,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = write_report(store, args.out, log=say)
         if not args.quiet:
             df, _, shown = summary_table(store)
-            print("\n" + summary_text(df, shown) + "\n")
+            print("\n" + summary_text(df, shown) + "\n\n" + table1_text(df) + "\n")
     except Refused as err:  # one line naming the folder or the column
         return refuse(err)
     except (CorruptTable, OldTables) as err:  # one line naming the file (or folder)

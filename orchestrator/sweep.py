@@ -34,7 +34,7 @@ from orchestrator.runtime.cluster import (VersionMismatch, check_resources, chec
                                           missing_local_dirs, probe_storage, remove_created)
 from orchestrator.runtime.calibrate import load_cache, spec_calibration, this_machine
 from orchestrator.runtime.cost import Calibration
-from orchestrator.runtime.estimate import done_lines, plan_cost_lines
+from orchestrator.runtime.estimate import done_lines, plan_cost_lines, wrap
 from orchestrator.runtime.heal import reconcile
 from orchestrator.runtime.progress import Progress
 from orchestrator.spec import SpecError, SweepSpec, is_placeholder_storage, load_spec
@@ -51,6 +51,7 @@ __all__ = ["main", "plan_text"]
 
 
 def plan_text(spec: SweepSpec, store: Store) -> str:
+    """The plan's lines (at most estimate.WIDTH characters: a long one wraps, never inside a distribution)."""
     src, trial = spec.source_resources, spec.trial_resources
     lines = [f"sweep {spec.name} (spec {spec.spec_hash}) -> {store.uri}"]
     if is_placeholder_storage(spec.storage):
@@ -63,18 +64,19 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
     for c in spec.cells:
         lines.append(f"  {c.cell_id}: {c.arch} on {c.dataset}, seed {c.seed}, K={c.collect.k}, "
                      f"subset {', '.join(c.subset)}")
-    searched = ", ".join(f"{k} ~ {d.describe()}" for k, d in spec.search.items())
+    searched = [f"{k} ~ {d.describe()}" for k, d in spec.search.items()]
+    fixed = [f"{k!r}: {v!r}" for k, v in spec.fixed.items()]
     lines += [
         f"stage 2 pdiff: {spec.num_samples} trials per cell = {spec.num_samples * len(spec.cells)} trials, "
         f"{spec.max_concurrent} at a time, {trial.cpus:g} CPU / {trial.gpus:g} GPU each",
-        f"  search ({spec.search_alg}): {searched}" if spec.search else
+        f"  search ({spec.search_alg}): {', '.join(searched)}" if spec.search else
         f"  no search: {spec.num_samples} repeat(s) per cell of one fixed configuration, each with its own seed",
-        f"  fixed: {spec.fixed or 'defaults'}",
+        f"  fixed: {{{', '.join(fixed)}}}" if fixed else "  fixed: defaults",
         f"  objective: {' + '.join(spec.objective)}; early stopping: "
         f"{'ASHA, grace ' + str(spec.grace_period) if spec.grace_period else 'off'}; "
         f"baselines: {'on' if spec.baselines else 'off'}",
     ]
-    return "\n".join(lines)
+    return "\n".join(part for line in lines for part in wrap(line, searched + fixed))
 
 
 def _check_folder(spec: SweepSpec, store: Store, restart: bool) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .chunked_autoencoder import ChunkedAutoencoder
-from .config import NORMALIZATIONS, AEConfig  # their home: pdiff.config
+from .config import AUTOENCODER_ARCHS, NORMALIZATIONS, AEConfig  # their home: pdiff.config
 
 __all__ = ["AEConfig", "AUTOENCODERS", "NORMALIZATIONS", "Normalizer", "ParameterAutoencoder", "TrainedAutoencoder",
            "autoencoder_name", "build_autoencoder", "reconstruction_r2", "train_autoencoder"]
@@ -111,13 +111,12 @@ class ParameterAutoencoder(nn.Module):
 # The autoencoders by name. "chunked" (pdiff.chunked_autoencoder) costs ~6x less per number and grows
 # linearly to 1M numbers (python -m benchmarks.subset_scale); "conv" is the convolutional one above.
 AUTOENCODERS = {"chunked": ChunkedAutoencoder, "conv": ParameterAutoencoder}
-DEFAULT_AUTOENCODER = "chunked"
+assert tuple(AUTOENCODERS) == AUTOENCODER_ARCHS, "the knob's choices (pdiff.config) are these names"
 
 
 def build_autoencoder(n_params: int, cfg: AEConfig = AEConfig(), arch: str | None = None) -> nn.Module:
-    """The autoencoder named `arch` (default: `cfg.arch` once AEConfig has that field, else
-    DEFAULT_AUTOENCODER) for vectors of n_params numbers."""
-    arch = arch or getattr(cfg, "arch", DEFAULT_AUTOENCODER)
+    """The autoencoder named `arch` (default: `cfg.arch`, the `ae_arch` knob) for vectors of n_params numbers."""
+    arch = arch or cfg.arch
     if arch not in AUTOENCODERS:
         raise ValueError(f"unknown autoencoder {arch!r}; known: {', '.join(AUTOENCODERS)}")
     return AUTOENCODERS[arch](n_params, cfg)
@@ -187,7 +186,9 @@ def train_autoencoder(snapshots: torch.Tensor, cfg: AEConfig = AEConfig(), *, se
     clean = snapshots.to(device)
     data = normalizer(clean)
     model = build_autoencoder(snapshots.shape[1], cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Fused: one pass over the weights per step. The default (foreach) took 0.165 s of a 0.53 s CPU step
+    # of the chunked autoencoder on 85k numbers; fused 0.039 s.
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.01)
     trained = TrainedAutoencoder(model, normalizer, [])
     noise = lambda shape: torch.randn(shape, generator=gen, device=device)  # noqa: E731

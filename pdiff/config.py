@@ -23,6 +23,7 @@ __all__ = ["AEConfig", "LDMConfig", "TrainConfig", "CollectConfig", "PdiffConfig
            "OPTIMIZERS", "SCHEDULES", "UNITS", "BATCHNORM_MODES"]
 
 NORMALIZATIONS = ("global", "tensor")
+AUTOENCODER_ARCHS = ("chunked", "conv")  # pdiff.autoencoder.AUTOENCODERS, by name
 SAMPLERS = ("ddpm", "ddim")
 DENOISERS = ("mlp", "unet")
 # The denoiser's widths when `channels` is not given: residual blocks (mlp), resolution levels (unet).
@@ -56,15 +57,18 @@ def field_named(cls: type, name: str) -> dataclasses.Field:
 class AEConfig:
     """The parameter autoencoder (pdiff.autoencoder) and how it is trained."""
 
+    arch: str = setting("chunked", "chunked (a dense projection per chunk of <= 16,384 numbers: cost linear in the "
+                                   "subset size, tested to 1M numbers; the default) | conv (1-D convolutions over "
+                                   "tokens, as the official code; ae_channels and ae_token_size shape it)")
     latent_dim: int = setting(128, "length of the autoencoder's latent vector per model (what the diffusion "
                                    "model learns)", maximum=MAX_WIDTH)
     input_noise: float = setting(1e-3, "std of the Gaussian noise added to the normalised parameters while the AE "
                                        "trains (paper: 0.001)", maximum=MAX_RATE)
     latent_noise: float = setting(0.1, "std of the Gaussian noise added to the latent codes while the AE trains "
                                        "(paper: 0.1)", maximum=MAX_RATE)
-    channels: tuple[int, ...] = setting((64, 128, 256), "channels of the AE's convolution stages, one stride-2 "
+    channels: tuple[int, ...] = setting((64, 128, 256), "channels of the conv AE's convolution stages, one stride-2 "
                                         "stage each", maximum=MAX_WIDTH, entries=MAX_STAGES)
-    token_size: int = setting(64, "numbers per token: the input channels of the AE's first convolution",
+    token_size: int = setting(64, "numbers per token: the input channels of the conv AE's first convolution",
                               maximum=MAX_WIDTH)
     steps: int = setting(5000, "upper bound on AE training steps; it stops earlier once ae_min_r2 is reached",
                          maximum=MAX_STEPS)
@@ -97,6 +101,7 @@ class AEConfig:
         checks.number(self, "weight_decay")
         checks.integer(self, "batch_size")
         checks.choice(self, "normalize", NORMALIZATIONS)
+        checks.choice(self, "arch", AUTOENCODER_ARCHS)
         checks.flag(self, "amp")
 
 
@@ -192,7 +197,7 @@ KNOBS = {
     "latent_dim": ("ae", "latent_dim"), "input_noise": ("ae", "input_noise"),
     "latent_noise": ("ae", "latent_noise"), "ae_steps": ("ae", "steps"), "ae_lr": ("ae", "lr"),
     "ae_min_r2": ("ae", "min_r2"), "ae_min_fidelity": ("ae", "min_fidelity"), "normalize": ("ae", "normalize"),
-    "ae_token_size": ("ae", "token_size"),
+    "ae_arch": ("ae", "arch"), "ae_token_size": ("ae", "token_size"),
     "ae_batch_size": ("ae", "batch_size"), "ldm_steps": ("ldm", "steps"), "ldm_lr": ("ldm", "lr"),
     "ldm_batch_size": ("ldm", "batch_size"), "ema_decay": ("ldm", "ema_decay"),
     "ldm_denoiser": ("ldm", "denoiser"),

@@ -222,10 +222,11 @@ def test_generate_arguments(area, trial, data):
     for flag, values in options.items():
         if data.draw(st.booleans(), flag):
             argv += [flag, data.draw(values, flag + " value")]
-    # Always an --out: the default file goes into the sweep's generated_more/ (documented; tested elsewhere).
+    # Always an --out: the default file goes under the current folder's generated/ (tested in test_generate).
     argv += ["--out", data.draw(_outputs(area, ["x.parquet", "x.pt", "x.txt", "x.parquet/"]), "out")]
     argv += data.draw(st.lists(st.sampled_from(["--score"]), max_size=1)) + data.draw(junk, "junk")
-    with mock.patch.object(generate, "_score", lambda *a: "scored"):  # scoring reads the dataset: seconds
+    with (mock.patch.object(generate, "_evaluate", lambda *a: (None, None)),  # scoring reads the dataset: seconds
+          mock.patch.object(generate, "_score", lambda *a: "scored")):
         check(area, generate.main, argv)
 
 

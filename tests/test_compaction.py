@@ -28,7 +28,7 @@ def store(tmp_path) -> Store:
     for c, cell in enumerate(CELLS):
         for i, trial in enumerate(TRIALS):
             # knobs typed differently across writers (int, then float): the reads unify them
-            s.write("trials", cell, trial, [{"trial_id": trial, "status": "completed", "val_acc": 10.0 * c + i,
+            s.write("trials", cell, trial, [{"trial_id": trial, "status": "completed", "val_acc_pct": 10.0 * c + i,
                                              "latent_noise": i if i < 5 else i + 0.5}])
             s.write("generated", cell, trial, [{"trial_id": trial, "index": j, "test_acc": 0.5 + 0.01 * j,
                                                 "params": [float(i), float(j)]} for j in range(3)])
@@ -38,7 +38,7 @@ def store(tmp_path) -> Store:
 def rows(store: Store, table: str = "trials") -> list[tuple]:
     """The table's rows as Store.read sees them, and (checked equal) as its DuckDB view does."""
     key = ["cell_id", "trial_id"] + (["index"] if table == "generated" else [])
-    value = "val_acc" if table == "trials" else "test_acc"
+    value = "val_acc_pct" if table == "trials" else "test_acc"
     arrow = sorted(tuple(r[c] for c in key + [value]) for r in store.read(table, columns=key + [value]).to_pylist())
     con, corrupt = open_views(store, [table])
     assert corrupt == {}
@@ -123,7 +123,7 @@ def test_a_crash_at_any_point_leaves_each_row_once(store, monkeypatch, tmp_path)
     assert rows(store) == expected()
 
     # 4. A second generation written, the first not yet deleted: the newest one is read, the older never.
-    store.write("trials", cell, "t0003", [{"trial_id": "t0003", "status": "completed", "val_acc": 3.0}])
+    store.write("trials", cell, "t0003", [{"trial_id": "t0003", "status": "completed", "val_acc_pct": 3.0}])
     old = folder / compacted
     keep = old.read_bytes()
     monkeypatch.setattr(Store, "_remove_contained", lambda self, folder, compact: 0)
@@ -145,10 +145,10 @@ def test_a_rerun_after_compaction_wins(store):
     cell = CELLS[1]
     compact_sweep(store)
     # A re-run trial rewrites its own file: its new row replaces the compacted one, in every reader.
-    store.write("trials", cell, "t0002", [{"trial_id": "t0002", "status": "completed", "val_acc": 99.0}])
+    store.write("trials", cell, "t0002", [{"trial_id": "t0002", "status": "completed", "val_acc_pct": 99.0}])
     want = sorted([r for r in expected() if r[:2] != (cell, "t0002")] + [(cell, "t0002", 99.0)])
     assert rows(store) == want
-    assert store.read_writer(store.path("trials", cell, "t0002.parquet"))[0]["val_acc"] == 99.0
+    assert store.read_writer(store.path("trials", cell, "t0002.parquet"))[0]["val_acc_pct"] == 99.0
     # A deleted writer (a failed re-run drops its generated rows) leaves a tombstone that hides its rows.
     store.delete("generated", cell, "t0004")
     assert [r for r in rows(store, "generated") if r[:2] == (cell, "t0004")] == []
@@ -214,11 +214,11 @@ def test_heal_works_by_writer_in_compacted_cells(finished_sweep, tiny_spec, tmp_
     from orchestrator.runtime.heal import reconcile
 
     spec, store = copy_sweep(finished_sweep, tiny_spec, tmp_path)
-    before = store.read("trials", columns=["cell_id", "trial_id", "val_acc"]).to_pylist()
+    before = store.read("trials", columns=["cell_id", "trial_id", "val_acc_pct"]).to_pylist()
     assert compact_sweep(store, min_files=2) > 0
     b = spec.cells[1].cell_id
     assert [n.startswith(COMPACT_PREFIX) for n in os.listdir(store.path("trials", b))] == [True]
-    assert sorted(store.read("trials", columns=["cell_id", "trial_id", "val_acc"]).to_pylist(),
+    assert sorted(store.read("trials", columns=["cell_id", "trial_id", "val_acc_pct"]).to_pylist(),
                   key=str) == sorted(before, key=str)
     lines: list[str] = []
     reconcile(spec, store, lines.append)

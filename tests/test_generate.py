@@ -6,11 +6,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tiny_sweep import N
+from tiny_sweep import N, tree_state
 
+from orchestrator import generate
 from orchestrator.generate import main
 from orchestrator.store.paths import trial_model as trial_model_relpath
 from orchestrator.store.tables import Store
@@ -28,28 +30,82 @@ def _completed(store: Store):
     return trials[trials.status == "completed"].iloc[0]
 
 
-def test_same_seed_reproduces_the_trials_generated_vectors(sweep_copy, capsys):
+SCORES = ["val_acc", "test_acc", "test_max_iou", "val_max_iou", "nearest_l2"]
+
+
+def test_same_seed_reproduces_the_trials_generated_rows(sweep_copy, tmp_path, monkeypatch, capsys):
+    """The default file (under ./generated/, not the sweep's folder) holds the trial's own vectors bit for bit,
+    with its cell and the scores its `generated` rows hold (fractions, as that table's)."""
+    monkeypatch.chdir(tmp_path)
     trial = _completed(sweep_copy)
     stored = sweep_copy.read_pandas("generated", trial.cell_id)
-    stored = torch.tensor(np.stack(stored[stored.trial_id == trial.trial_id].sort_values("index").params))
+    stored = stored[stored.trial_id == trial.trial_id].sort_values("index")
     seed = _seed(sweep_copy, trial)
+    sweep_before = tree_state(Path(sweep_copy.root))
     assert main([sweep_copy.root, trial.trial_id, "-n", str(N)]) == 0
-    out = Path(sweep_copy.root) / "generated_more" / f"{trial.trial_id}-{N}-{seed}.parquet"
-    again = torch.tensor(pq.read_table(out).column("params").to_pylist())
-    torch.testing.assert_close(again, stored, rtol=0, atol=0)  # the same code path and batch: bit for bit
+    out = tmp_path / "generated" / f"tiny-{trial.trial_id}-n{N}-s{seed}.parquet"
+    assert tree_state(Path(sweep_copy.root)) == sweep_before  # nothing written into the sweep
+    table = pq.read_table(out)
+    assert table.column_names == ["trial_id", "cell_id", "index", "seed", *SCORES, "params"]
+    assert set(table.column("cell_id").to_pylist()) == {trial.cell_id}
+    again = torch.tensor(table.column("params").to_pylist())
+    torch.testing.assert_close(again, torch.tensor(np.stack(stored.params)), rtol=0, atol=0)  # same path and batch
+    for column in SCORES:  # scored as stage 2 scored them
+        np.testing.assert_allclose(table.column(column).to_numpy(), stored[column].to_numpy(), rtol=1e-6, atol=0,
+                                   err_msg=column)
+    assert 0 < table.column("test_acc").to_numpy().min() <= 1  # a fraction, not a percent
+    meta = table.schema.field("test_acc").metadata
+    assert meta[b"unit"] == b"fraction 0..1" and b"test split" in meta[b"meaning"]
     # 1,000 more, as the README says (`-n 1000`, to its default file): all written, all finite, and the
     # trial's own vectors come first (same noise stream, bigger batch).
     assert main([sweep_copy.root, trial.trial_id, "-n", "1000"]) == 0
-    table = pq.read_table(Path(sweep_copy.root) / "generated_more" / f"{trial.trial_id}-1000-{seed}.parquet")
+    table = pq.read_table(tmp_path / "generated" / f"tiny-{trial.trial_id}-n1000-s{seed}.parquet")
     assert table.num_rows == 1000 and table.column("index").to_pylist() == list(range(1000))
     assert set(table.column("seed").to_pylist()) == {seed}
     assert set(table.column("trial_id").to_pylist()) == {trial.trial_id}
     more = torch.tensor(table.column("params").to_pylist())
-    assert more.shape == (1000, stored.shape[1]) and torch.isfinite(more).all()
-    torch.testing.assert_close(more[:N], stored, rtol=1e-3, atol=1e-4)
+    assert more.shape == (1000, again.shape[1]) and torch.isfinite(more).all()
+    torch.testing.assert_close(more[:N], again, rtol=1e-3, atol=1e-4)
+    assert table.column("test_acc").null_count == 0
     # Never overwritten silently.
     assert main([sweep_copy.root, trial.trial_id, "-n", str(N)]) == 2
-    assert "exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "exists" in err and err.count("\n") == 1
+
+
+def test_no_score_writes_null_scores(sweep_copy, tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "_evaluate", no_work)
+    trial = _completed(sweep_copy)
+    out = tmp_path / "x.parquet"
+    assert main([sweep_copy.root, trial.trial_id, "-n", "3", "--seed", "1", "--out", str(out), "--no-score"]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 3 and all(table.column(c).null_count == 3 for c in SCORES)
+    assert table.schema.field("val_acc").type == pa.float64()
+
+
+def test_the_default_output_inside_the_sweep_is_refused(sweep_copy, monkeypatch, capsys):
+    """Run from inside the sweep's folder, the default ./generated/ would be the sweep's: refused, nothing made."""
+    monkeypatch.chdir(sweep_copy.root)
+    monkeypatch.setattr(generate, "sample_vectors", no_work)
+    before = tree_state(Path(sweep_copy.root))
+    assert main([sweep_copy.root, _completed(sweep_copy).trial_id, "-n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the default output" in err and "inside the sweep's folder" in err, err
+    assert tree_state(Path(sweep_copy.root)) == before
+
+
+def test_a_failed_draw_leaves_no_default_folder(sweep_copy, tmp_path, monkeypatch, capsys):
+    """Non-finite vectors: exit 2, one line, and the ./generated/ it made for the file is gone again."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(generate, "sample_vectors", lambda *a, **k: torch.full((2, 3), float("nan")))
+    assert main([sweep_copy.root, _completed(sweep_copy).trial_id, "-n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 2 vectors are non-finite" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def no_work(*_a, **_k):
+    raise AssertionError("reached work it should not")
 
 
 def _seed(store: Store, trial) -> int:

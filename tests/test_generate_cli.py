@@ -60,6 +60,7 @@ CASES = [
     (["--out", "taken.parquet"], "exists"),
     (["--out", "dangling.pt"], "exists"),
     (["--bogus"], "unrecognized arguments"),
+    (["--score", "--no-score"], "--no-score skips"),
 ]
 
 

@@ -78,7 +78,9 @@ def test_unloadable_generator_reruns_its_trial_only(finished_sweep, tiny_spec, t
 
 
 @pytest.mark.parametrize("damage, problem", [("delete", "missing"), ("truncate", "corrupt"), ("folder", "missing")])
-def test_generate_says_what_is_wrong_with_the_generator_in_one_line(finished_sweep, tmp_path, capsys, damage, problem):
+def test_generate_says_what_is_wrong_with_the_generator_in_one_line(finished_sweep, tmp_path, capsys, damage, problem,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)  # generate's default output folder is ./generated
     shutil.copytree(finished_sweep.root, tmp_path / "tiny", ignore=shutil.ignore_patterns("_ray", "report", "_lease*"))
     store = Store(str(tmp_path), "tiny")
     cell_id, trial_id = _completed(store)[0]
@@ -92,7 +94,7 @@ def test_generate_says_what_is_wrong_with_the_generator_in_one_line(finished_swe
     assert out == "" and len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith(f"error: trial {trial_id} has no usable generator: {model} is {problem}")
     assert "Re-running the sweep rebuilds it" in err and "ran before trials kept their models" not in err
-    assert not Path(store.path(paths.GENERATED_MORE)).exists()  # nothing written
+    assert not (tmp_path / "generated").exists()  # nothing written
 
 
 # -- the runs table: abandoned runs ------------------------------------------------------------------

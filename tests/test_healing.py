@@ -144,10 +144,10 @@ def test_study_records_failed_trials_as_failures(tiny_spec):
     from orchestrator.stage2.study import rebuild_study
 
     spec = load_spec(tiny_spec)
-    rows = [{"latent_noise": 0.05, "latent_dim": 16, "status": "completed", "val_acc": 90.0, "val_max_iou": 0.5},
-            {"latent_noise": 0.2, "latent_dim": 32, "status": "failed", "val_acc": None, "val_max_iou": None,
+    rows = [{"latent_noise": 0.05, "latent_dim": 16, "status": "completed", "val_acc_pct": 90.0, "val_max_iou": 0.5},
+            {"latent_noise": 0.2, "latent_dim": 32, "status": "failed", "val_acc_pct": None, "val_max_iou": None,
              "reason": "autoencoder loss went non-finite"},
-            {"latent_noise": 0.1, "latent_dim": 32, "status": "stopped", "val_acc": 50.0, "val_max_iou": None}]
+            {"latent_noise": 0.1, "latent_dim": 32, "status": "stopped", "val_acc_pct": 50.0, "val_max_iou": None}]
     storage, name, _, _ = rebuild_study(spec, spec.cells[0], rows)
     import optuna
 
@@ -225,7 +225,7 @@ def test_diverging_trial_is_stored_failed_and_the_sweep_completes(tmp_path):
     assert len(trials) == 2 and sorted(trials.latent_dim) == [16, 32]
     assert (trials.status == "failed").all() and (trials.ae_lr == 10).all() and (trials.ldm_lr == 10).all()
     assert all(isinstance(r, str) and r.strip() for r in trials.reason), trials.reason.tolist()
-    assert trials.val_acc.isna().all()
+    assert trials.val_acc_pct.isna().all()
     assert store.read_pandas("generated", columns=["trial_id"]).empty
     for t in trials.itertuples():
         assert f"trial {t.trial_id} failed: {t.reason}" in out

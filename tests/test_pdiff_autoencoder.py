@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pdiff import AEConfig
-from pdiff.autoencoder import (AUTOENCODERS, DEFAULT_AUTOENCODER, Normalizer, ParameterAutoencoder,
+from pdiff.autoencoder import (AUTOENCODERS, Normalizer, ParameterAutoencoder,
                                autoencoder_name, build_autoencoder, reconstruction_r2, train_autoencoder)
 from pdiff.chunked_autoencoder import ChunkedAutoencoder
 
@@ -67,7 +67,8 @@ def test_chunks_see_only_their_own_numbers():
 
 
 def test_autoencoders_by_name():
-    assert type(build_autoencoder(100, AEConfig(latent_dim=8))) is AUTOENCODERS[DEFAULT_AUTOENCODER]
+    assert type(build_autoencoder(100, AEConfig(latent_dim=8))) is AUTOENCODERS["chunked"]  # the default
+    assert type(build_autoencoder(100, AEConfig(latent_dim=8, arch="conv", channels=(8,)))) is ParameterAutoencoder
     for name in AUTOENCODERS:
         assert autoencoder_name(build_autoencoder(100, AEConfig(latent_dim=8, channels=(8,)), name)) == name
     with pytest.raises(ValueError, match="conv"):

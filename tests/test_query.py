@@ -14,20 +14,21 @@ import duckdb
 import pytest
 
 from orchestrator.query import main
+from orchestrator.results.sql import files, readme_questions
 from orchestrator.store.schema import TABLES
 from orchestrator.store.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The README's three questions (its ```sql blocks read the Parquet files by path), asked of the views.
+# The README's three questions (its ```sql blocks are over the views), read by path and asked of the views.
 # Ties between equally good val accuracies go to the lowest index / val_max_iou / trial id, so the
 # answers do not depend on the order DuckDB reads the files in.
 VIEW_QUERIES = [
     """
     WITH best AS (
-        SELECT cell_id, first(selected_acc ORDER BY val_acc DESC, val_max_iou, trial_id) AS pdiff_selected,
-               max(val_acc) AS pdiff_val
+        SELECT cell_id, first(selected_acc_pct ORDER BY val_acc_pct DESC, val_max_iou, trial_id) AS pdiff_selected,
+               max(val_acc_pct) AS pdiff_val
         FROM trials WHERE status = 'completed' GROUP BY cell_id
     ), orig AS (
         SELECT cell_id, 100 * max(test_acc) AS original_best, 100 * avg(test_acc) AS original_mean
@@ -46,13 +47,13 @@ VIEW_QUERIES = [
     GROUP BY s.arch, s.dataset ORDER BY s.arch, s.dataset
     """,
     """
-    SELECT cell_id, trial_id, val_acc, selected_acc, val_max_iou, test_max_iou,
+    SELECT cell_id, trial_id, val_acc_pct, selected_acc_pct, val_max_iou, test_max_iou,
            latent_dim, latent_noise, input_noise, ae_lr
     FROM trials WHERE status = 'completed'
-    ORDER BY val_acc DESC, val_max_iou ASC, trial_id LIMIT 5
+    ORDER BY val_acc_pct DESC, val_max_iou ASC, trial_id LIMIT 5
     """,
     """
-    SELECT 'p-diff' AS method, 100 * avg(g.test_acc) AS mean_acc, avg(g.test_max_iou) AS mean_test_max_iou,
+    SELECT 'p-diff' AS method, 100 * avg(g.test_acc) AS mean_acc_pct, avg(g.test_max_iou) AS mean_test_max_iou,
            avg(t.pairwise_iou) AS mean_pairwise_iou
     FROM generated g JOIN trials t USING (cell_id, trial_id) WHERE t.status = 'completed'
     UNION ALL
@@ -61,8 +62,8 @@ VIEW_QUERIES = [
     """,
 ]
 # Columns whose values do not depend on how ties are broken (the rest must only have the same shape).
-STABLE = [{"arch", "dataset", "original_best", "pdiff_selected"}, {"val_acc", "val_max_iou"},
-          {"method", "mean_acc", "mean_test_max_iou", "mean_pairwise_iou"}]
+STABLE = [{"arch", "dataset", "original_best", "pdiff_selected"}, {"val_acc_pct", "val_max_iou"},
+          {"method", "mean_acc_pct", "mean_test_max_iou", "mean_pairwise_iou"}]
 
 
 def _cli(store: Store, sql: str, *args: str) -> subprocess.CompletedProcess:
@@ -81,17 +82,15 @@ def _same(a, b) -> bool:
 
 
 def test_readme_questions_are_the_sql_modules():
-    """The README's ```sql blocks are orchestrator.results.sql's questions, read by path: its rules, written once."""
-    from orchestrator.results.sql import files, readme_questions
-
-    assert _readme_queries() == readme_questions(files("results/smoke"))
+    """The README's ```sql blocks are orchestrator.results.sql's questions, over the views: its rules, written once."""
+    assert _readme_queries() == readme_questions()
 
 
 @pytest.mark.parametrize("i", range(3))
 def test_readme_questions_through_the_views(finished_sweep, i):
     readme = _readme_queries()
     assert len(readme) == len(VIEW_QUERIES)
-    by_path = duckdb.connect().execute(readme[i].replace("results/smoke", finished_sweep.root))
+    by_path = duckdb.connect().execute(readme_questions(files(finished_sweep.root))[i])  # the same, read by path
     columns = [d[0] for d in by_path.description]
     expected = [dict(zip(columns, row)) for row in by_path.fetchall()]
 
@@ -116,19 +115,19 @@ def test_every_table_is_a_view(finished_sweep, capsys):
 
 
 def test_output_formats(finished_sweep, capsys):
-    sql = "SELECT cell_id, trial_id, status, val_acc, ae_channels FROM trials ORDER BY cell_id, trial_id"
+    sql = "SELECT cell_id, trial_id, status, val_acc_pct, ae_channels FROM trials ORDER BY cell_id, trial_id"
     n = finished_sweep.read("trials", columns=["cell_id"]).num_rows
 
     assert main([finished_sweep.root, sql]) == 0
     table = capsys.readouterr().out
     lines = table.strip().splitlines()
-    assert lines[0].split() == ["cell_id", "trial_id", "status", "val_acc", "ae_channels"]
+    assert lines[0].split() == ["cell_id", "trial_id", "status", "val_acc_pct", "ae_channels"]
     assert len(lines) == n + 2 and lines[-1] == f"({n} rows)"
 
     assert main([finished_sweep.root, sql, "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == n and all(json.loads(r["ae_channels"]) for r in rows)  # a list column, as JSON
-    assert {float(r["val_acc"]) for r in rows if r["val_acc"]}
+    assert {float(r["val_acc_pct"]) for r in rows if r["val_acc_pct"]}
 
     assert main([finished_sweep.root, sql, "--format", "json"]) == 0
     records = json.loads(capsys.readouterr().out)
@@ -223,7 +222,7 @@ def test_files_outside_the_tables_cannot_be_read(copied, capsys):
 
 @pytest.mark.parametrize("sql", [
     "INSTALL httpfs", "LOAD httpfs", "EXPORT DATABASE '{root}/exported'", "IMPORT DATABASE '{root}'",
-    "CREATE TABLE t AS SELECT 1", "INSERT INTO trials (trial_id) VALUES ('x')", "UPDATE trials SET val_acc = 0",
+    "CREATE TABLE t AS SELECT 1", "INSERT INTO trials (trial_id) VALUES ('x')", "UPDATE trials SET val_acc_pct = 0",
     "DELETE FROM trials", "DROP VIEW trials", "ALTER VIEW trials RENAME TO t", "DETACH memory",
     "SET enable_external_access = true", "RESET lock_configuration", "PRAGMA enable_profiling",
     "CALL pragma_version()", "EXPLAIN ANALYZE COPY trials TO '{root}/e.csv'", "PIVOT trials ON status",

@@ -169,25 +169,26 @@ def test_unique_names_as_duckdb_makes_them():
 
 def test_duplicate_column_names_in_every_format(finished_sweep):
     join = "SELECT * FROM trials t JOIN generated g USING (trial_id)"
-    pair = ("SELECT t.val_acc, g.val_acc FROM trials t JOIN generated g USING (cell_id, trial_id) "
-            "ORDER BY g.val_acc LIMIT 3")
+    pair = ("SELECT t.test_max_iou, g.test_max_iou FROM trials t JOIN generated g USING (cell_id, trial_id) "
+            "ORDER BY g.test_max_iou LIMIT 3")
     for fmt in ("table", "csv", "json"):
         rc, out, err = run(finished_sweep.root, join, "--format", fmt)
         assert rc == 0 and err == "", err
     rc, out, err = run(finished_sweep.root, join, "--format", "json")
     columns = list(json.loads(out)[0])
-    assert "cell_id_1" in columns and "val_acc_1" in columns and len(columns) == len(set(columns))
+    assert "cell_id_1" in columns and "test_max_iou_1" in columns and len(columns) == len(set(columns))
     rc, csv_out, _ = run(finished_sweep.root, join, "--format", "csv")
     assert next(csv.reader(io.StringIO(csv_out))) == columns
 
     _, out, _ = run(finished_sweep.root, pair, "--format", "json")
     rows = json.loads(out)
-    assert len(rows) == 3 and all(set(r) == {"val_acc", "val_acc_1"} for r in rows)
-    assert all(isinstance(r["val_acc"], float) and isinstance(r["val_acc_1"], float) for r in rows)  # both kept
+    assert len(rows) == 3 and all(set(r) == {"test_max_iou", "test_max_iou_1"} for r in rows)
+    assert all(isinstance(r["test_max_iou"], float) and isinstance(r["test_max_iou_1"], float)
+               for r in rows)  # both kept
     _, out, _ = run(finished_sweep.root, pair, "--format", "csv")
-    assert out.splitlines()[0] == "val_acc,val_acc_1" and len(out.splitlines()) == 4
+    assert out.splitlines()[0] == "test_max_iou,test_max_iou_1" and len(out.splitlines()) == 4
     _, out, _ = run(finished_sweep.root, pair)
-    assert out.splitlines()[0].split() == ["val_acc", "val_acc_1"] and out.splitlines()[-1] == "(3 rows)"
+    assert out.splitlines()[0].split() == ["test_max_iou", "test_max_iou_1"] and out.splitlines()[-1] == "(3 rows)"
 
 
 # -- the command's arguments, fuzzed -----------------------------------------------------------------------
@@ -244,7 +245,7 @@ def _sqls(store: Store) -> st.SearchStrategy[str]:
         depth.map(lambda n: "SELECT " + "(" * n + "1" + ")" * n),
         depth.map(lambda n: "SELECT " + "(SELECT " * n + "1" + ")" * n))
     numbers = st.one_of(st.integers(-10 ** 60, 10 ** 60).map(str), st.floats().map(repr)).map(
-        lambda x: f"SELECT {x} AS n, count(*) FROM trials WHERE val_acc < {x}")
+        lambda x: f"SELECT {x} AS n, count(*) FROM trials WHERE val_acc_pct < {x}")
     return st.one_of(st.sampled_from(known), st.text(max_size=60), nested, numbers)
 
 

@@ -26,6 +26,7 @@ from orchestrator.results.report import summary_table, write_report
 from orchestrator.results.sections import ablation_tables
 from orchestrator.results.summary import summary
 from orchestrator.results.views import connect
+from orchestrator.store.columns import RENAMED
 from orchestrator.store.locate import parse_results_dir
 from orchestrator.store.schema import TABLES
 from orchestrator.store.tables import Store
@@ -33,7 +34,9 @@ from pdiff.verdicts import comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ALL_FIGURES = FIGURES  # the report's figures: orchestrator.results.captions' registry
+# The report's figures (orchestrator.results.captions' registry) that a copy of the tables alone draws: the Pareto
+# front needs the Optuna journal to know the search had two objectives (tests/test_report_figures.py draws it).
+ALL_FIGURES = {name: words for name, words in FIGURES.items() if name != "pareto.png"}
 
 
 # The report's command line (orchestrator.report.main, as `python -m orchestrator.report` runs it), then the
@@ -128,10 +131,10 @@ def test_summary_equals_direct_duckdb_queries(reported):
                              cell_id)
         assert _close(row.original_best, best, acc) and _close(row.original_mean, mean, acc)
 
-        trial = con.execute("""SELECT trial_id, val_acc, selected_acc, best_test_acc, mean_acc, median_acc,
-                                      test_max_iou
+        trial = con.execute("""SELECT trial_id, val_acc_pct, selected_acc_pct, best_test_acc_pct, mean_acc_pct,
+                                      median_acc_pct, test_max_iou
                                FROM trials WHERE cell_id = ? AND status = 'completed'
-                               ORDER BY val_acc DESC, val_max_iou ASC, trial_id LIMIT 1""", [cell_id]).fetchone()
+                               ORDER BY val_acc_pct DESC, val_max_iou ASC, trial_id LIMIT 1""", [cell_id]).fetchone()
         n_trials = _direct(con, "SELECT count(*) FROM trials WHERE cell_id = ? AND status = 'completed'", cell_id)[0]
         assert row.best_trial == trial[0] and row.trials == n_trials
         assert _close(row.pdiff_val, trial[1], acc)
@@ -290,7 +293,7 @@ def test_importance_is_computed_or_explained(tmp_path):
     knobs = ["latent_dim", "latent_noise", "sampler"]
     rng = np.random.default_rng(0)
     rows = [{"cell_id": "c", "status": "completed", "latent_dim": int(d), "latent_noise": float(n), "sampler": s,
-             "val_acc": 90 + 5 * float(n) + 0.01 * int(d)}
+             "val_acc_pct": 90 + 5 * float(n) + 0.01 * int(d)}
             for d, n, s in zip(rng.choice([16, 32], 8), rng.uniform(0.01, 0.3, 8), ["ddim", "ddpm"] * 4)]
     importances, why = cell_importance(pd.DataFrame(rows), knobs)
     assert why is None and set(importances) == set(knobs)
@@ -298,7 +301,7 @@ def test_importance_is_computed_or_explained(tmp_path):
 
     one = cell_importance(pd.DataFrame(rows[:1]), knobs)
     assert one[0] is None and "at least 2" in one[1]
-    flat = cell_importance(pd.DataFrame([r | {"val_acc": 97.0} for r in rows]), knobs)
+    flat = cell_importance(pd.DataFrame([r | {"val_acc_pct": 97.0} for r in rows]), knobs)
     assert flat[0] is None and "same val accuracy" in flat[1]
     fixed = cell_importance(pd.DataFrame([r | {"latent_dim": 16, "latent_noise": 0.1, "sampler": "ddim"}
                                           for r in rows]), knobs)
@@ -405,7 +408,8 @@ def test_report_shows_loss_curves_and_runs(reported):
 
 def _grid_trials(cell: str, rows: list[tuple[float, float, float, float]], **extra) -> list[dict]:
     return [{"cell_id": cell, "trial_id": f"{cell}{i}", "status": "completed", "input_noise": a, "latent_noise": b,
-             "selected_acc": acc, "test_max_iou": iou, "val_acc": 90.0} | extra for i, (a, b, acc, iou) in enumerate(rows)]
+             "selected_acc_pct": acc, "test_max_iou": iou, "val_acc_pct": 90.0} | extra
+            for i, (a, b, acc, iou) in enumerate(rows)]
 
 
 def test_noise_ablation_table_of_a_grid():
@@ -444,7 +448,7 @@ def test_report_draws_the_noise_ablation_of_a_grid(finished_sweep, tmp_path):
             [row] = pq.read_table(f).to_pylist()
             Store(copy.storage, copy.sweep, row["spec_hash"]).write(
                 "trials", cell, row["trial_id"], [row | {"input_noise": a, "latent_noise": b}])
-            expected[cell, a, b] = f"{row['selected_acc']:.2f} ({row['test_max_iou']:.3f})"
+            expected[cell, a, b] = f"{row['selected_acc_pct']:.2f} ({row['test_max_iou']:.3f})"
     index = write_report(copy, tmp_path / "report")
     html, md = index.read_text(), (index.parent / "summary.md").read_text()
     assert "<h3>Noise ablation" in html and "## Noise ablation" in md
@@ -500,7 +504,8 @@ def test_failed_trials_are_left_out_and_counted(finished_sweep, tmp_path):
     failed = Store(copy.storage, copy.sweep, spec_hash)
     failed.write("trials", cell, "tfailed", [{
         "trial_id": "tfailed", "search_hash": "x", "status": "failed", "reason": "ae_loss is nan at step 7",
-        "val_acc": nan, "selected_acc": nan, "best_test_acc": nan, "mean_acc": nan, "median_acc": nan,
+        "val_acc_pct": nan, "selected_acc_pct": nan, "best_test_acc_pct": nan, "mean_acc_pct": nan,
+        "median_acc_pct": nan,
         "test_max_iou": nan, "val_max_iou": nan, "ae_loss": nan, "ldm_loss": nan, "latent_noise": 30.0,
         "latent_dim": 16}])
     width = len(copy.read_pandas("generated", cell).params.iloc[0])
@@ -521,7 +526,7 @@ def test_failed_trials_are_left_out_and_counted(finished_sweep, tmp_path):
     md = (index.parent / "summary.md").read_text()
     assert "1 failed trial(s)" in md and "ae_loss is nan at step 7" in md
     assert pd.read_csv(index.parent / "summary.csv").failed_trials.tolist() == after.failed_trials.tolist()
-    for name in FIGURES:
+    for name in ALL_FIGURES:
         assert (index.parent / name).read_bytes()[:8] == PNG_SIGNATURE, name
 
 
@@ -556,8 +561,9 @@ def _rewrite_trial(store: Store, cell_id: str, trial_id: str, vectors) -> dict:
          "test_max_iou": float(a.test_max_iou[i]), "val_max_iou": float(a.val_max_iou[i]),
          "nearest_l2": float(a.nearest_l2[i]), "val_wrong": pack_wrong(s.val_wrong[i]),
          "test_wrong": pack_wrong(s.test_wrong[i]), "params": vectors[i].tolist()} for i in range(len(vectors))])
-    best_other = trials[(trials.trial_id != trial_id) & (trials.status == "completed")].val_acc.max()
-    row = old | a.summary | {"val_acc": max(100 * float(s.val_acc.max()), float(best_other) + 0.01)}
+    best_other = trials[(trials.trial_id != trial_id) & (trials.status == "completed")].val_acc_pct.max()
+    stored = {RENAMED["trials"].get(k, k): v for k, v in a.summary.items()}  # percents under their `_pct` names
+    row = old | stored | {"val_acc_pct": max(100 * float(s.val_acc.max()), float(best_other) + 0.01)}
     writer.write("trials", cell_id, trial_id, [row])
     return a.summary
 

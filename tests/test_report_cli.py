@@ -122,7 +122,7 @@ def test_no_half_written_report_is_left_in_place(tables, tmp_path, monkeypatch):
 # -- probe 12: a column stored with another type ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("table, column", [("trials", "val_acc"), ("sources", "seed")])
+@pytest.mark.parametrize("table, column", [("trials", "val_acc_pct"), ("sources", "seed")])
 def test_a_mistyped_column_is_one_line_naming_table_and_column(tables, tmp_path, capsys, table, column):
     copy = Path(shutil.copytree(tables.root, tmp_path / "results" / "tiny"))
     store = Store(str(copy.parent), "tiny")

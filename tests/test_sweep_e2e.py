@@ -9,10 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 from tiny_sweep import CELLS, TRIALS, K, N, run_sweep, sweep_command, sweep_env
 
+from orchestrator.results.views import connect
 from orchestrator.store.schema import SCHEMA_VERSION
 from orchestrator.store.tables import Store
 
@@ -78,7 +78,7 @@ def test_tables_complete_and_consistent(finished):
     for frame in (checkpoints, generated, baselines):
         assert frame.test_acc.between(0, 1).all() and frame.val_acc.between(0, 1).all()
     assert (sources.test_acc > 0.85).all()
-    assert trials.selected_acc.between(50, 100).all() and trials.val_acc.between(50, 100).all()
+    assert trials.selected_acc_pct.between(50, 100).all() and trials.val_acc_pct.between(50, 100).all()
     for frame in (generated, baselines):
         assert frame.test_max_iou.between(0, 1).all() and frame.val_max_iou.between(0, 1).all()
 
@@ -114,10 +114,10 @@ def test_tables_complete_and_consistent(finished):
     # The trial's summary columns are computed from its own generated rows.
     t = trials.iloc[0]
     g = generated[generated.trial_id == t.trial_id].sort_values("index")
-    assert t.mean_acc == pytest.approx(100 * g.test_acc.mean(), abs=1e-3)
-    assert t.selected_acc == pytest.approx(100 * g.test_acc.iloc[g.val_acc.values.argmax()], abs=1e-3)
-    assert t.best_test_acc == pytest.approx(100 * g.test_acc.max(), abs=1e-3)
-    assert t.val_acc == pytest.approx(100 * g.val_acc.max(), abs=1e-3)
+    assert t.mean_acc_pct == pytest.approx(100 * g.test_acc.mean(), abs=1e-3)
+    assert t.selected_acc_pct == pytest.approx(100 * g.test_acc.iloc[g.val_acc.values.argmax()], abs=1e-3)
+    assert t.best_test_acc_pct == pytest.approx(100 * g.test_acc.max(), abs=1e-3)
+    assert t.val_acc_pct == pytest.approx(100 * g.val_acc.max(), abs=1e-3)
 
     out = proc.stdout
     assert "sources 2/2" in out and "trials 6/6" in out and "baselines 2/2" in out
@@ -174,7 +174,7 @@ def test_feedback_curves_runs_and_journal(finished):
         by_id = done.set_index("trial_id")
         for t in complete:  # the two objectives, as the trials table has them
             row = by_id.loc[t.user_attrs["trial_id"]]
-            assert t.values == pytest.approx([row.val_acc, row.val_max_iou])
+            assert t.values == pytest.approx([row.val_acc_pct, row.val_max_iou])
 
 
 # What reaches a driver's console from Ray: forwarded worker / actor / raylet output ("(pid=..)",
@@ -217,20 +217,20 @@ def test_readme_duckdb_queries(finished):
     store, _ = finished
     queries = _readme_queries()
     assert len(queries) == 3
-    con = duckdb.connect()
-    results = [con.execute(q.replace("results/smoke", store.root)).df() for q in queries]
+    con = connect(store)  # the README's DuckDB-from-Python way: a view per table
+    results = [con.execute(q).df() for q in queries]
 
     best, top, plane = results
     assert set(best.arch) == {"mlp", "cnn_small"}
     trials = store.read_pandas("trials")
     for row in best.itertuples():
         cell = trials[trials.cell_id.str.startswith(f"{row.arch}-")]
-        best_trial = cell.sort_values(["val_acc", "val_max_iou", "trial_id"], ascending=[False, True, True]).iloc[0]
-        assert row.pdiff_selected == pytest.approx(best_trial.selected_acc)
-    assert len(top) == 5 and top.val_acc.is_monotonic_decreasing
+        best_trial = cell.sort_values(["val_acc_pct", "val_max_iou", "trial_id"], ascending=[False, True, True]).iloc[0]
+        assert row.pdiff_selected == pytest.approx(best_trial.selected_acc_pct)
+    assert len(top) == 5 and top.val_acc_pct.is_monotonic_decreasing
     assert set(plane.method) == {"p-diff", "noise", "average", "gaussian"}
     generated = store.read_pandas("generated")
-    assert plane.set_index("method").loc["p-diff", "mean_acc"] == pytest.approx(100 * generated.test_acc.mean())
+    assert plane.set_index("method").loc["p-diff", "mean_acc_pct"] == pytest.approx(100 * generated.test_acc.mean())
 
 
 def _run_until(spec: Path, storage: Path, started) -> None:

@@ -106,8 +106,8 @@ def test_read_one_cell_and_some_columns(store):
     assert store.read("trials").num_rows == 5
     assert store.read("trials", "cell-a").num_rows == 2
     assert set(store.read("trials", "cell-b").column("cell_id").to_pylist()) == {"cell-b"}
-    part = store.read("trials", columns=["cell_id", "val_acc"])
-    assert part.column_names == ["cell_id", "val_acc"] and part.num_rows == 5
+    part = store.read("trials", columns=["cell_id", "val_acc_pct"])
+    assert part.column_names == ["cell_id", "val_acc_pct"] and part.num_rows == 5
     frame = store.read_pandas("trials", "cell-a")
     assert len(frame) == 2 and list(frame.columns) == TABLES["trials"].names
 
@@ -151,10 +151,10 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(store):
 
 
 def test_a_failed_table_write_keeps_the_previous_rows(store):
-    store.write("trials", "c", "t", [{"trial_id": "t", "val_acc": 50.0}])
+    store.write("trials", "c", "t", [{"trial_id": "t", "val_acc_pct": 50.0}])
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
-        store.write("trials", "c", "t", [{"trial_id": "t", "val_acc": "not a number"}])
-    assert store.read("trials").column("val_acc").to_pylist() == [50.0]
+        store.write("trials", "c", "t", [{"trial_id": "t", "val_acc_pct": "not a number"}])
+    assert store.read("trials").column("val_acc_pct").to_pylist() == [50.0]
     assert len(all_files(Path(store.root))) == 1
 
 
@@ -168,7 +168,7 @@ def test_hidden_leftovers_are_not_read(store):
 
 
 def test_knob_columns_are_unified_across_files(store):
-    core = {"status": "completed", "val_acc": 90.0}
+    core = {"status": "completed", "val_acc_pct": 90.0}
     store.write("trials", "c", "t1", [core | {"trial_id": "t1", "latent_dim": 32, "sampler": "ddim"}])
     store.write("trials", "c", "t2", [core | {"trial_id": "t2", "ae_lr": 0.001, "ae_channels": [8, 16]}])
     store.write("trials", "d", "t3", [core | {"trial_id": "t3"}])
@@ -177,11 +177,11 @@ def test_knob_columns_are_unified_across_files(store):
     assert set(data.schema.names) - set(TABLES["trials"].names) == {"latent_dim", "sampler", "ae_lr", "ae_channels"}
     assert data.schema.field("latent_dim").type == pa.int64()
     assert data.schema.field("ae_lr").type == pa.float64()
-    assert data.schema.field("val_acc").type == pa.float64()
+    assert data.schema.field("val_acc_pct").type == pa.float64()
     rows = {r["trial_id"]: r for r in data.to_pylist()}
     assert rows["t1"]["latent_dim"] == 32 and rows["t1"]["sampler"] == "ddim" and rows["t1"]["ae_lr"] is None
     assert rows["t2"]["ae_lr"] == 0.001 and rows["t2"]["ae_channels"] == [8, 16] and rows["t2"]["latent_dim"] is None
-    assert rows["t3"]["latent_dim"] is None and rows["t3"]["val_acc"] == 90.0
+    assert rows["t3"]["latent_dim"] is None and rows["t3"]["val_acc_pct"] == 90.0
     # Selecting a knob column that only some files have.
     assert sorted(store.read("trials", columns=["latent_dim"]).column("latent_dim").to_pylist(),
                   key=lambda v: v is None) == [32, None, None]
@@ -353,7 +353,7 @@ def test_the_store_lists_no_link_out_of_the_sweep_and_walks_no_linked_folder(tmp
     (outside / "deep").mkdir(parents=True)
     (outside / "deep" / "t.parquet").write_bytes(b"PAR1 not ours")
     store = Store(str(tmp_path / "results"), "sw")
-    store.write("trials", "c1", "w1", [{"trial_id": "t", "status": "completed", "val_acc": 1.0}])
+    store.write("trials", "c1", "w1", [{"trial_id": "t", "status": "completed", "val_acc_pct": 1.0}])
     os.symlink(outside, store.path("trials", "x"))
     os.symlink(outside / "deep" / "t.parquet", store.path("trials", "c1", "evil.parquet"))
     assert store.all_files("trials") == [store.path("trials", "c1", "w1.parquet")]

@@ -106,7 +106,7 @@ def test_resumed_search_numbers_after_the_finished_trials(captured):
     cell = spec.cells[0]
     knobs = spec.fixed | {"latent_dim": 32}
     finished = [knobs | {"trial_id": trial_id_of(cell.cell_id, knobs, i), "trial_index": i,
-                         "status": "completed", "val_acc": 0.9} for i in range(2)]
+                         "status": "completed", "val_acc_pct": 0.9} for i in range(2)]
     search_cell(spec, finished)
     identities = suggested_ids(spec, captured, cell, 3)
     assert [index for _, index, _ in identities] == [2, 3, 4]
@@ -145,7 +145,7 @@ def test_the_study_is_a_journal_kept_current(captured):
     cell = spec.cells[0]
     knobs = spec.fixed | {"latent_dim": 32}
     finished = [knobs | {"trial_id": trial_id_of(cell.cell_id, knobs, i), "trial_index": i, "status": status,
-                         "val_acc": 90.0 + i if status == "completed" else None}
+                         "val_acc_pct": 90.0 + i if status == "completed" else None}
                 for i, status in enumerate(["completed", "completed", "failed"])]
     store = FakeStore()
     search_cell(spec, finished, store)

@@ -15,6 +15,7 @@ from pdiff import ARCHS, CollectConfig, ParameterSubset, PdiffConfig, TrainConfi
 from pdiff.collect import collect_snapshots, train_source
 from pdiff.evaluate import BatchedEvaluator
 from pdiff.pipeline import run_pdiff
+from pdiff.autoencoder import build_autoencoder
 from pdiff.subset import WHOLE_NETWORK
 
 from conftest import TINY_TRAIN, _quiet
@@ -104,3 +105,12 @@ def test_whole_cnn_generates_networks_that_work_with_the_kept_buffers(digits):
     with torch.no_grad():
         acc = float((net(digits.test.x).argmax(-1) == digits.test.y).float().mean())
     assert acc < float(generated.scores.test_acc[0]) - 0.1
+
+
+@pytest.mark.parametrize("arch, cls", [("chunked", "ChunkedAutoencoder"), ("conv", "ParameterAutoencoder")])
+def test_the_ae_arch_knob_picks_the_autoencoder(arch, cls):
+    cfg = PdiffConfig.from_knobs(ae_arch=arch, latent_dim=8, ae_channels=(8, 8), ae_token_size=8)
+    assert type(build_autoencoder(300, cfg.ae)).__name__ == cls
+    assert PdiffConfig().ae.arch == "chunked"  # the default: linear in the subset's size
+    with pytest.raises(ValueError, match="ae_arch: .*conv"):
+        PdiffConfig.from_knobs(ae_arch="transformer")

@@ -4,6 +4,7 @@ saving a figure under its title (`orchestrator.results.captions.FIGURES`)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import textwrap
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
+import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -22,7 +25,8 @@ from orchestrator.results.captions import FIGURES  # noqa: E402
 from orchestrator.results.sql import methods  # noqa: E402
 from pdiff.names import LABELS  # noqa: E402
 
-__all__ = ["METHOD_STYLE", "MAX_PANELS", "Panel", "grid", "message", "save", "vectors", "panels_of", "rows_of"]
+__all__ = ["METHOD_STYLE", "MAX_PANELS", "Panel", "cropping", "grid", "message", "save", "vectors", "panels_of",
+           "rows_of"]
 
 _BASELINE_STYLES = [("#1f77b4", "s"), ("#2ca02c", "^"), ("#ff7f0e", "D"), ("#8c564b", "v"), ("#e377c2", "P")]
 
@@ -48,6 +52,7 @@ def grid(n: int, width: float = 4.6, height: float = 3.6, ncols: int | None = No
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.axis("off")
+    fig.panels = flat[:n]  # in order: what `cropping` cuts out
     return fig, flat[:n]
 
 
@@ -63,13 +68,60 @@ def message(ax, text: str, title: str | None = None) -> None:
         ax.set_title(title, fontsize=10)
 
 
+DPI = 90
+
+
 def save(fig, path: Path) -> Path:
-    """Write the figure to `path` under its title (captions.FIGURES, by file name) and close it."""
+    """Write the figure to `path` under its title (captions.FIGURES, by file name) and close it; inside
+    `cropping`, each of its panels too."""
     fig.suptitle(FIGURES[path.name][0], fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=90, facecolor="white")
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    if _CROPS:
+        _cut_panels(fig, path.name, *_CROPS[-1])
     plt.close(fig)
     return path
+
+
+_CROPS: list[tuple[list[str], Path, dict[str, dict[str, Path]]]] = []  # the active `cropping`, innermost last
+
+
+@contextlib.contextmanager
+def cropping(keys: Sequence[str], folder: Path):
+    """While active, `save` also writes panel i of each figure, cut out of it, as `<folder>/<keys[i]>/<figure
+    file name>`; yields {key: {figure file name: path}}, filled as figures are saved. A cell's page shows its
+    panels so: the report's own pixels, nothing drawn or computed twice."""
+    found: dict[str, dict[str, Path]] = {}
+    _CROPS.append((list(keys), folder, found))
+    try:
+        yield found
+    finally:
+        _CROPS.pop()
+
+
+def _cut_panels(fig, name: str, keys: list[str], folder: Path, found: dict[str, dict[str, Path]]) -> None:
+    """Each panel of `fig` (with its colour bar, if any) as its own PNG; see `cropping`."""
+    fig.set_dpi(DPI)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())
+    height, width = pixels.shape[:2]
+    renderer = fig.canvas.get_renderer()
+    panels = getattr(fig, "panels", [])
+    bars: dict[int, list] = {}
+    for bar in (a for a in fig.axes if a.get_label() == "<colorbar>"):
+        b = bar.get_position()  # its panel: the nearest on its left in the same row
+        left = [i for i, a in enumerate(panels) if a.get_position().x1 <= b.x0 + 1e-6
+                and min(a.get_position().y1, b.y1) > max(a.get_position().y0, b.y0)]
+        if left:
+            bars.setdefault(max(left, key=lambda i: panels[i].get_position().x1), []).append(bar)
+    for i, (key, ax) in enumerate(zip(keys, panels)):
+        box = matplotlib.transforms.Bbox.union([a.get_tightbbox(renderer) for a in [ax, *bars.get(i, [])]])
+        x0, x1 = max(0, math.floor(box.x0) - 4), min(width, math.ceil(box.x1) + 4)
+        y0, y1 = max(0, math.floor(height - box.y1) - 4), min(height, math.ceil(height - box.y0) + 4)
+        path = folder / key / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        matplotlib.image.imsave(path, pixels[y0:y1, x0:x1])
+        found.setdefault(key, {})[name] = path
 
 
 def vectors(df: pd.DataFrame) -> np.ndarray:

@@ -22,7 +22,22 @@ FIGURES: dict[str, tuple[str, str]] = {
         "self-pairs excluded), between two p-diff models of the val-selected trial (generated-generated), and "
         "between a p-diff model and a snapshot (original-generated). Computed from each model's wrong-prediction "
         "set as stored in the tables (test_wrong). 'COLLAPSED' over generated-generated: the trial is flagged "
-        "collapsed in the tables (its models are (nearly) one model).",
+        "collapsed in the tables (its models are (nearly) one model). A mean over all pairs hides how close each "
+        "model is to its *nearest* snapshot: the max-IoU figure below shows that, model by model.",
+    ),
+    "max_iou.png": (
+        "Max IoU of each model to the snapshots",
+        "Per family, the distribution of each model's max IoU of its test mistakes to any snapshot's (1 = the same "
+        "mistakes as some snapshot: a copy; lower = more novel): p-diff's generated models of the val-selected "
+        "trial and each baseline's models (their stored test_max_iou), and as the reference the snapshots' "
+        "leave-one-out (each snapshot's max IoU to the *other* snapshots, recomputed from their stored "
+        "wrong-prediction sets; sources.snapshot_loo_max_iou is its mean, the dotted line). Box: quartiles and "
+        "median, whiskers from min to max; points: the models, spread sideways only to be seen (their height is "
+        "the value). Tick labels: the number of models and their mean. Dashed line: the collapse threshold "
+        f"(COLLAPSE_IOU = {COLLAPSE_IOU}, for the IoU between a family's own models): a model at or above it makes "
+        "(nearly) the mistakes of one snapshot. How to read it: a family whose box sits at or above the "
+        "snapshots' is no more novel than a snapshot is among the snapshots (memorising), however low the mean "
+        "IoUs of the similarity figure are.",
     ),
     "accuracy_novelty.png": (
         "Accuracy against novelty",
@@ -33,6 +48,19 @@ FIGURES: dict[str, tuple[str, str]] = {
         "and the legend gives the number of models and of distinct points where they differ. A collapsed family "
         f"({_collapse_rule('its')}, from the tables) has a black X over its mean and the label "
         "'collapsed': its models are (nearly) one model.",
+    ),
+    "pareto.png": (
+        "Accuracy and novelty: the search's Pareto front",
+        "Drawn for a sweep searched on two objectives (accuracy and novelty, as its Optuna journal records them; "
+        "no figure otherwise). Every completed trial of the cell: x its val max IoU to the snapshots (the mean "
+        "over its generated models, trials.val_max_iou; lower = more novel), y its val accuracy (its best "
+        "generated model's, trials.val_acc_pct). Joined, ringed points: the Pareto front (no other trial is both "
+        "as novel and as accurate, one of them strictly); star: the val-selected trial. Reference points, the "
+        "same statistics on the validation split: the snapshots (their leave-one-out max IoU, "
+        "sources.snapshot_loo_val_max_iou; the best snapshot's val accuracy) and each baseline (its models' "
+        "mean val max IoU; its best model's val accuracy). Up and to the left is better; a front that does not "
+        "reach left of the snapshots offers no novelty at their accuracy. A pooled panel draws each cell's "
+        "front apart. Validation split only: the test split is never used to choose.",
     ),
     "tsne.png": (
         "t-SNE of parameter vectors",

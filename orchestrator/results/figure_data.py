@@ -20,12 +20,13 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from orchestrator.console import cell_label
+from orchestrator.results.sql import methods
 from orchestrator.results.trust import is_flagged, is_known
 from orchestrator.store.layout import HIDDEN, WRITER, WRITTEN
 from orchestrator.store.tables import Store
 from pdiff.verdicts import is_collapsed
 
-__all__ = ["CellData", "SIGNALS", "SEARCH_ORDER", "load_cells", "trial_history"]
+__all__ = ["CellData", "SIGNALS", "SEARCH_ORDER", "family_max_iou", "load_cells", "loo_max_iou", "trial_history"]
 
 SIGNALS = ("pairwise_iou", "distinct_sets", "spread_ratio", "collapsed")  # a family's collapse signals
 
@@ -54,6 +55,7 @@ class CellData:
     # pairwise_iou, distinct_sets, spread_ratio, collapsed (absent where the tables predate them).
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
     collapsed_trials: set[str] = field(default_factory=set)  # completed trials flagged collapsed
+    snapshot_loo_val: float | None = None  # sources.snapshot_loo_val_max_iou (None: tables before it)
 
     @property
     def label(self) -> str:
@@ -137,7 +139,7 @@ def _generated(store: Store, best_trials: dict[str, str | None]) -> pd.DataFrame
 
 
 _GENERATED = ["trial_id", "index", "val_acc", "test_acc", "test_max_iou", "test_wrong"]
-_BASELINES = ["method", "index", "val_acc", "test_acc", "test_max_iou", "test_wrong"]
+_BASELINES = ["method", "index", "val_acc", "test_acc", "test_max_iou", "val_max_iou", "test_wrong"]
 
 
 def _cell(source, best_trial: str | None, snaps: pd.DataFrame, generated: pd.DataFrame | None,
@@ -151,6 +153,8 @@ def _cell(source, best_trial: str | None, snaps: pd.DataFrame, generated: pd.Dat
                     best_trial=best_trial, snapshots=np.zeros((0, 0), np.float32),
                     snapshot_rows=snaps.drop(columns=["test_wrong"]), generated=generated[_GENERATED],
                     baselines=baselines)
+    loo_val = getattr(source, "snapshot_loo_val_max_iou", None)
+    cell.snapshot_loo_val = float(loo_val) if is_known(loo_val) else None
     _families(cell, source._asdict(), completed)
     cell.baselines = cell.baselines[[c for c in _BASELINES if c in cell.baselines]]
     keep = cell.generated.trial_id.isin(set(completed)).to_numpy(dtype=bool)
@@ -211,7 +215,7 @@ def _recompute(source, test_wrong: pd.Series, cell: CellData) -> None:
     pdiff.evaluate.pack_wrong): no network is built and nothing is scored again."""
     import torch  # seconds to import (as pdiff.evaluate, which needs it): only where similarity is computed
 
-    from pdiff.evaluate import iou_matrix, max_iou, unpack_wrong_rows
+    from pdiff.evaluate import iou_matrix, unpack_wrong_rows
 
     n = source.get("n_test")
     if n is None or (isinstance(n, float) and math.isnan(n)):
@@ -236,7 +240,7 @@ def _recompute(source, test_wrong: pd.Series, cell: CellData) -> None:
     cell.recomputed["original"] = accuracy(snap)
     similarity = {"original-original": mean_off_diagonal(iou_matrix(snap, snap))}
     if len(snap) > 1:
-        cell.snapshot_max_iou = max_iou(snap).numpy()
+        cell.snapshot_max_iou = loo_max_iou(test_wrong, n)
     for method, rows in cell.baselines.groupby("method") if "test_wrong" in cell.baselines else ():
         cell.recomputed[method] = accuracy(unpack(rows.sort_values("index").test_wrong))
     best = cell.best_generated
@@ -246,6 +250,43 @@ def _recompute(source, test_wrong: pd.Series, cell: CellData) -> None:
         similarity["generated-generated"] = mean_off_diagonal(iou_matrix(gen, gen))
         similarity["original-generated"] = float(iou_matrix(gen, snap).mean())
     cell.similarity = similarity
+
+
+def loo_max_iou(blobs: Iterable[bytes], n: int) -> np.ndarray:
+    """(K,) each model's max IoU of its wrong-prediction set to any *other* model's of its family: for the
+    snapshots, their leave-one-out novelty (sources.snapshot_loo_max_iou is its mean); NaN for a family of one.
+    Two empty sets: IoU 1, as pdiff.evaluate.iou_matrix. Numpy on the packed bits (pdiff.evaluate.pack_wrong),
+    equal to that function's float32 values."""
+    blobs, size = list(blobs), (n + 7) // 8
+    if any(not isinstance(b, bytes) or len(b) != size for b in blobs):
+        raise ValueError(f"a wrong-prediction set is missing or not {size} bytes ({n} examples)")
+    if len(blobs) < 2:
+        return np.full(len(blobs), np.nan)
+    packed = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), size)
+    wrong = np.unpackbits(packed, axis=1, count=n, bitorder="big").astype(np.float64)  # counts exact
+    inter = wrong @ wrong.T
+    count = wrong.sum(1)
+    union = count[:, None] + count[None, :] - inter
+    # float32 division of the exact counts: the very floats of pdiff.evaluate.max_iou (torch, float32)
+    iou = np.where(union > 0, inter.astype(np.float32) / np.maximum(union, 1).astype(np.float32), np.float32(1))
+    np.fill_diagonal(iou, -1.0)  # the other models only
+    return iou.max(1)
+
+
+def family_max_iou(cells: Iterable[CellData]) -> list[tuple[str, np.ndarray]]:
+    """Per family, every model's test max IoU to the snapshots, pooled over `cells`: the snapshots' to the
+    *other* snapshots (leave-one-out, the reference), the val-selected trial's generated models, each
+    baseline's models (their stored test_max_iou)."""
+    pooled: dict[str, list[np.ndarray]] = {}
+    for cell in cells:
+        if cell.snapshot_max_iou is not None:
+            pooled.setdefault("original", []).append(np.asarray(cell.snapshot_max_iou, dtype=float))
+        pooled.setdefault("p-diff", []).append(cell.best_generated.test_max_iou.to_numpy(dtype=float))
+        for method in methods():
+            rows = cell.baselines[cell.baselines.method == method] if len(cell.baselines) else ()
+            pooled.setdefault(method, []).append(rows.test_max_iou.to_numpy(dtype=float) if len(rows) else [])
+    families = [(f, np.concatenate(v)) for f, v in pooled.items()]
+    return [(f, v[~np.isnan(v)]) for f, v in families if len(v)]
 
 
 # -- the search's history ----------------------------------------------------------

@@ -27,6 +27,8 @@ import numpy as np
 from orchestrator.results import canvas
 from orchestrator.results.canvas import METHOD_STYLE, Panel, panels_of
 from orchestrator.results.figure_data import CellData, load_cells, trial_history
+from orchestrator.results.front_data import fronts, objectives
+from orchestrator.results.novelty_figures import max_iou_figure, pareto_figure
 from orchestrator.results.search_figures import history_figure, importance_figure, parallel_figure
 from orchestrator.results.sql import methods, searched_knobs
 from orchestrator.results.views import connect
@@ -279,16 +281,22 @@ def draw_all(store: Store, out: Path, best_trials: dict[str, str | None], knobs:
     if knobs is None:
         knobs = searched_knobs(connect(store))[0] if len(trials) else []
     paths = {}
+    # The Pareto front only where a search had two objectives (accuracy, novelty): its journal says so.
+    two = [c for p in panels for c, n in objectives(store, p.cells).items() if n == 2]
     steps = {
         "similarity.png": (lambda p: similarity_groups_figure(panels, by_id, p, note)) if pooled else
         (lambda p: similarity_figure(cells, p)),
+        "max_iou.png": lambda p: max_iou_figure(panels, by_id, p, note),
         "accuracy_novelty.png": (lambda p: accuracy_novelty_groups_figure(panels, by_id, p, note)) if pooled else
         (lambda p: accuracy_novelty_figure(cells, p)),
+        "pareto.png": lambda p: pareto_figure(panels, fronts(trials, [by_id[c] for c in two]), p, note),
         "tsne.png": lambda p: tsne_figure(first, p, note and note + "; t-SNE: the first cell (seed) of each"),
         "search_history.png": lambda p: history_figure(trials, how, labels, p, members),
         "parallel_coordinates.png": lambda p: parallel_figure(trials, knobs, labels, p, members),
         "importance.png": lambda p: importance_figure(trials, knobs, labels, p, members),
     }
+    if not two:
+        del steps["pareto.png"]
     for name, draw in steps.items():
         t = time.perf_counter()
         paths[name] = draw(out / name)

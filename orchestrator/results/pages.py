@@ -19,21 +19,48 @@ from typing import Sequence
 import pandas as pd
 
 from orchestrator.console import cell_label
-from orchestrator.results.layout import CSS, frame_html, html_table, md_table, summary_groups
+from orchestrator.results.captions import caption
+from orchestrator.results.layout import CSS, code_html, frame_html, html_table, md_table, summary_groups
 from orchestrator.results.sql import methods
 from orchestrator.results.trust import collapse_warnings, is_flagged, trust_warnings
 
-__all__ = ["INDEX_CELLS", "MAX_WARNINGS", "cell_page", "group_summary", "groups_html", "groups_md", "tables_on_index",
+__all__ = ["CELLS_DIR", "INDEX_CELLS", "MAX_WARNINGS", "cell_figures", "cell_page", "group_summary", "groups_html", "groups_md", "tables_on_index",
            "wants_groups", "write_cell_pages"]
 
 INDEX_CELLS = 50  # per-cell summary tables on the index page up to this many cells; beyond, on cells.html
 MAX_WARNINGS = 12  # collapse warnings spelled out on the index page; the rest are counted
+CELLS_DIR = "cells"  # each cell's own figures, cells/<cell_id>/<figure>.png, beside index.html
 NOT_DRAWN = "No figure of the report shows this cell (they show the first arch x dataset groups): its numbers are here."
 
 
 def cell_page(cell_id: str) -> str:
     """The file name of a cell's page, beside index.html."""
     return f"cell-{cell_id}.html"
+
+
+def cell_figures(out: Path, panels: Sequence, figures: dict[str, Path], own: dict[str, dict[str, Path]]
+                 ) -> dict[str, list[tuple[str, str]]]:
+    """Each cell's figures for its page, as (file relative to `out`, figure name), in the report's order: its own
+    (`own`, cell id -> {figure: path}: drawn where every cell has its panel), else the report's `figures` whose
+    panel pools it (the t-SNE and the loss curves show a panel's first cell only). `panels`: the figures'
+    (orchestrator.results.canvas.panels_of); a cell in none has no figure."""
+    found = {}
+    for panel in panels:
+        for i, c in enumerate(panel.cells):
+            found[c] = ([(p.relative_to(out).as_posix(), name) for name, p in own[c].items()] if c in own else
+                        [(name, name) for name in figures if i == 0 or name not in ("tsne.png", "loss_curves.png")])
+    return found
+
+
+def _figures_html(entries: Sequence[tuple[str, str]], how: str) -> list[str]:
+    """A cell page's figures, each under its title and over its caption (orchestrator.results.captions)."""
+    e = html.escape
+    parts = ["<h2>Figures</h2>"] if entries else []
+    for src, name in entries:
+        title, text = caption(name, how)
+        parts += ["<figure>", f"<h3>{e(title)}</h3>", f'<img src="{e(src)}" alt="{e(title)}">',
+                  f"<figcaption>{code_html(text)}</figcaption>", "</figure>"]
+    return parts
 
 
 def wants_groups(df: pd.DataFrame) -> bool:
@@ -114,15 +141,15 @@ def _page(title: str, body: list[str], css: str) -> str:
                       "</body>", "</html>"]) + "\n"
 
 
-TRIAL_COLUMNS = ["trial_id", "status", "val_acc", "selected_acc", "best_test_acc", "mean_acc", "median_acc",
-                 "test_max_iou", "val_max_iou", "pairwise_iou", "distinct_sets", "spread_ratio", "collapsed",
-                 "ae_converged", "seconds", "reason"]
+TRIAL_COLUMNS = ["trial_id", "status", "val_acc_pct", "selected_acc_pct", "best_test_acc_pct", "mean_acc_pct",
+                 "median_acc_pct", "test_max_iou", "val_max_iou", "pairwise_iou", "distinct_sets", "spread_ratio",
+                 "collapsed", "ae_converged", "seconds", "reason"]
 
 
 def _trials_table(trials: pd.DataFrame, knobs: Sequence[str], best: str | None) -> str:
     e = html.escape
     columns = [c for c in TRIAL_COLUMNS if c in trials] + [k for k in knobs if k in trials]
-    rows = trials.sort_values(["val_acc", "trial_id"], ascending=[False, True], na_position="last")
+    rows = trials.sort_values(["val_acc_pct", "trial_id"], ascending=[False, True], na_position="last")
     head = "".join(f"<th>{e(c)}</th>" for c in columns)
 
     def fmt(c: str, v) -> str:
@@ -143,11 +170,13 @@ def _trials_table(trials: pd.DataFrame, knobs: Sequence[str], best: str | None) 
 
 
 def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], trials: pd.DataFrame,
-                     cells: Sequence, notes: Sequence[str], knobs: Sequence[str], where: dict[str, str]) -> list[str]:
+                     cells: Sequence, notes: Sequence[str], knobs: Sequence[str], where: dict[str, str],
+                     figures: dict[str, list[tuple[str, str]]] | None = None, how: str = "") -> list[str]:
     """Write `cell-<cell_id>.html` for every cell of `df` into `out`; returns their file names.
 
     `trials`: every trials row (any columns); `cells`: the figures' CellData (similarity numbers); `notes`: the
-    report's notes (those naming a cell's label go on its page); `where`: cell id -> which figures show it."""
+    report's notes (those naming a cell's label go on its page); `where`: cell id -> which figures show it;
+    `figures`: cell id -> its figures (`cell_figures`); `how`: how the search history ordered the trials."""
 
     e = html.escape
     by_cell = {c: g for c, g in trials.groupby("cell_id", sort=False)} if len(trials) else {}
@@ -172,6 +201,7 @@ def write_cell_pages(out: Path, store, df: pd.DataFrame, shown: Sequence[str], t
                      f'<p class="note">Mean IoU of the test wrong-prediction sets: {e(sim)}.</p>']
         elif cell is not None and cell.why_not:
             body.append(f'<p class="note">{e(cell.why_not)}</p>')
+        body += _figures_html((figures or {}).get(r.cell_id, []), how)
         t = by_cell.get(r.cell_id, pd.DataFrame())
         body += [f"<h3>Trials ({len(t)})</h3>",
                  '<p class="note">Best val accuracy first; the val-selected trial highlighted. Accuracies in %.</p>',

@@ -21,18 +21,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.console import cell_label
+from orchestrator.results import canvas
 from orchestrator.results.canvas import panels_of
 from orchestrator.results.captions import caption
 from orchestrator.results.figures import draw_all
 from orchestrator.results.layout import CSS, code_html, flat_table, format_value, html_table, md_table, summary_groups
-from orchestrator.results.pages import (MAX_WARNINGS, cell_page, groups_html, groups_md, tables_on_index, wants_groups,
+from orchestrator.results.pages import (CELLS_DIR, MAX_WARNINGS, cell_figures, cell_page, groups_html, groups_md, tables_on_index, wants_groups,
                                         write_cell_pages, write_cells_page)
 from orchestrator.results.sections import feedback_sections
 from orchestrator.results.sql import failed_reasons_sql, report_sql, searched_knobs
+from orchestrator.results.table1 import table1_html, table1_md
 from orchestrator.results.trust import collapse_warnings, report_warnings, trust_warnings
 from orchestrator.results.views import connect, materialize, one_line
 from orchestrator.store import paths
-from orchestrator.store.schema import TABLES
+from orchestrator.store.schema import RENAMED, TABLES
 from orchestrator.store.tables import Store
 
 # -- the summary table -------------------------------------------------------
@@ -57,6 +59,8 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
         f'<p class="meta">Tables: <code>{e(store.uri)}</code>. {len(df)} cell(s); rows: '
         + ", ".join(f"{e(t)} {n}" for t, n in counts.items()) + f". Written {stamp}.</p>",
         "<h2>Summary</h2>",
+        f'<p class="meta"><a href="{TABLE1}.html">Table 1</a>: the paper\'s layout, one row per architecture x '
+        "dataset (original and p-diff, mean and best, the baselines, 95% intervals, novelty).</p>",
     ]
     warnings = report_warnings(df)
     parts += [f'<p class="warning">{e(w)}</p>' for w in warnings[:MAX_WARNINGS]]
@@ -84,7 +88,8 @@ def _html(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: 
 
 def _markdown(store: Store, df: pd.DataFrame, shown, figures: dict[str, Path], how: str, notes: list[str],
               extra=None) -> str:
-    parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", ""]
+    parts = [f"# p-diff sweep `{store.sweep}`", "", f"Tables: `{store.uri}`; {len(df)} cell(s).", "",
+             f"[Table 1]({TABLE1}.md): the paper's layout, one row per architecture x dataset.", ""]
     parts += [line for w in collapse_warnings(df) for line in (f"> **COLLAPSED**: {w}", "")]
     parts += [line for w in trust_warnings(df) for line in (f"> {w}", "")]
 
@@ -120,7 +125,8 @@ def _failed_notes(con, df: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _write_pages(store: Store, con, out: Path, df: pd.DataFrame, shown, cells, notes, panels) -> dict[str, str]:
+def _write_pages(store: Store, con, out: Path, df: pd.DataFrame, shown, cells, notes, panels,
+                 figures: dict[str, list[tuple[str, str]]], how: str) -> dict[str, str]:
     """A page per cell (orchestrator.results.pages), and cells.html where the index has no per-cell tables; returns
     {cell id: its page}."""
 
@@ -132,13 +138,14 @@ def _write_pages(store: Store, con, out: Path, df: pd.DataFrame, shown, cells, n
                         + ("; the t-SNE and the loss curves show it." if i == 0 else "."))
     trials = con.execute("SELECT * FROM trials").df()
     write_cell_pages(out, store, df, shown, trials, cells, notes, [c[3:] for c in df.columns if c.startswith("hp_")],
-                     where)
+                     where, figures, how)
     links = {c: cell_page(c) for c in df.cell_id}
     if not tables_on_index(df):
         write_cells_page(out, store, df, shown, links)
     return links
 
 
+TABLE1 = "table1"  # the paper's Table 1 (orchestrator.results.table1): table1.html and table1.md
 REPORT_MARKER = "_report.json"  # {"tool", "report": the sweep's name, "tables"}: a folder a new report may replace
 
 
@@ -158,7 +165,8 @@ def _check_types(store: Store) -> None:
                 continue  # an unreadable file: `connect` names it (CorruptTable)
         for f, schema in schemas.items():
             for field in schema:
-                want = declared.field(field.name).type if field.name in declared.names else None
+                name = RENAMED.get(table, {}).get(field.name, field.name)  # an older sweep's name of the column
+                want = declared.field(name).type if name in declared.names else None
                 if want is not None and field.type != want and not pa.types.is_null(field.type):
                     raise Refused(f"column {table}.{field.name} is {field.type} in {f}, declared {want}: rewrite "
                                   f"or remove that file (columns are never retyped)")
@@ -266,8 +274,8 @@ def write_report(store: Store, out_dir: str | Path | None = None, *,
                                                      "tables": store.uri}) + "\n")
         _write_files(store, con, out, df, searched, shown, counts, log)
         if upload:
-            for f in sorted(out.iterdir()):
-                store.write_bytes(f"{paths.REPORT}/{f.name}", f.read_bytes())
+            for f in sorted(f for f in out.rglob("*") if f.is_file()):  # each cell's figures in CELLS_DIR
+                store.write_bytes(f"{paths.REPORT}/{f.relative_to(out).as_posix()}", f.read_bytes())
             log(f"copied to {store.uri}/{paths.REPORT}/")
         else:
             _swap(out, target)
@@ -292,14 +300,15 @@ def _summarise(store: Store, log: Callable[[str], None]):
 
 def _write_files(store: Store, con, out: Path, df: pd.DataFrame, searched, shown, counts: dict[str, int],
                  log: Callable[[str], None]) -> None:
-    """The report's files (figures, summary.csv and .md, the pages, index.html) into `out`."""
+    """The report's files (figures, summary.csv and .md, Table 1, the pages, index.html) into `out`."""
 
     best = {r.cell_id: (r.best_trial if isinstance(r.best_trial, str) else None) for r in df.itertuples()}
-    figures, how, cells = draw_all(store, out, best, searched, log=log)
-
     panels, pooled = panels_of(df[["cell_id", "arch", "dataset", "seed"]])
-    # loss curves, the noise ablation, the runs; the loss curves of one cell per panel
-    extra = feedback_sections(store, con, df, out, log, shown=[p.cells[0] for p in panels])
+    # A panel per cell (not pooled): each panel is also cut out as the cell's own figure, for its page.
+    with canvas.cropping([] if pooled else [p.key for p in panels], out / CELLS_DIR) as own:
+        figures, how, cells = draw_all(store, out, best, searched, log=log)
+        # loss curves, the noise ablation, the runs; the loss curves of one cell per panel
+        extra = feedback_sections(store, con, df, out, log, shown=[p.cells[0] for p in panels])
     figures = figures | extra.figures
 
     notes = [
@@ -326,6 +335,8 @@ def _write_files(store: Store, con, out: Path, df: pd.DataFrame, searched, shown
     listy = [c for c in df.columns if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any()]
     df.assign(**{c: df[c].map(lambda v: format_value(c, v)) for c in listy}).to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(_markdown(store, df, shown, figures, how, notes, extra))
-    links = _write_pages(store, con, out, df, shown, cells, notes, panels)
+    (out / f"{TABLE1}.html").write_text(table1_html(df, store.sweep))
+    (out / f"{TABLE1}.md").write_text(table1_md(df, store.sweep))
+    links = _write_pages(store, con, out, df, shown, cells, notes, panels, cell_figures(out, panels, figures, own), how)
     (out / "index.html").write_text(_html(store, df, shown, figures, how, counts, notes, extra, links))
     log(f"{len(links)} cell page(s)")

@@ -58,20 +58,20 @@ def history_figure(trials: pd.DataFrame, how: str, labels: dict[str, str], path:
         if t.empty:
             canvas.message(ax, "no trials yet", labels[cell])
             continue
-        ax.plot(done.order, done.val_acc, "o", color=canvas.METHOD_STYLE["p-diff"][1], label="completed trial")
+        ax.plot(done.order, done.val_acc_pct, "o", color=canvas.METHOD_STYLE["p-diff"][1], label="completed trial")
         if "collapsed" in done:  # a ring and an X: its generated models are (nearly) one model
             flagged = done[done.collapsed.map(is_flagged)]
             if len(flagged):
-                ax.plot(flagged.order, flagged.val_acc, "o", ms=12, mfc="none", mec="black", mew=1.5)
-                ax.plot(flagged.order, flagged.val_acc, "x", ms=7, color="black", mew=1.5,
+                ax.plot(flagged.order, flagged.val_acc_pct, "o", ms=12, mfc="none", mec="black", mew=1.5)
+                ax.plot(flagged.order, flagged.val_acc_pct, "x", ms=7, color="black", mew=1.5,
                         label=f"collapsed ({len(flagged)} of {len(done)})")
-        rest = t[(t.status != "completed") & t.val_acc.notna()]
+        rest = t[(t.status != "completed") & t.val_acc_pct.notna()]
         if len(rest):
-            ax.plot(rest.order, rest.val_acc, "x", color="#777777", label="stopped / failed")
+            ax.plot(rest.order, rest.val_acc_pct, "x", color="#777777", label="stopped / failed")
         pooled = done.cell_id.nunique() > 1 if "cell_id" in done else False
         for i, (_, one) in enumerate(done.groupby("cell_id") if pooled else [(cell, done)]):
             if len(one):
-                ax.step(one.order, one.val_acc.cummax(), where="post", color="black", lw=0.6 if pooled else 1.2,
+                ax.step(one.order, one.val_acc_pct.cummax(), where="post", color="black", lw=0.6 if pooled else 1.2,
                         alpha=0.35 if pooled else 1.0,
                         label=None if i else "best so far" + (" (each cell)" if pooled else ""))
         ax.set_xlabel(f"trial ({order}" + (" in its cell)" if pooled else ")"))
@@ -137,7 +137,7 @@ def parallel_figure(trials: pd.DataFrame, knobs: list[str], labels: dict[str, st
         if not knobs:
             canvas.message(ax, "no knob varies across this sweep's trials: nothing to compare", labels[cell])
             continue
-        if t.empty or t.val_acc.isna().all():
+        if t.empty or t.val_acc_pct.isna().all():
             canvas.message(ax, "no completed trials in this cell", labels[cell])
             continue
         _parallel_panel(fig, ax, t, knobs, scales)
@@ -149,15 +149,15 @@ def _parallel_panel(fig, ax, t: pd.DataFrame, knobs: list[str], scales: dict) ->
     """One panel: a line per trial across the knobs' axes and val accuracy's, coloured by val accuracy."""
     cmap = matplotlib.colormaps["viridis"]
     # val accuracy (last axis, colour) spans the cell's own range: cells differ in level.
-    lo_acc, hi_acc = float(t.val_acc.min()), float(t.val_acc.max())
+    lo_acc, hi_acc = float(t.val_acc_pct.min()), float(t.val_acc_pct.max())
     flat = hi_acc == lo_acc
     norm = matplotlib.colors.Normalize(vmin=lo_acc - 0.5 * flat, vmax=hi_acc + 0.5 * flat)
-    axis_names = knobs + ["val_acc"]
+    axis_names = knobs + ["val_acc_pct"]
     lines = []
-    for row in t.sort_values("val_acc").itertuples():
+    for row in t.sort_values("val_acc_pct").itertuples():
         ys = [_position(scales[k], getattr(row, k)) for k in knobs]
-        ys.append(0.5 if flat else (row.val_acc - lo_acc) / (hi_acc - lo_acc))
-        lines.append((ys, cmap(norm(row.val_acc))))
+        ys.append(0.5 if flat else (row.val_acc_pct - lo_acc) / (hi_acc - lo_acc))
+        lines.append((ys, cmap(norm(row.val_acc_pct))))
     if len(lines) > PARALLEL_LINES:  # a pooled panel: a seeded sample (thousands of lines read as one blot)
         keep = np.random.default_rng(0).choice(len(lines), PARALLEL_LINES, replace=False)
         lines = [lines[i] for i in sorted(keep)]
@@ -171,7 +171,7 @@ def _parallel_panel(fig, ax, t: pd.DataFrame, knobs: list[str], scales: dict) ->
             linewidths=0.7, alpha=0.5))
     for j, k in enumerate(axis_names):
         ax.axvline(j, color="#999999", lw=0.8, zorder=0)
-        lo_txt, hi_txt = (f"{lo_acc:.2f}", f"{hi_acc:.2f}") if k == "val_acc" else _ends(scales[k])
+        lo_txt, hi_txt = (f"{lo_acc:.2f}", f"{hi_acc:.2f}") if k == "val_acc_pct" else _ends(scales[k])
         ax.text(j, -0.06, lo_txt, ha="center", va="top", fontsize=7)
         ax.text(j, 1.06, hi_txt, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(axis_names)),
@@ -212,23 +212,23 @@ def _study_columns(done: pd.DataFrame, varying: list[str]) -> tuple[dict[str, An
 
 def cell_importance(trials: pd.DataFrame, knobs: list[str], *, n_trees: int = 64
                     ) -> tuple[dict[str, float] | None, str | None]:
-    """fANOVA importances of the knobs for val_acc in one cell's completed trials, or why there are none."""
+    """fANOVA importances of the knobs for val_acc_pct in one cell's completed trials, or why there are none."""
     import optuna  # a second to import: only where an importance panel is drawn
     from optuna.trial import create_trial
 
-    done = trials[(trials.status == "completed") & trials.val_acc.notna()]
+    done = trials[(trials.status == "completed") & trials.val_acc_pct.notna()]
     if len(done) < 2:
         return None, f"{len(done)} completed trial(s): fANOVA needs at least 2"
     varying = [k for k in knobs if done[k].map(_hashable).nunique() > 1]
     if not varying:
         return None, "no knob varies across this cell's completed trials"
-    if done.val_acc.nunique() < 2:
-        return None, f"every completed trial has the same val accuracy ({done.val_acc.iloc[0]:.2f}%): " \
+    if done.val_acc_pct.nunique() < 2:
+        return None, f"every completed trial has the same val accuracy ({done.val_acc_pct.iloc[0]:.2f}%): " \
                      "nothing for the knobs to explain"
     dists, columns = _study_columns(done, varying)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
-    for i, acc in enumerate(done.val_acc.to_numpy(dtype=float)):
+    for i, acc in enumerate(done.val_acc_pct.to_numpy(dtype=float)):
         study.add_trial(create_trial(params={k: columns[k][i] for k in varying}, distributions=dists, value=acc))
     try:
         with warnings.catch_warnings():

@@ -48,9 +48,9 @@ def curves_figure(store: Store, con, best: dict[str, str | None], labels: dict[s
     fig, axes = canvas.grid(len(cells), 4.6, 3.4)
     if not cells:
         canvas.message(axes[0], "no cells in this sweep")
-    trials = con.execute(completed_trials_sql("cell_id, trial_id, val_acc")).df()
+    trials = con.execute(completed_trials_sql("cell_id, trial_id, val_acc_pct")).df()
     for ax, cell in zip(axes, cells):
-        ranked = trials[trials.cell_id == cell].sort_values(["val_acc", "trial_id"], ascending=[False, True])
+        ranked = trials[trials.cell_id == cell].sort_values(["val_acc_pct", "trial_id"], ascending=[False, True])
         chosen = best.get(cell)
         others = [t for t in ranked.trial_id if t != chosen][:OTHER_TRIALS]
         wanted = ([chosen] if chosen else []) + others
@@ -116,7 +116,7 @@ def ablation_tables(con, labels: dict[str, str]) -> dict[str, pd.DataFrame]:
     trials there of the test accuracy of the val-selected generated model (%) and of the mean max-IoU to the
     snapshots (test), as text `acc (iou)`, with `xN` where N > 1 trials share the entry."""
     columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
-    if not set(ABLATION) <= columns or "selected_acc" not in columns:
+    if not set(ABLATION) <= columns or "selected_acc_pct" not in columns:
         return {}
     trials = con.execute(ablation_sql("test_max_iou" in columns)).df()
     out = {}
@@ -130,7 +130,7 @@ def ablation_tables(con, labels: dict[str, str]) -> dict[str, pd.DataFrame]:
             continue
         table = pd.DataFrame("-", index=[f"{v:g}" for v in rows], columns=[f"{v:g}" for v in cols])
         for (i, j), g in groups:
-            acc, m = g.selected_acc.mean(), g.iou.astype(float).mean()
+            acc, m = g.selected_acc_pct.mean(), g.iou.astype(float).mean()
             entry = "n/a" if pd.isna(acc) else f"{acc:.2f}"
             entry += "" if pd.isna(m) else f" ({m:.3f})"
             entry += f" x{len(g)}" if len(g) > 1 else ""

@@ -12,9 +12,9 @@ The rules:
   its order (kept apart from pdiff.baselines so that a query never imports torch).
 
 Each CTE (`CTES`) is a template over the tables' names: `{trials}` is the view `trials` in a connection of
-`orchestrator.results.views.connect` (`views`), or `read_parquet('<sweep>/trials/*/*.parquet', ...)` in the
-README's questions, which read the files by path (`files`). A test checks that the README's ```sql blocks are
-`readme_questions(files("results/smoke"))`.
+`orchestrator.results.views.connect` (`views`), as `orchestrator.query` has them, or
+`read_parquet('<sweep>/trials/*/*.parquet', ...)` for DuckDB without the views (`files`). A test checks that
+the README's ```sql blocks are `readme_questions()`, so that each runs as written in `orchestrator.query`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def methods() -> tuple[str, ...]:
 
 COMPLETED = "status = 'completed'"
 FAILED = "status IN ('failed', 'error')"
-BEST_TRIAL_ORDER = "val_acc DESC, val_max_iou ASC, trial_id"
+BEST_TRIAL_ORDER = "val_acc_pct DESC, val_max_iou ASC, trial_id"
 SELECTED_ORDER = 'val_acc DESC, "index"'
 
 Source = Callable[[str], str]  # a table's name -> what a FROM clause reads it as
@@ -71,8 +71,9 @@ def path_list(paths: Iterable[str]) -> str:
 
 
 def files(root: str) -> Source:
-    """The tables read by path from a sweep's folder `root` (the DuckDB CLI, no views); a glob character in
-    `root` stands for itself."""
+    """The tables read by path from a sweep's folder `root` (DuckDB without the views); a glob character in
+    `root` stands for itself. Each row is read once only where no compaction was cut short (the views hold
+    every row once in any case)."""
     return lambda table: (f"read_parquet({literal(glob_escaped(root) + f'/{table}/*/*.parquet')}, "
                           f"union_by_name = true)")
 
@@ -91,7 +92,7 @@ CTES: dict[str, str] = {
     "trial_counts": f"""
     SELECT cell_id, count(*) AS trials,
            CASE WHEN count(collapsed) > 0 THEN count(*) FILTER (WHERE collapsed) END AS collapsed_trials,
-           count(*) FILTER (WHERE verdict = 'memorising') AS memorising_trials, max(val_acc) AS best_val
+           count(*) FILTER (WHERE verdict = 'memorising') AS memorising_trials, max(val_acc_pct) AS best_val
     FROM {{trials}}
     WHERE {COMPLETED} GROUP BY cell_id""",
     "failed": f"""
@@ -133,13 +134,14 @@ def _join_baselines(on: str = "s") -> str:
 # IoU >= 0.99 or spread ratio < 0.05). NULL where the tables predate these columns.
 _SUMMARY_CTES = ("originals", "best_trial", "trial_counts", "failed", "baseline")
 _PDIFF = ("pdiff", """
-    SELECT t.cell_id, c.trials, t.trial_id, t.selected_acc AS pdiff_selected, t.best_test_acc AS pdiff_best_test,
-           t.mean_acc AS pdiff_mean, t.median_acc AS pdiff_median, t.test_max_iou AS pdiff_max_iou,
+    SELECT t.cell_id, c.trials, t.trial_id, t.selected_acc_pct AS pdiff_selected,
+           t.best_test_acc_pct AS pdiff_best_test, t.mean_acc_pct AS pdiff_mean, t.median_acc_pct AS pdiff_median,
+           t.test_max_iou AS pdiff_max_iou,
            t.pairwise_iou AS pdiff_pairwise_iou, t.distinct_sets AS pdiff_distinct_sets,
            t.spread_ratio AS pdiff_spread_ratio, t.collapsed AS pdiff_collapsed, t.ae_converged, c.collapsed_trials,
            t.verdict AS pdiff_verdict, c.memorising_trials,
            (SELECT count(*) FROM trials x WHERE x.cell_id = t.cell_id AND x.status = 'completed'
-                                            AND x.val_acc = c.best_val) AS tied_trials""" + "".join(
+                                            AND x.val_acc_pct = c.best_val) AS tied_trials""" + "".join(
     f""",
            t.vs_{r} AS vs_{r}, t.vs_{r}_acc_diff, t.vs_{r}_acc_lo, t.vs_{r}_acc_hi,
            t.vs_{r}_iou_diff, t.vs_{r}_iou_lo, t.vs_{r}_iou_hi""" for r in _references()) + """
@@ -204,7 +206,7 @@ def report_sql(knobs: Sequence[str]) -> str:
         for r in _references())
     report = f"""
 SELECT s.*,
-       b.trial_id AS best_trial, round(t.val_acc, 2) AS pdiff_val{extra}{hp}
+       b.trial_id AS best_trial, round(t.val_acc_pct, 2) AS pdiff_val{extra}{hp}
 FROM summary s
 LEFT JOIN best_trial b ON b.cell_id = s.cell_id
 LEFT JOIN trials t ON t.cell_id = b.cell_id AND t.trial_id = b.trial_id{_join_baselines()}"""
@@ -230,7 +232,7 @@ def failed_reasons_sql(has_reason: bool) -> str:
                FROM trials WHERE {FAILED} GROUP BY cell_id"""
 
 
-def completed_trials_sql(columns: str = "cell_id, trial_id, val_acc") -> str:
+def completed_trials_sql(columns: str = "cell_id, trial_id, val_acc_pct") -> str:
     return f"SELECT {columns} FROM trials WHERE {COMPLETED}"
 
 
@@ -248,14 +250,15 @@ def runs_sql(limit: int) -> str:
 def ablation_sql(has_iou: bool) -> str:
     """The completed trials' noise knobs, val-selected test accuracy and mean test max-IoU (`iou`)."""
     iou = "test_max_iou AS iou" if has_iou else "NULL AS iou"
-    return completed_trials_sql(f"cell_id, input_noise, latent_noise, selected_acc, {iou}")
+    return completed_trials_sql(f"cell_id, input_noise, latent_noise, selected_acc_pct, {iou}")
 
 
-def readme_questions(src: Source) -> list[str]:
+def readme_questions(src: Source = views) -> list[str]:
     """The README's three questions: the best p-diff trial per (arch, dataset) beside the snapshots and the
-    baselines; the top trials' hyperparameters; accuracy against novelty per family."""
+    baselines; the top trials' hyperparameters; accuracy against novelty per family. Over the views by default
+    (as the README prints them, for `orchestrator.query`); `files(root)` reads the same tables by path."""
     best = (with_ctes(("originals", "best_trial", "baseline"), src) + """
-SELECT s.arch, s.dataset, avg(o.original_best) AS original_best, avg(t.selected_acc) AS pdiff_selected,
+SELECT s.arch, s.dataset, avg(o.original_best) AS original_best, avg(t.selected_acc_pct) AS pdiff_selected,
        """ + ", ".join(f"avg(base_{m}.selected) AS {m}" for m in methods()) + f"""
 FROM {src("sources")} s
 JOIN originals o USING (cell_id)
@@ -264,14 +267,14 @@ JOIN {src("trials")} t ON t.cell_id = b.cell_id AND t.trial_id = b.trial_id"""
             + _join_baselines().replace("LEFT JOIN", "JOIN") + """
 GROUP BY s.arch, s.dataset ORDER BY s.arch, s.dataset;
 """)
-    top = f"""SELECT cell_id, trial_id, val_acc, selected_acc, val_max_iou, test_max_iou,
+    top = f"""SELECT cell_id, trial_id, val_acc_pct, selected_acc_pct, val_max_iou, test_max_iou,
        latent_dim, latent_noise, input_noise, ae_lr
 FROM {src("trials")}
 WHERE {COMPLETED}
 ORDER BY {BEST_TRIAL_ORDER} LIMIT 5;
 """
-    plane = f"""SELECT 'p-diff' AS method, 100 * avg(g.test_acc) AS mean_acc, avg(g.test_max_iou) AS mean_test_max_iou,
-       avg(t.pairwise_iou) AS mean_pairwise_iou
+    plane = f"""SELECT 'p-diff' AS method, 100 * avg(g.test_acc) AS mean_acc_pct,
+       avg(g.test_max_iou) AS mean_test_max_iou, avg(t.pairwise_iou) AS mean_pairwise_iou
 FROM {src("generated")} g
 JOIN {src("trials")} t USING (cell_id, trial_id)
 WHERE t.{COMPLETED}

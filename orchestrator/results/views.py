@@ -8,7 +8,7 @@ import duckdb
 import pyarrow as pa
 
 from orchestrator.results import sql
-from orchestrator.store.columns import COLUMNS
+from orchestrator.store.columns import COLUMNS, RENAMED
 from orchestrator.store.errors import CorruptTable
 from orchestrator.store.layout import HIDDEN, WRITER
 from orchestrator.store.schema import HEAVY, TABLES
@@ -58,11 +58,37 @@ def open_views(store: Store, tables: Iterable[str] | None = None) -> tuple[duckd
                 con.execute(f"CREATE VIEW {table} AS SELECT *{hidden} FROM _{table}_files{where}")
             else:
                 con.register(table, store.read(table))
+            if files:
+                current_names(con, table)
         except CorruptTable as err:
             corrupt[table] = one_line(err)
         except (pa.ArrowException, OSError) as err:  # e.g. a damaged page of an object-store file
             corrupt[table] = f"{table}: {one_line(err)}"
     return con, corrupt
+
+
+def current_names(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """Give a table's view each renamed column (RENAMED: `trials.val_acc`, a percent, is `val_acc_pct`) under
+    its name now, where files of a sweep written before the rename hold the old name (with files of both ages,
+    each row has one of the two: merged). Returns the old names found. The original view stays as
+    `_<table>_as_stored`; the files are never rewritten for it."""
+    renamed = RENAMED.get(table, {})
+    have = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()] if renamed else []
+    old = {o: n for o, n in renamed.items() if o in have}
+    if not old:
+        return []
+    new = {n: o for o, n in old.items()}
+    picked = []
+    for c in have:
+        if c in new:  # both names: one column
+            picked.append(f'coalesce("{c}", "{new[c]}") AS "{c}"')
+        elif c not in old:
+            picked.append(f'"{c}"')
+        elif old[c] not in have:  # the old name only: renamed in place
+            picked.append(f'"{c}" AS "{old[c]}"')
+    con.execute(f"ALTER VIEW {table} RENAME TO _{table}_as_stored")
+    con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(picked)} FROM _{table}_as_stored")
+    return sorted(old)
 
 
 def materialize(con: duckdb.DuckDBPyConnection, tables: Iterable[str] | None = None) -> None:

@@ -40,7 +40,7 @@ VAL_FRACTION = 0.1  # pdiff.data.load_dataset's default: the validation split ca
 GPU_OF_FAMILY = {"g4dn": "Tesla T4", "g5": "NVIDIA A10G", "g6": "NVIDIA L4", "p3": "Tesla V100-SXM2-16GB",
                  "p4d": "NVIDIA A100-SXM4-40GB", "p5": "NVIDIA H100 80GB HBM3"}
 STEP_KNOBS = ("ae_steps", "ldm_steps", "n_generated", "sample_steps")  # counts: their mean, not a value taken
-TIMING_KNOBS = STEP_KNOBS + ("latent_dim", "ae_channels", "ae_token_size", "ae_batch_size", "ldm_channels",
+TIMING_KNOBS = STEP_KNOBS + ("latent_dim", "ae_arch", "ae_channels", "ae_token_size", "ae_batch_size", "ldm_channels",
                              "ldm_batch_size", "ldm_denoiser", "sampler")  # searched ones are said in the plan
 KINDS = {"source_step": "source training step", "ae_step": "AE step", "ldm_step": "LDM step",
          "sample": "sampling N models", "score_prefix": "scoring (frozen prefix)",
@@ -133,7 +133,7 @@ def needs(cell: Cell, cfg: PdiffConfig | None, stage: int) -> dict[str, dict[str
         t = cell.train
         return {"source_step": model | {"batch": t.batch_size, "optimizer": t.optimizer, "augment": t.augment}} | out
     ae, ldm, k = cfg.ae, cfg.ldm, cell.collect.k
-    ae_sizes = {"latent_dim": ae.latent_dim, "channels": list(ae.channels), "token_size": ae.token_size}
+    ae_sizes = {"arch": ae.arch, "latent_dim": ae.latent_dim, "channels": list(ae.channels), "token_size": ae.token_size}
     ldm_sizes = {"timesteps": ldm.timesteps, "denoiser": ldm.denoiser, "channels": list(ldm.channels)}
     return {"ae_step": scoring | {"k": k, "ae": ae_sizes | {"batch_size": ae.batch_size, "normalize": ae.normalize,
                                                              "amp": ae.amp}},

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import yaml
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the spec's module imports torch; this one stays torch-free
     from orchestrator.store.tables import Store
 
 __all__ = ["Target", "StageCost", "Estimate", "Done", "here", "node_types", "read_done", "plan_cost_lines",
-           "done_lines", "DEFAULT_CLUSTER"]
+           "done_lines", "wrap", "DEFAULT_CLUSTER", "WIDTH"]
 
 DEFAULT_CLUSTER = "cluster.yaml"  # the launcher file `ray up` reads, in the folder the command runs in
 WIDTH = 120  # the plan's lines
@@ -316,6 +316,14 @@ def _throughput_lines(spec: SweepSpec, est: Estimate) -> list[str]:
 def _wrap(text: str) -> list[str]:
     indent = " " * (len(text) - len(text.lstrip()) + 2)
     return textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+
+
+def wrap(text: str, phrases: Sequence[str] = ()) -> list[str]:
+    """`text` as the plan's lines: at most WIDTH characters, the later ones indented two more than the first,
+    broken between words but never inside one of `phrases` (a distribution, `ae_steps ~ int[1, 9] (log scale)`)."""
+    for phrase in phrases:
+        text = text.replace(phrase, phrase.replace(" ", "\0"))
+    return [line.replace("\0", " ") for line in _wrap(text)]
 
 
 def _duration(seconds: float) -> str:

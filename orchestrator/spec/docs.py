@@ -112,7 +112,11 @@ def reference() -> str:
     lines += ["", "## Table columns", "",
               "Tables live under `<storage>/<sweep>/<table>/<cell_id>/*.parquet` "
               "(query them with `python -m orchestrator.query`). Direction: where one is better, the meaning says "
-              "higher / lower is better.", ""]
+              "higher / lower is better. Units: an accuracy is a fraction (0..1) unless its name ends in `_pct` "
+              "(a percent, 0..100); `pp` is percentage points. Each file's fields carry their unit and meaning as "
+              "Parquet field metadata (`pyarrow.parquet.read_schema(path).field('val_acc_pct').metadata`). A sweep "
+              "written before the trials table's percents took the suffix (`val_acc`, ...) reads under these names.",
+              ""]
     for table, cols in COLUMNS.items():
         lines += [f"### {table}", ""]
         lines += _table(("column", "unit", "meaning"), [(f"`{c.name}`", c.shown, c.meaning) for c in cols])

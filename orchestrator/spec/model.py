@@ -137,7 +137,11 @@ class Cell:
     seed: int = spec_field("list of ints", "one source model per arch x dataset x seed (a cell)", given=(0,),
                            maximum=MAX_SEED, entries=10_000)
     subset: tuple[str, ...] = spec_field("arch -> list of patterns", "the parameter tensors p-diff learns, as name "
-                                         "patterns", shown="pdiff.DEFAULT_SUBSET")
+                                         "patterns; [\"*\"]: the whole network (buffers stay the source's). The "
+                                         "default AE (ae_arch chunked) is linear in the subset's size, measured to 1M "
+                                         "numbers (6.1 CPU s per step, 6.3 GB); beyond, or where ae_converged is "
+                                         "false: more ae_steps, a smaller ae_batch_size, a GPU",
+                                         shown="pdiff.DEFAULT_SUBSET")
     train: TrainConfig
     collect: CollectConfig
 
@@ -181,8 +185,8 @@ class SweepSpec:
     search: dict[str, Distribution] = field(default_factory=dict)  # p-diff knobs searched
     objective: tuple[str, ...] = spec_field(
         "list", "objectives: " + ", ".join(OBJECTIVES) + " (accuracy or mean_accuracy first: maximise "
-        "trials.val_acc, the best model's val accuracy, or trials.val_mean_acc, the family's mean, which does not "
-        "saturate; novelty: minimise trials.val_max_iou, a multi-objective search)", ("accuracy",))
+        "trials.val_acc_pct, the best model's val accuracy, or trials.val_mean_acc_pct, the family's mean, which "
+        "does not saturate; novelty: minimise trials.val_max_iou, a multi-objective search)", ("accuracy",))
     num_samples: int = spec_field("int", "trials per cell (with no searched knob: repeats of the fixed "
                                          "configuration)", 4, maximum=10_000, check=checks.integer)
     max_concurrent: int = spec_field("int", "trials of a cell running at once", 2, maximum=10_000,

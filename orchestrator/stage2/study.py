@@ -19,13 +19,16 @@ from typing import Any
 from orchestrator.spec import Cell, SweepSpec
 from orchestrator.stage2.journal import Journal
 from orchestrator.stage2.trial import STORAGE, trial_identity
+from orchestrator.store.columns import RENAMED
 from orchestrator.store.tables import Store
 
 __all__ = ["METRICS", "rebuild_study", "numbered_searcher"]
 
-# The spec's objective name -> (the Tune metric, which is also the `trials` column, its mode).
+# The spec's objective name -> (the Tune metric, its mode).
 METRICS = {"accuracy": ("val_acc", "max"), "mean_accuracy": ("val_mean_acc", "max"),
            "novelty": ("val_max_iou", "min")}
+# The `trials` column each Tune metric is stored as: a percent with its `_pct` suffix (`val_acc_pct`).
+STORED = {metric: RENAMED["trials"].get(metric, metric) for metric, _ in METRICS.values()}
 
 
 def _sampler(spec: SweepSpec, seed: int, objectives: int):
@@ -59,7 +62,7 @@ def rebuild_study(spec: SweepSpec, cell: Cell, finished: list[dict[str, Any]]):
         params = {k: row[k] for k in dists}
         attrs = {k: row.get(k) for k in ("trial_id", "status")}  # the tables' names, for optuna-dashboard
         if row["status"] == "completed":
-            values = [row[METRICS[o][0]] for o in spec.objective]
+            values = [row[STORED[METRICS[o][0]]] for o in spec.objective]
             study.add_trial(create_trial(params=params, distributions=dists, values=values, user_attrs=attrs))
         elif row["status"] == "failed":  # diverged or raised: no objective value, as Optuna records a failure
             study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.FAIL, user_attrs=attrs))

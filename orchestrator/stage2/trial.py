@@ -23,6 +23,7 @@ from orchestrator.spec import Cell, SweepSpec
 from orchestrator.stage1.cells import load_snapshot_scores, source_evaluator
 from orchestrator.stage2.curves import LossRecorder, write_curves
 from orchestrator.stage2.generators import save_trial_model
+from orchestrator.store.columns import RENAMED
 from orchestrator.store.tables import Store
 from pdiff import load_dataset
 from pdiff.compare import judge
@@ -56,7 +57,9 @@ def trial_identity(spec: SweepSpec, cell: Cell, config: dict) -> tuple[str, int,
 def trials_row(spec: SweepSpec, trial_id: str, index: int, knobs: dict[str, Any], status: str,
                measures: dict[str, Any], node_id: str | None = None) -> dict[str, Any]:
     """A `trials` row from its parts: the knob columns, what the trial measured, and last (so that no
-    measure overwrites them) its identity, the search it belongs to, its status and its node."""
+    measure overwrites them) its identity, the search it belongs to, its status and its node. A measure in
+    percent (pdiff's summary, the Tune metrics: `val_acc`, ...) is stored with its `_pct` suffix (RENAMED)."""
+    measures = {RENAMED["trials"].get(k, k): v for k, v in measures.items()}
     return knobs | measures | {"trial_id": trial_id, "trial_index": index, "search_hash": spec.search_hash,
                                "status": status, "node_id": node_id}
 

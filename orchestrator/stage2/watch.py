@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from orchestrator.runtime.progress import Progress
+from orchestrator.store.schema import current
 from orchestrator.store.tables import Store
 
 __all__ = ["TrialWatcher"]
@@ -55,7 +56,7 @@ class TrialWatcher:
             if f in self.seen:
                 continue
             self.seen.add(f)
-            rows = pq.read_table(f, filesystem=self.store.fs).to_pylist()
+            rows = current("trials", pq.read_table(f, filesystem=self.store.fs)).to_pylist()
             if len(rows) == 1:  # else a tombstone (a removed trial) or a compacted file: not one trial's row
                 self._say(rows[0])
 
@@ -68,9 +69,9 @@ class TrialWatcher:
         if row["status"] != "completed":
             self.progress.advance("trials", f"{cell}: trial {row['trial_id']} {row['status']}")
             return
-        self.best[cell] = max(self.best.get(cell, float("-inf")), row["val_acc"])
-        self.progress.advance("trials", f"{cell}: val {row['val_acc']:.2f}%, test (val-selected) "
-                                        f"{row['selected_acc']:.2f}%, test max IoU to snapshots "
+        self.best[cell] = max(self.best.get(cell, float("-inf")), row["val_acc_pct"])
+        self.progress.advance("trials", f"{cell}: val {row['val_acc_pct']:.2f}%, test (val-selected) "
+                                        f"{row['selected_acc_pct']:.2f}%, test max IoU to snapshots "
                                         f"{row['test_max_iou']:.3f}, pairwise IoU "
                                         f"{row.get('pairwise_iou', float('nan')):.3f} "
                                         f"(best val so far {self.best[cell]:.2f}%)"

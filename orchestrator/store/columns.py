@@ -6,7 +6,11 @@ columns the summary reads that older sweeps lack (`orchestrator.results.views.CO
 table also has one column per p-diff knob (`KNOB_TABLE`), typed from the trial's value: the knobs are declared
 in `pdiff.config` (`KNOBS`, `KNOB_DOCS`), not here.
 
-Units as stored: accuracies are fractions (0..1) in every table but trials, whose accuracies are percents.
+Units as stored: an accuracy is a fraction (0..1) unless its name ends in `_pct` (a percent, 0..100: the
+trials table's, e.g. `trials.val_acc_pct`); `pp` columns are differences of percents. Each written Parquet file
+carries its columns' unit and meaning in its fields' metadata (`schema.described`). A column renamed since
+(`Column.was`: the trials table's percents were `val_acc`, ...) reads under its new name from older sweeps
+(`schema.current`, the DuckDB views), whose files stay as they are.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ import pyarrow as pa
 from pdiff.names import LABELS
 from pdiff.verdicts import COMPARISONS, VERDICTS
 
-__all__ = ["COLUMNS", "KNOB_TABLE", "UNITS", "Column"]
+__all__ = ["COLUMNS", "KNOB_TABLE", "RENAMED", "UNITS", "Column"]
 
 # The units of numeric columns, and how the reference writes each.
 UNITS = {
     "fraction": "fraction 0..1",  # an accuracy: the share of a split's examples
-    "percent": "% 0..100",  # an accuracy in percent (the trials table's)
+    "percent": "% 0..100",  # an accuracy in percent: the column's name ends in _pct (the trials table's)
     "pp": "pp",  # percentage points: a difference of two percents
     "score": "0..1",  # an IoU, a share of variance (R2)
     "score_diff": "IoU",  # a difference of two mean IoUs
@@ -55,6 +59,7 @@ class Column:
     heavy: bool = False  # a vector or packed set: most of a sweep's bytes, read only where named
     declared: bool = True  # in the table's declared schema; else added later, typed from its values when written
     filled: bool = False  # added later and read by the summary: NULL in the views of a sweep written before it
+    was: str | None = None  # the name sweeps written before a rename stored it under (read as this one)
 
     @property
     def shown(self) -> str:
@@ -68,6 +73,12 @@ def _added(name: str, type: pa.DataType, unit: str | None, meaning: str, **kw) -
 
 def _filled(name: str, type: pa.DataType, unit: str | None, meaning: str, **kw) -> Column:
     return Column(name, type, unit, meaning, declared=False, filled=True, **kw)
+
+
+def _percent(make, name: str, meaning: str) -> Column:
+    """An accuracy in percent, `<name>_pct` (`make`: Column, _added or _filled); sweeps written before the
+    suffix stored it as `<name>`."""
+    return make(f"{name}_pct", F64, "percent", meaning, was=name)
 
 
 def _family(prefix: str = "", what: str = "") -> list[Column]:
@@ -181,13 +192,13 @@ COLUMNS: dict[str, list[Column]] = {
         Column("search_hash", STR, None, "hash of the spec's pdiff section (trials of another search are not "
                "resumed)", values="hash"),
         Column("status", STR, None, "how the trial ended (stopped: early stopping)", values="completed|stopped|failed"),
-        Column("val_acc", F64, "percent", "best validation accuracy of the generated models (the Tune metric); "
+        _percent(Column, "val_acc", "best validation accuracy of the generated models (the Tune metric, "
+                                    "`val_acc`); higher is better"),
+        _percent(Column, "selected_acc", "test accuracy of the generated model best on val; higher is better"),
+        _percent(Column, "best_test_acc", "best test accuracy among the generated models (chosen on test); "
                                           "higher is better"),
-        Column("selected_acc", F64, "percent", "test accuracy of the generated model best on val; higher is better"),
-        Column("best_test_acc", F64, "percent", "best test accuracy among the generated models (chosen on test); "
-                                                "higher is better"),
-        Column("mean_acc", F64, "percent", "mean test accuracy of the generated models; higher is better"),
-        Column("median_acc", F64, "percent", "median test accuracy of the generated models; higher is better"),
+        _percent(Column, "mean_acc", "mean test accuracy of the generated models; higher is better"),
+        _percent(Column, "median_acc", "median test accuracy of the generated models; higher is better"),
         Column("test_max_iou", F64, "score", "mean over the generated models of each one's test max IoU to any "
                                              "snapshot (1 = copies); lower is more novel"),
         Column("val_max_iou", F64, "score", "the same on the validation split: the Tune metric of the spec's "
@@ -200,12 +211,12 @@ COLUMNS: dict[str, list[Column]] = {
         _filled("ae_converged", BOOL, None, "whether the AE reached ae_min_r2, ae_min_fidelity and the snapshots' "
                 "val accuracy within ae_steps"),
         Column("ldm_loss", F64, "mse", "last training loss of the latent diffusion model; lower is better"),
-        _filled("val_mean_acc", F64, "percent", "mean validation accuracy of the generated models (the Tune metric "
-                "of the `mean_accuracy` objective); higher is better"),
+        _percent(_filled, "val_mean_acc", "mean validation accuracy of the generated models (the Tune metric "
+                 "`val_mean_acc` of the `mean_accuracy` objective); higher is better"),
         _filled("verdict", STR, None, _VERDICT, values=_VERDICT_VALUES),
         _added("snapshot_loo_max_iou", F64, "score", "the cell's sources.snapshot_loo_max_iou, the verdict's "
                                                      "reference"),
-        _added("latent_gaussian_mean_acc", F64, "percent", f"mean test accuracy of {_REFERENCES['latent_gaussian']}"),
+        _percent(_added, "latent_gaussian_mean_acc", f"mean test accuracy of {_REFERENCES['latent_gaussian']}"),
         _added("latent_gaussian_test_max_iou", F64, "score", "its mean test max-IoU to the snapshots; lower is more "
                                                              "novel"),
         _added("latent_gaussian_verdict", STR, None, "its verdict", values=_VERDICT_VALUES),
@@ -260,3 +271,7 @@ COLUMNS: dict[str, list[Column]] = {
          for p in VERSIONS],
 }
 KNOB_TABLE = "trials"  # the table that also has one column per p-diff knob
+# {table: {the name older sweeps stored a column under: its name now}} (`Column.was`).
+RENAMED: dict[str, dict[str, str]] = {
+    table: {c.was: c.name for c in columns if c.was}
+    for table, columns in COLUMNS.items() if any(c.was for c in columns)}

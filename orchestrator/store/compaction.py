@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.store.layout import (COMPACT_PREFIX, HIDDEN, LISTING, WRITER, WRITTEN, Layout, TableFiles,
                                        generation, stem)
-from orchestrator.store.schema import TABLES
+from orchestrator.store.schema import TABLES, current, described
 
 __all__ = ["COMPACT_MIN_FILES", "Compaction", "compact_sweep"]
 
@@ -78,12 +78,13 @@ class Compaction(TableFiles):
             data = pq.read_table(old, filesystem=self.fs)
             if replaced & set(listing["writers"]):
                 data = data.filter(~pc.field(WRITER).isin(sorted(replaced)))
-            parts.append(data.replace_schema_metadata(None))
+            parts.append(current(table, data.replace_schema_metadata(None)))
         for path in new:
             with self.fs.open_input_stream(path) as f:
                 payload = f.read()
             data = pq.ParquetFile(pa.BufferReader(payload)).read(use_threads=False).replace_schema_metadata(None)
-            data = data.drop_columns([c for c in HIDDEN if c in data.column_names])
+            # an older sweep's file: its renamed columns under today's names (the file itself stays as written)
+            data = current(table, data.drop_columns([c for c in HIDDEN if c in data.column_names]))
             writer, mtime = stem(path), layout.mtimes.get(path)
             entries[writer] = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
                                "rows": data.num_rows, "mtime_ns": mtime}
@@ -91,6 +92,7 @@ class Compaction(TableFiles):
                          .append_column(WRITTEN, pa.array([mtime] * data.num_rows, pa.int64())))
         merged = pa.concat_tables(parts, promote_options="permissive")
         merged = merged.select([c for c in merged.column_names if c not in HIDDEN] + list(HIDDEN))
+        merged = merged.cast(described(table, merged.schema))  # each column's unit and meaning in its field
         if merged.num_rows != sum(e["rows"] for e in entries.values()):
             raise RuntimeError(f"{folder}: compaction counted {merged.num_rows} rows, its listing "
                                f"{sum(e['rows'] for e in entries.values())}: nothing written")

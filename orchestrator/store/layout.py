@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.store.errors import CorruptTable
 from orchestrator.store.folder import SweepFolder
-from orchestrator.store.schema import TABLES
+from orchestrator.store.schema import TABLES, current
 
 __all__ = ["COMPACT_PREFIX", "HIDDEN", "LISTING", "WRITER", "WRITTEN", "Layout", "TableFiles", "generation",
            "inside", "stem"]
@@ -214,12 +214,13 @@ class TableFiles(SweepFolder):
         return writer_id in self.writer_ids(table, cell_id)
 
     def read_writer(self, path: str) -> list[dict] | None:
-        """A writer's rows (a path of `writer_rows`: its own file, or its rows in a compacted file); None when
-        they cannot be read."""
+        """A writer's rows (a path of `writer_rows`: its own file, or its rows in a compacted file), renamed columns
+        under today's names (`current`); None when they cannot be read."""
+        table = path[len(self.root.rstrip("/")) + 1:].split("/", 1)[0]
         try:
             if self.fs.get_file_info(path).type == pafs.FileType.File:
-                return pq.read_table(path, filesystem=self.fs).to_pylist()
+                return current(table, pq.read_table(path, filesystem=self.fs)).to_pylist()
             held = self._held(path)
-            return self._writer_rows_of(*held).to_pylist() if held else None
+            return current(table, self._writer_rows_of(*held)).to_pylist() if held else None
         except (pa.ArrowException, OSError, ValueError, CorruptTable):
             return None

@@ -10,7 +10,7 @@ Stage 1 (`orchestrator.stage1.collection`), stage 2 (`orchestrator.stage2.search
     _ray/                                       Ray Train / Tune storage; `_ray/source-<cell>/` a cell's stage-1
                                                 run, its checkpoints, deleted once the cell's rows are written
     optuna/<cell>.log                           the cell's Optuna study, a journal optuna-dashboard opens
-    generated_more/<trial>-<n>-<seed>.parquet   more vectors drawn from a trial (`orchestrator.generate`)
+    generated_more/                             more vectors, from orchestrator.generate before it wrote outside
     report/                                     the report (`orchestrator.report`)
     quarantine/                                 files healing moved aside (never deleted)
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["GENERATED_MORE", "MODELS", "OPTUNA", "QUARANTINE", "RAY", "REPORT", "generated_more", "is_sweep_name",
+__all__ = ["GENERATED_MORE", "MODELS", "OPTUNA", "QUARANTINE", "RAY", "REPORT", "is_sweep_name",
            "journal", "snapshot_scores", "source_files", "source_model", "source_run", "source_run_dir", "trial_model"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sweep name: one folder name, never . or ..
@@ -75,7 +75,3 @@ def journal(cell_id: str) -> str:
     """The cell's Optuna study, as a journal file."""
     return f"{OPTUNA}/{cell_id}.log"
 
-
-def generated_more(trial_id: str, n: int, seed: int) -> str:
-    """The default file of `python -m orchestrator.generate RESULTS TRIAL_ID -n N --seed SEED`."""
-    return f"{GENERATED_MORE}/{trial_id}-{n}-{seed}.parquet"

@@ -29,7 +29,7 @@ from orchestrator.store.errors import CorruptTable, OldTables
 from orchestrator.store.layout import HIDDEN, WRITER, WRITTEN, Layout, stem
 from orchestrator.store.ownership import MARKER, OwnFolder
 from orchestrator.store.paths import QUARANTINE
-from orchestrator.store.schema import HEAVY, SCHEMA_VERSION, TABLES
+from orchestrator.store.schema import HEAVY, RENAMED, SCHEMA_VERSION, TABLES, current, described
 
 __all__ = ["Store"]
 
@@ -55,10 +55,14 @@ class Store(Compaction, OwnFolder):
         rows = [common | row for row in rows]
         core = TABLES[table]
         extra = sorted({k for row in rows for k in row} - set(core.names))
+        old = [c for c in extra if c in RENAMED.get(table, {})]
+        if old:  # a new file holds each column under one name: today's
+            raise ValueError(f"{table}: columns {', '.join(old)} are stored as "
+                             f"{', '.join(RENAMED[table][c] for c in old)} (orchestrator.store.columns.RENAMED)")
         schema = core
         if extra:  # e.g. the knob columns of `trials`, typed from their values
             inferred = pa.Table.from_pylist([{k: row.get(k) for k in extra} for row in rows]).schema
-            schema = pa.unify_schemas([core, inferred])
+            schema = described(table, pa.unify_schemas([core, inferred]))
         data = pa.Table.from_pylist(rows, schema=schema)
         final = self.path(table, *([cell_id] if cell_id is not None else []), f"{writer_id}.parquet")
         self._put(final, lambda sink: pq.write_table(data, sink, compression="zstd"))
@@ -125,7 +129,13 @@ class Store(Compaction, OwnFolder):
         dataset = self._dataset(files)
         schema = dataset.schema
         names = list(columns) if columns else [c for c in schema.names if c not in HIDDEN and _wanted(c, heavy)]
-        names = [c for c in names if c not in HIDDEN] + [c for c in hidden if c in schema.names]
+        names = [c for c in names if c not in HIDDEN]
+        renamed = RENAMED.get(table, {})
+        shown = list(dict.fromkeys(renamed.get(c, c) for c in names))  # the columns asked for, by today's names
+        # A renamed column (RENAMED) is read under both names where files of an older sweep hold the old one.
+        old = {o: n for o, n in renamed.items() if o in schema.names and n in names}
+        names = [c for c in names if c in schema.names or c not in old.values()] + [o for o in old if o not in names]
+        names += [c for c in hidden if c in schema.names]
         if writers:
             names.append("__filename")
         skip = self._skip_filter(layout)
@@ -133,7 +143,8 @@ class Store(Compaction, OwnFolder):
                                 skip & where)
         if writers:
             data = self._with_writers(data, layout)
-        return data.replace_schema_metadata(None)
+        data = current(table, data)
+        return data.select(shown + [c for c in data.column_names if c in HIDDEN]).replace_schema_metadata(None)
 
     def _dataset(self, files: list[str]) -> pads.Dataset:
         schemas = []
