@@ -25,7 +25,7 @@ from typing import Sequence
 import pyarrow as pa
 import ray
 
-from orchestrator.console import ArgumentParser, one_line, plain_console, run
+from orchestrator.console import ArgumentParser, one_line, plain_console, printable, run
 from orchestrator.spec.docs import reference
 from orchestrator.results.console import sweep_text
 from orchestrator.results.report import Refused, write_report
@@ -76,7 +76,8 @@ def plan_text(spec: SweepSpec, store: Store) -> str:
         f"{'ASHA, grace ' + str(spec.grace_period) if spec.grace_period else 'off'}; "
         f"baselines: {'on' if spec.baselines else 'off'}",
     ]
-    return "\n".join(part for line in lines for part in wrap(line, searched + fixed))
+    # printable: a path or a name from the user may hold control characters (a lone ESC is no ANSI code)
+    return "\n".join(printable(part) for line in lines for part in wrap(line, searched + fixed))
 
 
 def _check_folder(spec: SweepSpec, store: Store, restart: bool) -> None:

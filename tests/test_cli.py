@@ -198,6 +198,12 @@ def test_storage_that_is_a_file_exits_2_before_ray(runs):
     assert tree(run.folder) == {"spec.yaml": run.spec.read_bytes(), "store": b"a file"}
 
 
+def test_the_plan_prints_a_control_character_of_a_path_escaped(tmp_path):
+    proc = run_cli(SWEEPS / "smoke.yaml", "--dry-run", "--storage", tmp_path / "new\x1bdir", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout + proc.stderr and "new\\x1bdir" in proc.stdout.splitlines()[0]
+
+
 # A corrupt table no longer stops a run: it is quarantined and its writer re-runs
 # (tests/test_healing.py); a dry run still leaves it untouched (above).
 

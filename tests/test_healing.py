@@ -233,8 +233,10 @@ def test_diverging_trial_is_stored_failed_and_the_sweep_completes(tmp_path):
 
     # the printed summary: no completed trial, 2 failed
     lines = out.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["arch", "dataset", "seed"])
-    printed = dict(zip(lines[header].split(), lines[header + 1].split()))
+    printed = {}  # the summary is split into parts of at most 120 columns, each headed "arch dataset seed ..."
+    for i, line in enumerate(lines[:-1]):
+        if line.split()[:3] == ["arch", "dataset", "seed"]:
+            printed.update(zip(line.split(), lines[i + 1].split()))
     assert printed["failed_trials"] == "2" and printed["trials"] in ("<NA>", "n/a"), printed
     assert printed["pdiff_selected"] == "n/a"
     # the report (written, not crashed on a cell without completed trials) and the query layer
