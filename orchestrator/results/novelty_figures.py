@@ -59,9 +59,7 @@ def max_iou_figure(panels: list[Panel], cells: dict[str, CellData], path: Path, 
         ax.set_ylabel("test max IoU to a snapshot")
         ax.set_title(panel.label, fontsize=10)
         ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
-    if note:
-        fig.text(0.5, 0.005, note + "; each panel pools its cells' models", ha="center", fontsize=8, color="#444444")
-    return canvas.save(fig, path)
+    return _saved(fig, path, note and note + "; each panel pools its cells' models")
 
 
 def _front_points(ax, front: Front, first: bool) -> None:
@@ -101,6 +99,11 @@ def pareto_figure(panels: list[Panel], fronts: dict[str, Front], path: Path, not
         ax.set_ylabel("val accuracy (%)")
         ax.set_title(panel.label, fontsize=10)
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return _saved(fig, path, note and note + "; each cell's front drawn apart")
+
+
+def _saved(fig, path: Path, note: str | None) -> Path:
+    """`fig` saved to `path`, with `note` (what the panels leave out) along its bottom."""
     if note:
-        fig.text(0.5, 0.005, note + "; each cell's front drawn apart", ha="center", fontsize=8, color="#444444")
+        fig.text(0.5, 0.005, note, ha="center", fontsize=8, color="#444444")
     return canvas.save(fig, path)
