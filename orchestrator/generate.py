@@ -74,7 +74,8 @@ def _find_trial(store: Store, trial_id: str) -> dict[str, Any]:
     return row
 
 
-def _evaluate(store: Store, cell_id: str, vectors: torch.Tensor, device: str) -> tuple[Scores, Novelty]:
+def _evaluate(store: Store, cell_id: str, vectors: torch.Tensor, device: str,
+              snapshots: torch.Tensor) -> tuple[Scores, Novelty]:
     """Each vector's scores as stage 2 scores a trial's `generated` rows: the cell's source network with the
     vector put in, on its val and test splits, and each one's max IoU to (and distance from) the snapshots."""
     src = store.read_pandas("sources", columns=["cell_id", "arch", "dataset", "seed", "subset"])
@@ -82,12 +83,12 @@ def _evaluate(store: Store, cell_id: str, vectors: torch.Tensor, device: str) ->
     data = load_dataset(src["dataset"], seed=int(src["seed"]))
     evaluator = source_evaluator(store, cell_id, src["arch"], list(src["subset"]), data, device)
     scores = evaluator.score(vectors, data)
-    return scores, novelty(vectors, scores, load_snapshots(store, cell_id), load_snapshot_scores(store, cell_id))
+    return scores, novelty(vectors, scores, snapshots, load_snapshot_scores(store, cell_id))
 
 
-def _score(store: Store, cell_id: str, vectors: torch.Tensor, scores: Scores, near: Novelty) -> str:
+def _score(vectors: torch.Tensor, scores: Scores, near: Novelty, snapshots: torch.Tensor) -> str:
     """`--score`'s line: the vectors' test accuracy, their novelty and their family's collapse signals."""
-    fam = family_stats(vectors, scores.test_wrong, load_snapshots(store, cell_id))
+    fam = family_stats(vectors, scores.test_wrong, snapshots)
     return (f"test accuracy: mean {100 * float(scores.test_acc.mean()):.2f}%, "
             f"best {100 * float(scores.test_acc.max()):.2f}% | max IoU to the snapshots (lower = more novel): "
             f"test_max_iou mean {float(near.test_max_iou.mean()):.3f}, val_max_iou mean "
@@ -227,7 +228,8 @@ def generate(store: Store, trial_id: str, n: int, *, seed: int | None = None, ou
         vectors = sample_vectors(ae, ldm, n, sampler=cfg.sampler, steps=cfg.sample_steps, seed=seed).cpu()
         if not torch.isfinite(vectors).all():
             raise Refused(f"{int((~torch.isfinite(vectors).all(1)).sum())} of {n} vectors are non-finite")
-        scores, near = _evaluate(store, row["cell_id"], vectors, device) if scored else (None, None)
+        snapshots = load_snapshots(store, row["cell_id"]) if scored else None  # read once: scores and --score
+        scores, near = _evaluate(store, row["cell_id"], vectors, device, snapshots) if scored else (None, None)
         values = None if scores is None else {"val_acc": scores.val_acc, "test_acc": scores.test_acc,
                                               "test_max_iou": near.test_max_iou, "val_max_iou": near.val_max_iou,
                                               "nearest_l2": near.nearest_l2}
@@ -243,7 +245,7 @@ def generate(store: Store, trial_id: str, n: int, *, seed: int | None = None, ou
     say(f"wrote {n} vectors of trial {trial_id} (cell {row['cell_id']}, seed {seed}) to {printable(path)}"
         + ("" if scored else " (not scored)"))
     if score:
-        say(_score(store, row["cell_id"], vectors, scores, near))
+        say(_score(vectors, scores, near, snapshots))
     return path
 
 
